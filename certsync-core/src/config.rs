@@ -1,0 +1,585 @@
+//! `push.toml` and `receive.toml` (contract: DESIGN.md).
+//!
+//! Both are parsed strictly: an unknown key is an error that names the key
+//! and the file, because a misspelt `hostname` that silently did nothing
+//! would be a security bug on the receiving side. [`PushConfig::load`] and
+//! [`ReceiveConfig::load`] also check what the types cannot say (names
+//! unique, each target's certs known, one of `source` or `live_root` +
+//! `domain`, …).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::valid_name;
+
+/// The default config files.
+pub const DEFAULT_PUSH_CONFIG: &str = "/etc/certsync/push.toml";
+pub const DEFAULT_RECEIVE_CONFIG: &str = "/etc/certsync/receive.toml";
+pub const DEFAULT_PUSH_STATE_DIR: &str = "/var/lib/certsync-push";
+pub const DEFAULT_STAGING_DIR: &str = "/var/lib/certsync/staging";
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+// ---------------------------------------------------------------- push.toml
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    pub state_dir: Option<PathBuf>,
+    /// How often `watch` reconciles without events, e.g. "12h", "30m".
+    pub recheck: Option<String>,
+    #[serde(default, rename = "cert")]
+    pub certs: Vec<PushCert>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushCert {
+    /// The name the receiver knows this certificate by.
+    pub name: String,
+    /// A certbot live dir (`…/live/npm-5`); its symlinks are followed.
+    pub source: Option<PathBuf>,
+    /// Instead of `source`: the `live` dir to search, with `domain`.
+    pub live_root: Option<PathBuf>,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    #[default]
+    Ssh,
+    /// Same host, no SSH: spawn the receiver command.
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// OpenSSH private key file.
+    pub identity: Option<PathBuf>,
+    /// OpenSSH known_hosts file.
+    pub known_hosts: Option<PathBuf>,
+    /// Or a pinned key: `ssh-ed25519 AAAA…`.
+    pub host_key: Option<String>,
+    /// Certificate names to send; default every `[[cert]]`.
+    pub certs: Option<Vec<String>>,
+    #[serde(default)]
+    pub transport: TransportKind,
+    /// For `transport = "local"`: the receiver command and its arguments.
+    pub command: Option<Vec<String>>,
+    /// Seconds to wait for the TCP connect and SSH handshake (default 10).
+    pub connect_timeout: Option<u64>,
+}
+
+impl Target {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(22)
+    }
+}
+
+impl PushConfig {
+    pub fn load(path: &Path) -> Result<PushConfig, ConfigError> {
+        PushConfig::from_toml(&read(path)?, path)
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<PushConfig, ConfigError> {
+        let cfg: PushConfig = parse(text, path)?;
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PUSH_STATE_DIR))
+    }
+
+    /// The certificates a target should receive, in config order.
+    pub fn certs_for<'a>(&'a self, target: &'a Target) -> impl Iterator<Item = &'a PushCert> + 'a {
+        self.certs.iter().filter(move |c| match &target.certs {
+            None => true,
+            Some(names) => names.iter().any(|n| n == &c.name),
+        })
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if self.certs.is_empty() {
+            return Err(invalid(
+                "no [[cert]] section: add one with `name` and `source`".into(),
+            ));
+        }
+        if self.targets.is_empty() {
+            return Err(invalid("no [[target]] section: add one with `name`, `host`, `user`, `identity` and `known_hosts`".into()));
+        }
+        let mut names = BTreeSet::new();
+        for c in &self.certs {
+            if !valid_name(&c.name) {
+                return Err(invalid(format!(
+                    "[[cert]] name {:?} must be 1–64 of A–Z a–z 0–9 . _ -",
+                    c.name
+                )));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(invalid(format!(
+                    "two [[cert]] sections are named {:?}",
+                    c.name
+                )));
+            }
+            match (&c.source, &c.live_root, &c.domain) {
+                (Some(_), None, None) => {}
+                (None, Some(_), Some(_)) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "[[cert]] {:?}: set either `source` (a live dir) or both `live_root` and `domain`",
+                        c.name
+                    )))
+                }
+            }
+        }
+        if let Some(r) = &self.recheck {
+            parse_duration(r).map_err(|m| invalid(format!("recheck: {m}")))?;
+        }
+        let mut tnames = BTreeSet::new();
+        for t in &self.targets {
+            if !valid_name(&t.name) {
+                return Err(invalid(format!(
+                    "[[target]] name {:?} must be 1–64 of A–Z a–z 0–9 . _ -",
+                    t.name
+                )));
+            }
+            if !tnames.insert(t.name.as_str()) {
+                return Err(invalid(format!(
+                    "two [[target]] sections are named {:?}",
+                    t.name
+                )));
+            }
+            if let Some(list) = &t.certs {
+                for n in list {
+                    if !names.contains(n.as_str()) {
+                        return Err(invalid(format!(
+                            "[[target]] {:?} lists cert {:?}, but no [[cert]] has that name",
+                            t.name, n
+                        )));
+                    }
+                }
+            }
+            match t.transport {
+                TransportKind::Ssh => {
+                    for (key, missing) in [
+                        ("host", t.host.is_none()),
+                        ("user", t.user.is_none()),
+                        ("identity", t.identity.is_none()),
+                    ] {
+                        if missing {
+                            return Err(invalid(format!(
+                                "[[target]] {:?}: `{key}` is required for SSH",
+                                t.name
+                            )));
+                        }
+                    }
+                    if t.known_hosts.is_none() == t.host_key.is_none() {
+                        return Err(invalid(format!(
+                            "[[target]] {:?}: set exactly one of `known_hosts` or `host_key`; host keys are never trusted on first use",
+                            t.name
+                        )));
+                    }
+                    if t.command.is_some() {
+                        return Err(invalid(format!(
+                            "[[target]] {:?}: `command` is for transport = \"local\"; over SSH the receiving host's authorized_keys forced command decides",
+                            t.name
+                        )));
+                    }
+                }
+                TransportKind::Local => {
+                    if let Some(cmd) = &t.command {
+                        if cmd.is_empty() {
+                            return Err(invalid(format!(
+                                "[[target]] {:?}: `command` is empty",
+                                t.name
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parse "12h", "30m", "45s", "2d" or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"12h\", \"30m\" or \"45s\""))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(mult)))
+}
+
+// ------------------------------------------------------------- receive.toml
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployMode {
+    /// `serve` installs, reloads and verifies itself.
+    #[default]
+    Inline,
+    /// `serve` stages and validates as an unprivileged user; root's
+    /// `certsync-deploy.path` unit runs `deploy`, and `serve` reports its result.
+    Handoff,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveConfig {
+    pub staging_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub deploy: DeployMode,
+    /// Seconds `serve` waits for the root `deploy` in handoff mode (default 120).
+    pub handoff_timeout: Option<u64>,
+    pub mailcow: Option<MailcowPreset>,
+    #[serde(default, rename = "cert")]
+    pub certs: Vec<ReceiveCert>,
+    pub docker: Option<DockerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailcowPreset {
+    /// The mailcow-dockerized checkout, holding `mailcow.conf`.
+    pub dir: PathBuf,
+}
+
+/// A `[[cert]]` as written. With the `[mailcow]` preset, the missing fields
+/// are filled in by the receiver from `mailcow.conf`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveCert {
+    pub name: String,
+    pub hostnames: Option<Vec<String>>,
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    /// Compose services to reload.
+    pub reload: Option<Vec<String>>,
+    /// Endpoints to check: `"127.0.0.1:25 smtp"`, `"127.0.0.1:993"`.
+    pub verify: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    pub socket: Option<PathBuf>,
+    /// The compose project label to match.
+    pub project: Option<String>,
+    /// Per service: the command to exec in its containers.
+    #[serde(default)]
+    pub reload: BTreeMap<String, Vec<String>>,
+}
+
+impl DockerConfig {
+    pub fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_SOCKET))
+    }
+
+    /// The reload command for a compose service: configured, else the
+    /// mailcow default, else none.
+    pub fn reload_command(&self, service: &str) -> Option<Vec<String>> {
+        if let Some(cmd) = self.reload.get(service) {
+            return Some(cmd.clone());
+        }
+        default_reload_command(service)
+    }
+}
+
+/// mailcow's services and how each reloads its certificate.
+pub fn default_reload_command(service: &str) -> Option<Vec<String>> {
+    let cmd: &[&str] = match service {
+        "postfix-mailcow" => &["postfix", "reload"],
+        "dovecot-mailcow" => &["dovecot", "reload"],
+        "nginx-mailcow" => &["nginx", "-s", "reload"],
+        _ => return None,
+    };
+    Some(cmd.iter().map(|s| s.to_string()).collect())
+}
+
+impl ReceiveConfig {
+    pub fn load(path: &Path) -> Result<ReceiveConfig, ConfigError> {
+        ReceiveConfig::from_toml(&read(path)?, path)
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<ReceiveConfig, ConfigError> {
+        let cfg: ReceiveConfig = parse(text, path)?;
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    pub fn staging_dir(&self) -> PathBuf {
+        self.staging_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STAGING_DIR))
+    }
+
+    pub fn handoff_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.handoff_timeout.unwrap_or(120))
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if self.certs.is_empty() {
+            return Err(invalid("no [[cert]] section: add one with `name`, `hostnames`, `cert_path` and `key_path` (or use [mailcow])".into()));
+        }
+        let mut names = BTreeSet::new();
+        for c in &self.certs {
+            if !valid_name(&c.name) {
+                return Err(invalid(format!(
+                    "[[cert]] name {:?} must be 1–64 of A–Z a–z 0–9 . _ -",
+                    c.name
+                )));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(invalid(format!(
+                    "two [[cert]] sections are named {:?}",
+                    c.name
+                )));
+            }
+            if self.mailcow.is_none() {
+                for (key, missing) in [
+                    (
+                        "hostnames",
+                        c.hostnames.as_ref().is_none_or(|h| h.is_empty()),
+                    ),
+                    ("cert_path", c.cert_path.is_none()),
+                    ("key_path", c.key_path.is_none()),
+                ] {
+                    if missing {
+                        return Err(invalid(format!(
+                            "[[cert]] {:?}: `{key}` is required (or add a [mailcow] section with `dir`)",
+                            c.name
+                        )));
+                    }
+                }
+            }
+            for p in [&c.cert_path, &c.key_path].into_iter().flatten() {
+                if !p.is_absolute() {
+                    return Err(invalid(format!(
+                        "[[cert]] {:?}: {} must be an absolute path",
+                        c.name,
+                        p.display()
+                    )));
+                }
+            }
+            if c.cert_path.is_some() && c.cert_path == c.key_path {
+                return Err(invalid(format!(
+                    "[[cert]] {:?}: cert_path and key_path are the same file",
+                    c.name
+                )));
+            }
+        }
+        if let Some(dir) = &self.staging_dir {
+            if !dir.is_absolute() {
+                return Err(invalid(format!(
+                    "staging_dir {} must be an absolute path",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PUSH: &str = r#"
+state_dir = "/var/lib/certsync-push"
+
+[[cert]]
+name = "mail"
+source = "/opt/npm/letsencrypt/live/npm-5"
+
+[[cert]]
+name = "other"
+live_root = "/opt/npm/letsencrypt/live"
+domain = "other.example.com"
+
+[[target]]
+name = "mailcow"
+host = "mail.example.com"
+port = 2222
+user = "certsync"
+identity = "/etc/certsync/id_ed25519"
+known_hosts = "/etc/certsync/known_hosts"
+certs = ["mail"]
+
+[[target]]
+name = "here"
+transport = "local"
+command = ["certsync-receive", "--config", "/etc/certsync/receive.toml"]
+"#;
+
+    const RECEIVE: &str = r#"
+staging_dir = "/var/lib/certsync/staging"
+deploy = "handoff"
+
+[[cert]]
+name = "mail"
+hostnames = ["mail.example.com"]
+cert_path = "/opt/mailcow-dockerized/data/assets/ssl/cert.pem"
+key_path  = "/opt/mailcow-dockerized/data/assets/ssl/key.pem"
+reload = ["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"]
+verify = ["127.0.0.1:25 smtp", "127.0.0.1:993", "127.0.0.1:443"]
+
+[docker]
+socket = "/var/run/docker.sock"
+project = "mailcowdockerized"
+[docker.reload]
+"postfix-mailcow" = ["postfix", "reload"]
+"#;
+
+    #[test]
+    fn design_examples_parse() {
+        let p = PushConfig::from_toml(PUSH, Path::new("push.toml")).unwrap();
+        assert_eq!(p.targets[0].port(), 2222);
+        assert_eq!(p.targets[1].transport, TransportKind::Local);
+        let names: Vec<_> = p
+            .certs_for(&p.targets[0])
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["mail"]);
+        assert_eq!(p.certs_for(&p.targets[1]).count(), 2);
+        let r = ReceiveConfig::from_toml(RECEIVE, Path::new("receive.toml")).unwrap();
+        assert_eq!(r.deploy, DeployMode::Handoff);
+        let d = r.docker.unwrap();
+        assert_eq!(
+            d.reload_command("nginx-mailcow").unwrap(),
+            ["nginx", "-s", "reload"]
+        );
+        assert_eq!(
+            d.reload_command("postfix-mailcow").unwrap(),
+            ["postfix", "reload"]
+        );
+        assert!(d.reload_command("unknown").is_none());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_file() {
+        let text = RECEIVE.replace("hostnames =", "hostname =");
+        let err =
+            ReceiveConfig::from_toml(&text, Path::new("/etc/certsync/receive.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/certsync/receive.toml"), "{msg}");
+        assert!(msg.contains("hostname"), "{msg}");
+        let text = format!("bogus = 1\n{PUSH}");
+        let msg = PushConfig::from_toml(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("bogus") && msg.contains("p.toml"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_errors_are_explained() {
+        let cases = [
+            (
+                PUSH.replace("known_hosts = \"/etc/certsync/known_hosts\"\n", ""),
+                "known_hosts",
+            ),
+            (
+                PUSH.replace("certs = [\"mail\"]", "certs = [\"nope\"]"),
+                "nope",
+            ),
+            (
+                PUSH.replace("source = \"/opt/npm/letsencrypt/live/npm-5\"\n", ""),
+                "source",
+            ),
+            (
+                PUSH.replace("name = \"other\"", "name = \"mail\""),
+                "two [[cert]]",
+            ),
+            (
+                PUSH.replace("name = \"mail\"\nsource", "name = \"../x\"\nsource"),
+                "must be",
+            ),
+        ];
+        for (text, needle) in cases {
+            let msg = PushConfig::from_toml(&text, Path::new("p.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(needle), "{needle}: {msg}");
+        }
+        let no_host = RECEIVE.replace("hostnames = [\"mail.example.com\"]\n", "");
+        let msg = ReceiveConfig::from_toml(&no_host, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("hostnames"), "{msg}");
+        let rel = RECEIVE.replace(
+            "\"/opt/mailcow-dockerized/data/assets/ssl/key.pem\"",
+            "\"key.pem\"",
+        );
+        assert!(ReceiveConfig::from_toml(&rel, Path::new("r.toml")).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("12h").unwrap().as_secs(), 43_200);
+        assert_eq!(parse_duration("30m").unwrap().as_secs(), 1800);
+        assert_eq!(parse_duration("45").unwrap().as_secs(), 45);
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
+}

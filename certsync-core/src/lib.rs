@@ -1,0 +1,34 @@
+//! certsync-core: what both sides of certsync agree on.
+//!
+//! The pusher (NPM host) and the receiver (mailcow host) share these types:
+//!
+//! - [`bundle`]: a certificate pair as bytes — the full chain (leaf first) and
+//!   the private key, the key held in a type that never prints and is zeroed
+//!   on drop.
+//! - [`fingerprint`]: SHA-256 fingerprints, printed the way
+//!   `openssl x509 -noout -fingerprint -sha256` prints them, so an operator
+//!   can compare them by eye with what OpenSSL tools show.
+//! - [`validate`]: every rule a pair must pass before it is installed. Only
+//!   validation can make a [`validate::ValidatedBundle`].
+//! - [`protocol`]: the wire protocol v1 spoken over the SSH exec channel,
+//!   with every frame bounded in size and count.
+//! - [`config`]: `push.toml` and `receive.toml`.
+//! - [`report`]: the structured result the receiver sends back.
+//! - [`exit`]: the exit codes both binaries use (a contract).
+//!
+//! What is `pub` here is the contract between the two sides.
+
+pub mod bundle;
+pub mod config;
+pub mod exit;
+pub mod fingerprint;
+pub mod protocol;
+pub mod report;
+pub mod validate;
+
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
+
+pub use bundle::{Bundle, SecretBytes};
+pub use exit::ExitCode;
+pub use fingerprint::Fingerprint;

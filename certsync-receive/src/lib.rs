@@ -1,0 +1,21 @@
+//! certsync-receive: the mailcow side.
+//!
+//! The receiving pipeline, one module per step (DESIGN.md "Receive side"):
+//! [`serve`] reads the protocol, [`stage`] keeps the bytes in the staging
+//! dir, validation is `certsync_core::validate`, [`pipeline`] compares and
+//! orchestrates, [`install`] writes atomically, [`reload`] reloads the
+//! containers through the Docker API, [`probe`] checks what is served on the
+//! wire, and the report goes back to the pusher.
+
+pub mod authorized_key;
+pub mod check;
+pub mod error;
+pub mod handoff;
+pub mod install;
+pub mod lock;
+pub mod mailcow;
+pub mod pipeline;
+pub mod probe;
+pub mod reload;
+pub mod serve;
+pub mod stage;

@@ -1,0 +1,32 @@
+//! The scenario harness for certsync's end-to-end tests.
+//!
+//! Each piece starts a real part users run: a certbot-style live dir
+//! ([`livedir`]), a real OpenSSH sshd with a forced command ([`sshd`]), a
+//! real Docker engine with labelled containers ([`docker`]), and the two
+//! certsync binaries ([`bins`]).
+//!
+//! A test that needs a real part calls [`require`]: when the part is
+//! missing it fails if `CERTSYNC_REQUIRE_REAL=1` (CI), and skips otherwise.
+
+pub mod bins;
+pub mod docker;
+pub mod livedir;
+pub mod sshd;
+
+/// Is `CERTSYNC_REQUIRE_REAL=1` set (as `.ci/run` does)?
+pub fn real_required() -> bool {
+    std::env::var("CERTSYNC_REQUIRE_REAL").is_ok_and(|v| v == "1")
+}
+
+/// Check that a real part is available. Returns `false` (and says so on
+/// stderr) when the test should skip; panics when `CERTSYNC_REQUIRE_REAL=1`.
+pub fn require(part: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if real_required() {
+        panic!("{part} is required (CERTSYNC_REQUIRE_REAL=1) but is not available on this machine");
+    }
+    eprintln!("SKIP: {part} is not available; set CERTSYNC_REQUIRE_REAL=1 to make this a failure");
+    false
+}
