@@ -9,13 +9,17 @@
 
 pub mod authorized_key;
 pub mod check;
+pub mod deploy;
 pub mod error;
 pub mod handoff;
 pub mod install;
 pub mod lock;
 pub mod mailcow;
 pub mod pipeline;
+pub mod post;
 pub mod probe;
 pub mod reload;
 pub mod serve;
+pub mod settings;
+pub mod fault;
 pub mod stage;

@@ -1,1 +1,238 @@
-//! (to be written)
+//! Step 1, **read**, and step 8, **report**: the forced command's session.
+//!
+//! `certsync-receive serve` is what the pusher's SSH key runs
+//! (`command="certsync-receive serve",restrict` in authorized_keys). It
+//! speaks protocol v1 on stdin/stdout (see `certsync_core::protocol`):
+//! hello, offer → want, bundles, done → report. `SSH_ORIGINAL_COMMAND` is
+//! logged, never obeyed. Every frame is bounded in size, count and time, so
+//! garbage, oversized, truncated or stalled input ends the session with a
+//! clear error and nothing outside the staging dir touched: nothing is
+//! written at all before the pusher's bundles have been read in full.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use certsync_core::bundle::Bundle;
+use certsync_core::config::DeployMode;
+use certsync_core::protocol::{
+    write_message, Decision, Hello, Limits, Message, Offer, ProtocolError, Reader, Want, Wanted, WireError,
+};
+use certsync_core::report::{CertReport, Report, Step};
+use certsync_core::ExitCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::handoff;
+use crate::lock;
+use crate::pipeline::{self, PostInstall, Run};
+use crate::settings::Settings;
+
+/// How long a session waits for another receiver to finish.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub const AGENT: &str = concat!("certsync-receive ", env!("CARGO_PKG_VERSION"));
+
+/// Run one session. Returns the exit code (the report's worst, or the
+/// error's).
+pub async fn serve<R, W, P>(settings: &Settings, input: R, mut output: W, post: &P, limits: Limits) -> ExitCode
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    P: PostInstall,
+{
+    match session(settings, input, &mut output, post, limits).await {
+        Ok(code) => code,
+        Err((code, message)) => {
+            tracing::error!("{message}");
+            let _ = write_message(&mut output, &Message::Error(WireError { message, exit: code })).await;
+            code
+        }
+    }
+}
+
+type Failure = (ExitCode, String);
+
+fn proto(e: ProtocolError) -> Failure {
+    (ExitCode::Runtime, format!("protocol: {e}"))
+}
+
+async fn session<R, W, P>(settings: &Settings, input: R, output: &mut W, post: &P, limits: Limits) -> Result<ExitCode, Failure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    P: PostInstall,
+{
+    let mut reader = Reader::new(input, limits);
+    write_message(output, &Message::Hello(Hello::new(AGENT, false, false)))
+        .await
+        .map_err(proto)?;
+    let hello = match reader.next("hello").await.map_err(proto)? {
+        Message::Hello(h) => h,
+        other => return Err(proto(ProtocolError::Unexpected { expected: "hello", got: other.kind() })),
+    };
+    hello.check().map_err(proto)?;
+    tracing::info!(peer = %hello.agent, dry_run = hello.dry_run, force = hello.force, "session started");
+
+    let offer: Offer = match reader.next("offer").await.map_err(proto)? {
+        Message::Offer(o) => o,
+        other => return Err(proto(ProtocolError::Unexpected { expected: "offer", got: other.kind() })),
+    };
+
+    // One receiver at a time, from the compare to the report.
+    crate::stage::ensure_dir(&settings.staging_dir).map_err(|e| (ExitCode::Runtime, e.to_string()))?;
+    let dir = settings.staging_dir.clone();
+    let lock = tokio::task::spawn_blocking(move || lock::acquire(&dir, LOCK_TIMEOUT, || {}))
+        .await
+        .map_err(|e| (ExitCode::Runtime, format!("lock task failed: {e}")))?
+        .map_err(|e| (ExitCode::Runtime, e.to_string()))?;
+    if let Some(waited) = lock.waited {
+        let line = format!("waited {:.1}s for another certsync-receive to finish", waited.as_secs_f64());
+        tracing::info!("{line}");
+        let _ = write_message(output, &Message::Log(line)).await;
+    }
+
+    let mut report = Report {
+        dry_run: hello.dry_run,
+        certs: Vec::new(),
+    };
+    let mut decisions = Vec::new();
+    let mut reports: BTreeMap<String, CertReport> = BTreeMap::new();
+    for offered in &offer.certs {
+        let mut cr = CertReport::new(&offered.name, Some(offered.leaf));
+        let decision = match settings.cert(&offered.name) {
+            None => {
+                let msg = format!(
+                    "no [[cert]] named {:?} in {} on this host",
+                    offered.name,
+                    settings.config_path.display()
+                );
+                cr.failed(Step::Read, msg.clone(), ExitCode::Usage);
+                Decision { name: offered.name.clone(), wanted: Wanted::Unknown, message: msg }
+            }
+            Some(spec) => {
+                if let Err(e) = pipeline::recover(spec) {
+                    tracing::error!(cert = %spec.name, "{e}");
+                }
+                let (wanted, message) = pipeline::decide(spec, offered);
+                if wanted == Wanted::Have {
+                    cr.nothing_to_do = true;
+                    cr.done(Step::Compare, message.clone());
+                }
+                Decision { name: offered.name.clone(), wanted, message }
+            }
+        };
+        decisions.push(decision);
+        reports.insert(offered.name.clone(), cr);
+    }
+    write_message(output, &Message::Want(Want { certs: decisions.clone() }))
+        .await
+        .map_err(proto)?;
+
+    // Read every requested bundle, then Done; anything else is an error.
+    let mut wanted: Vec<String> = decisions
+        .iter()
+        .filter(|d| d.wanted == Wanted::Send)
+        .map(|d| d.name.clone())
+        .collect();
+    let mut bundles: Vec<(String, Bundle)> = Vec::new();
+    loop {
+        match reader.next("bundle or done").await.map_err(proto)? {
+            Message::Bundle { name, bundle } => {
+                let Some(pos) = wanted.iter().position(|w| *w == name) else {
+                    return Err(proto(ProtocolError::Malformed {
+                        kind: "bundle",
+                        reason: format!("a pair for {name:?}, which was not asked for"),
+                    }));
+                };
+                wanted.remove(pos);
+                tracing::info!(cert = %name, "read {} bytes of chain and a key", bundle.chain.len());
+                bundles.push((name, bundle));
+            }
+            Message::Done => break,
+            other => return Err(proto(ProtocolError::Unexpected { expected: "bundle or done", got: other.kind() })),
+        }
+    }
+    if !wanted.is_empty() {
+        return Err(proto(ProtocolError::Malformed {
+            kind: "done",
+            reason: format!("the pusher did not send {}", wanted.join(", ")),
+        }));
+    }
+
+    let run = Run {
+        settings,
+        now: SystemTime::now(),
+        dry_run: hello.dry_run,
+        force: hello.force,
+    };
+    let handoff = settings.deploy == DeployMode::Handoff && !run.dry_run;
+    let mut staged = Vec::new();
+    for (name, bundle) in bundles {
+        let (Some(spec), Some(cr)) = (settings.cert(&name), reports.get_mut(&name)) else {
+            continue;
+        };
+        cr.done(Step::Read, format!("{} bytes of chain and a key", bundle.chain.len()));
+        if handoff {
+            if pipeline::stage_step(&run, spec, &bundle, cr).is_ok() {
+                if let Some(pair) = pipeline::validate_step(&run, spec, bundle, cr) {
+                    if pipeline::compare_step(spec, &pair, cr) == Ok(true) {
+                        staged.push(name.clone());
+                    }
+                } else {
+                    crate::stage::clear(&settings.staging_dir, &name);
+                }
+            }
+        } else {
+            pipeline::deliver(&run, spec, bundle, post, cr).await;
+        }
+    }
+    if handoff && !staged.is_empty() {
+        let req = handoff::Request {
+            id: handoff::new_id(),
+            names: staged.clone(),
+            force: run.force,
+        };
+        let outcome = match handoff::write_request(&settings.staging_dir, &req) {
+            Ok(()) => {
+                tracing::info!("handed {} to root's deploy; waiting", staged.join(", "));
+                handoff::wait_result(&settings.staging_dir, &req.id, settings.handoff_timeout).await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(deployed) => {
+                for d in deployed.certs {
+                    if let Some(cr) = reports.get_mut(&d.name) {
+                        if d.leaf.is_some() {
+                            cr.leaf = d.leaf;
+                        }
+                        cr.exit = cr.exit.worst(d.exit);
+                        cr.nothing_to_do = d.nothing_to_do;
+                        // The deploy side re-validated; keep its later steps.
+                        cr.steps.extend(d.steps.into_iter().filter(|s| !matches!(s.step, Step::Read | Step::Stage)));
+                    }
+                }
+            }
+            Err(e) => {
+                for name in &staged {
+                    if let Some(cr) = reports.get_mut(name) {
+                        cr.failed(Step::Install, e.to_string(), ExitCode::Runtime);
+                    }
+                }
+            }
+        }
+    }
+    report.certs = offer
+        .certs
+        .iter()
+        .filter_map(|o| reports.remove(&o.name))
+        .collect();
+    for cr in &report.certs {
+        for line in cr.to_string().lines() {
+            tracing::info!("{line}");
+        }
+    }
+    let code = report.exit();
+    write_message(output, &Message::Report(report)).await.map_err(proto)?;
+    drop(lock);
+    Ok(code)
+}

@@ -1,0 +1,134 @@
+//! The receiver's settings: `receive.toml` with the `[mailcow]` preset
+//! applied, every default filled in. Loaded once and passed down.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use certsync_core::config::{DeployMode, DockerConfig, ReceiveConfig};
+
+use crate::error::ReceiveError;
+use crate::mailcow::{self, MailcowConf};
+
+/// One certificate the receiver accepts, fully resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSpec {
+    pub name: String,
+    /// The leaf's SAN must cover each of these.
+    pub hostnames: Vec<String>,
+    /// Written 0644: the full chain.
+    pub cert_path: PathBuf,
+    /// Written 0600.
+    pub key_path: PathBuf,
+    /// Compose services to reload after an install.
+    pub reload: Vec<String>,
+    /// Endpoints to check on the wire (`"127.0.0.1:25 smtp"`).
+    pub verify: Vec<String>,
+    /// mailcow's per-domain folders (`data/assets/ssl/<domain>/`) whose
+    /// names are covered by this certificate; they get the pair too.
+    pub sni_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_path: PathBuf,
+    pub staging_dir: PathBuf,
+    pub deploy: DeployMode,
+    pub handoff_timeout: Duration,
+    pub certs: Vec<CertSpec>,
+    pub docker: DockerConfig,
+    pub mailcow: Option<MailcowConf>,
+}
+
+impl Settings {
+    /// Load `receive.toml` and resolve the mailcow preset.
+    pub fn load(path: &Path) -> Result<Settings, ReceiveError> {
+        let raw = ReceiveConfig::load(path)?;
+        Settings::resolve(raw, path)
+    }
+
+    pub fn resolve(raw: ReceiveConfig, path: &Path) -> Result<Settings, ReceiveError> {
+        let mc = match &raw.mailcow {
+            Some(preset) => Some(mailcow::read_conf(&preset.dir)?),
+            None => None,
+        };
+        let mut docker = raw.docker.clone().unwrap_or_default();
+        if docker.project.is_none() {
+            docker.project = mc.as_ref().map(|m| m.project.clone());
+        }
+        let mut certs = Vec::new();
+        for c in &raw.certs {
+            let hostnames = match (&c.hostnames, &mc) {
+                (Some(h), _) if !h.is_empty() => h.clone(),
+                (_, Some(m)) => vec![m.hostname.clone()],
+                _ => {
+                    return Err(ReceiveError::Settings(format!(
+                        "{}: [[cert]] {:?} has no hostnames",
+                        path.display(),
+                        c.name
+                    )))
+                }
+            };
+            let (cert_path, key_path) = match (&c.cert_path, &c.key_path, &mc) {
+                (Some(cp), Some(kp), _) => (cp.clone(), kp.clone()),
+                (None, None, Some(m)) => (m.ssl_dir().join("cert.pem"), m.ssl_dir().join("key.pem")),
+                _ => {
+                    return Err(ReceiveError::Settings(format!(
+                        "{}: [[cert]] {:?}: set both cert_path and key_path (or neither, with [mailcow])",
+                        path.display(),
+                        c.name
+                    )))
+                }
+            };
+            let reload = match (&c.reload, &mc) {
+                (Some(r), _) => r.clone(),
+                (None, Some(_)) => mailcow::SERVICES.iter().map(|s| s.to_string()).collect(),
+                (None, None) => Vec::new(),
+            };
+            let verify = match (&c.verify, &mc) {
+                (Some(v), _) => v.clone(),
+                (None, Some(_)) => mailcow::DEFAULT_VERIFY.iter().map(|s| s.to_string()).collect(),
+                (None, None) => Vec::new(),
+            };
+            let sni_dirs = match &mc {
+                Some(m) => mailcow::sni_dirs_covering(&m.ssl_dir(), &hostnames),
+                None => Vec::new(),
+            };
+            certs.push(CertSpec {
+                name: c.name.clone(),
+                hostnames,
+                cert_path,
+                key_path,
+                reload,
+                verify,
+                sni_dirs,
+            });
+        }
+        Ok(Settings {
+            config_path: path.to_path_buf(),
+            staging_dir: raw.staging_dir(),
+            deploy: raw.deploy,
+            handoff_timeout: raw.handoff_timeout(),
+            certs,
+            docker,
+            mailcow: mc,
+        })
+    }
+
+    pub fn cert(&self, name: &str) -> Option<&CertSpec> {
+        self.certs.iter().find(|c| c.name == name)
+    }
+
+    /// `cert(name)` or an error listing the known names.
+    pub fn cert_or_err(&self, name: &str) -> Result<&CertSpec, ReceiveError> {
+        self.cert(name).ok_or_else(|| ReceiveError::UnknownCert {
+            name: name.to_string(),
+            config: self.config_path.clone(),
+            known: self
+                .certs
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+}
