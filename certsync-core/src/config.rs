@@ -287,6 +287,9 @@ pub struct ReceiveConfig {
     pub deploy: DeployMode,
     /// Seconds `serve` waits for the root `deploy` in handoff mode (default 120).
     pub handoff_timeout: Option<u64>,
+    /// Seconds `serve` waits for each protocol frame before giving up on a
+    /// stalled pusher (default 30).
+    pub read_timeout: Option<u64>,
     pub mailcow: Option<MailcowPreset>,
     #[serde(default, rename = "cert")]
     pub certs: Vec<ReceiveCert>,
@@ -373,6 +376,10 @@ impl ReceiveConfig {
 
     pub fn handoff_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.handoff_timeout.unwrap_or(120))
+    }
+
+    pub fn read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.read_timeout.unwrap_or(30).max(1))
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {

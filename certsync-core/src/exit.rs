@@ -5,10 +5,13 @@ use serde::{Deserialize, Serialize};
 
 /// The process exit code. Ordered so that the worst outcome of several
 /// (targets, certificates) is the maximum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitCode {
     /// 0: success, or nothing to do.
+    #[default]
     Success,
     /// 1: runtime failure (network, I/O, Docker).
     Runtime,

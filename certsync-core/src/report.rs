@@ -124,12 +124,6 @@ impl Report {
     }
 }
 
-impl Default for ExitCode {
-    fn default() -> Self {
-        ExitCode::Success
-    }
-}
-
 impl fmt::Display for CertReport {
     /// One line per step: `mail: validate done: …`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -15,5 +15,7 @@ pub fn print(pubkey: &Path, from: Option<&str>) -> Result<String, ReceiveError> 
         source,
     })?;
     let _ = (text, from);
-    Err(ReceiveError::Runtime("authorized-key is not wired in yet".into()))
+    Err(ReceiveError::Runtime(
+        "authorized-key is not wired in yet".into(),
+    ))
 }

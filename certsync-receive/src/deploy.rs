@@ -75,7 +75,10 @@ pub async fn install_files<P: PostInstall>(
         force,
     };
     let mut cr = CertReport::new(name, None);
-    cr.done(Step::Read, format!("{} and {}", cert.display(), key.display()));
+    cr.done(
+        Step::Read,
+        format!("{} and {}", cert.display(), key.display()),
+    );
     cr.skipped(Step::Stage, "local files");
     if let Some(pair) = pipeline::validate_step(&run, spec, bundle, &mut cr) {
         pipeline::finish(&run, spec, &pair, post, &mut cr).await;
@@ -87,7 +90,11 @@ pub async fn install_files<P: PostInstall>(
 }
 
 /// `certsync-receive deploy [--dry-run]`.
-pub async fn deploy<P: PostInstall>(settings: &Settings, dry_run: bool, post: &P) -> Result<Report, ReceiveError> {
+pub async fn deploy<P: PostInstall>(
+    settings: &Settings,
+    dry_run: bool,
+    post: &P,
+) -> Result<Report, ReceiveError> {
     let staging = &settings.staging_dir;
     stage::ensure_dir(staging)?;
     let dir = staging.clone();
@@ -111,14 +118,19 @@ pub async fn deploy<P: PostInstall>(settings: &Settings, dry_run: bool, post: &P
     // Without a request, stay away from a pair a running `serve` is staging.
     let _serve_lock = match &request {
         Some(_) => None,
-        None => match lock::try_acquire(staging) {
-            Ok(Some(l)) => Some(l),
-            Ok(None) => {
-                tracing::info!("a certsync-receive serve session is running; it will request its own deploy");
-                return Ok(Report { dry_run, certs: vec![] });
+        None => {
+            match lock::try_acquire(staging) {
+                Ok(Some(l)) => Some(l),
+                Ok(None) => {
+                    tracing::info!("a certsync-receive serve session is running; it will request its own deploy");
+                    return Ok(Report {
+                        dry_run,
+                        certs: vec![],
+                    });
+                }
+                Err(e) => return Err(ReceiveError::Runtime(e.to_string())),
             }
-            Err(e) => return Err(ReceiveError::Runtime(e.to_string())),
-        },
+        }
     };
     let force = request.as_ref().is_some_and(|r| r.force);
     let run = Run {
@@ -127,9 +139,14 @@ pub async fn deploy<P: PostInstall>(settings: &Settings, dry_run: bool, post: &P
         dry_run,
         force,
     };
-    let mut report = Report { dry_run, certs: vec![] };
+    let mut report = Report {
+        dry_run,
+        certs: vec![],
+    };
     for spec in &settings.certs {
-        let requested = request.as_ref().is_none_or(|r| r.names.iter().any(|n| n == &spec.name));
+        let requested = request
+            .as_ref()
+            .is_none_or(|r| r.names.iter().any(|n| n == &spec.name));
         if !requested {
             continue;
         }
@@ -141,7 +158,11 @@ pub async fn deploy<P: PostInstall>(settings: &Settings, dry_run: bool, post: &P
             Err(stage::StageError::NothingStaged(_)) => {
                 if request.is_some() {
                     let mut cr = CertReport::new(&spec.name, None);
-                    cr.failed(Step::Read, "the request names it, but nothing is staged", ExitCode::Runtime);
+                    cr.failed(
+                        Step::Read,
+                        "the request names it, but nothing is staged",
+                        ExitCode::Runtime,
+                    );
                     report.certs.push(cr);
                 }
                 continue;
@@ -157,7 +178,13 @@ pub async fn deploy<P: PostInstall>(settings: &Settings, dry_run: bool, post: &P
             }
         };
         let mut cr = CertReport::new(&spec.name, None);
-        cr.done(Step::Read, format!("staged pair in {}", stage::cert_dir(staging, &spec.name).display()));
+        cr.done(
+            Step::Read,
+            format!(
+                "staged pair in {}",
+                stage::cert_dir(staging, &spec.name).display()
+            ),
+        );
         if let Some(pair) = pipeline::validate_step(&run, spec, bundle, &mut cr) {
             pipeline::finish(&run, spec, &pair, post, &mut cr).await;
         }

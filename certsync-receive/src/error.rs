@@ -46,9 +46,10 @@ pub enum ReceiveError {
 impl ReceiveError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            ReceiveError::Config(_) | ReceiveError::Settings(_) | ReceiveError::UnknownCert { .. } | ReceiveError::Usage(_) => {
-                ExitCode::Usage
-            }
+            ReceiveError::Config(_)
+            | ReceiveError::Settings(_)
+            | ReceiveError::UnknownCert { .. }
+            | ReceiveError::Usage(_) => ExitCode::Usage,
             ReceiveError::Refused(_) => ExitCode::Refused,
             ReceiveError::Protocol(_)
             | ReceiveError::Stage(_)

@@ -66,7 +66,12 @@ pub fn new_id() -> String {
     format!("{}-{t:x}", std::process::id())
 }
 
-fn write_json_atomic<T: Serialize>(dir: &Path, name: &str, value: &T, owner: Option<(u32, u32)>) -> Result<(), HandoffError> {
+fn write_json_atomic<T: Serialize>(
+    dir: &Path,
+    name: &str,
+    value: &T,
+    owner: Option<(u32, u32)>,
+) -> Result<(), HandoffError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| HandoffError::Bad {
@@ -110,14 +115,18 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, H
         });
     }
     let mut buf = Vec::new();
-    f.take(MAX_FILE).read_to_end(&mut buf).map_err(|e| StageError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    serde_json::from_slice(&buf).map(Some).map_err(|e| HandoffError::Bad {
-        path: path.to_path_buf(),
-        reason: format!("malformed: {e}"),
-    })
+    f.take(MAX_FILE)
+        .read_to_end(&mut buf)
+        .map_err(|e| StageError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    serde_json::from_slice(&buf)
+        .map(Some)
+        .map_err(|e| HandoffError::Bad {
+            path: path.to_path_buf(),
+            reason: format!("malformed: {e}"),
+        })
 }
 
 /// `serve`: ask root to deploy what is staged.
@@ -134,16 +143,26 @@ pub fn read_request(staging: &Path) -> Result<Option<Request>, HandoffError> {
 /// `deploy`: publish the result (owned by the staging dir's owner, so the
 /// unprivileged `serve` can read it) and retire the request.
 pub fn write_result(staging: &Path, outcome: &Outcome) -> Result<(), HandoffError> {
-    let owner = std::fs::symlink_metadata(staging).ok().map(|m| (m.uid(), m.gid()));
+    let owner = std::fs::symlink_metadata(staging)
+        .ok()
+        .map(|m| (m.uid(), m.gid()));
     // SAFETY: geteuid has no preconditions.
-    let owner = if unsafe { libc::geteuid() } == 0 { owner } else { None };
+    let owner = if unsafe { libc::geteuid() } == 0 {
+        owner
+    } else {
+        None
+    };
     write_json_atomic(staging, RESULT, outcome, owner)?;
     let _ = std::fs::remove_file(staging.join(REQUEST));
     Ok(())
 }
 
 /// `serve`: wait for the result of request `id`.
-pub async fn wait_result(staging: &Path, id: &str, timeout: Duration) -> Result<Report, HandoffError> {
+pub async fn wait_result(
+    staging: &Path,
+    id: &str,
+    timeout: Duration,
+) -> Result<Report, HandoffError> {
     let start = Instant::now();
     let path = staging.join(RESULT);
     loop {
@@ -176,13 +195,31 @@ mod tests {
         assert_eq!(read_request(dir.path()).unwrap(), Some(req.clone()));
         let staging = dir.path().to_path_buf();
         let id = req.id.clone();
-        let waiter = tokio::spawn(async move { wait_result(&staging, &id, Duration::from_secs(10)).await });
+        let waiter =
+            tokio::spawn(async move { wait_result(&staging, &id, Duration::from_secs(10)).await });
         tokio::time::sleep(Duration::from_millis(150)).await;
         // A result for another request is ignored.
-        write_result(dir.path(), &Outcome { id: "other".into(), report: Report::default() }).unwrap();
+        write_result(
+            dir.path(),
+            &Outcome {
+                id: "other".into(),
+                report: Report::default(),
+            },
+        )
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let report = Report { dry_run: true, certs: vec![] };
-        write_result(dir.path(), &Outcome { id: req.id.clone(), report: report.clone() }).unwrap();
+        let report = Report {
+            dry_run: true,
+            certs: vec![],
+        };
+        write_result(
+            dir.path(),
+            &Outcome {
+                id: req.id.clone(),
+                report: report.clone(),
+            },
+        )
+        .unwrap();
         assert_eq!(waiter.await.unwrap().unwrap(), report);
         assert!(read_request(dir.path()).unwrap().is_none());
     }
@@ -190,7 +227,9 @@ mod tests {
     #[tokio::test]
     async fn waiting_is_bounded_and_explained() {
         let dir = tempfile::tempdir().unwrap();
-        let e = wait_result(dir.path(), "x", Duration::from_millis(200)).await.unwrap_err();
+        let e = wait_result(dir.path(), "x", Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("certsync-deploy.path"), "{e}");
     }
 

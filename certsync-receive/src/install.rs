@@ -57,7 +57,9 @@ pub enum InstallError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the directory {0} does not exist; create it, or fix cert_path/key_path in receive.toml")]
+    #[error(
+        "the directory {0} does not exist; create it, or fix cert_path/key_path in receive.toml"
+    )]
     NoDir(PathBuf),
     #[error("{0} is too large to be a certificate or key file")]
     TooLarge(PathBuf),
@@ -65,7 +67,10 @@ pub enum InstallError {
     Unrepairable { cert: PathBuf, key: PathBuf },
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
     move |source| InstallError::Io {
         action,
         path: path.to_path_buf(),
@@ -91,7 +96,10 @@ impl Dest {
 
 /// A sibling of `path` named `<prefix><file name><suffix>`.
 fn sibling(path: &Path, prefix: &str, suffix: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     path.with_file_name(format!("{prefix}{name}{suffix}"))
 }
 
@@ -160,7 +168,12 @@ pub fn read_installed(dest: &Dest) -> Result<Option<Installed>, InstallError> {
 /// Write `bytes` to a fresh file at `path` with exactly `mode` (set before
 /// the first byte) and `owner`, fsync it. A file already there is removed
 /// first; nothing is ever written through a symlink.
-fn write_file(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<(), InstallError> {
+fn write_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), InstallError> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -250,7 +263,9 @@ pub fn install(dest: &Dest, pair: &ValidatedBundle) -> Result<InstallOutcome, In
 
     let mut kept_previous = false;
     let old_chain = read_opt(&dest.cert, MAX_CHAIN_BYTES).map_err(cleanup)?;
-    let old_key = read_opt(&dest.key, MAX_KEY_BYTES).map_err(cleanup)?.map(zeroize::Zeroizing::new);
+    let old_key = read_opt(&dest.key, MAX_KEY_BYTES)
+        .map_err(cleanup)?
+        .map(zeroize::Zeroizing::new);
     if let (Some(c), Some(k)) = (&old_chain, &old_key) {
         if pair_matches(c, k) {
             keep_copy(&dest.cert, &prev_path(&dest.cert), c, CERT_MODE).map_err(cleanup)?;
@@ -382,7 +397,10 @@ mod tests {
         assert_eq!(mode(&dest.key), KEY_MODE);
         let b = validated(&ca);
         assert!(install(&dest, &b).unwrap().kept_previous);
-        assert_eq!(std::fs::read(prev_path(&dest.cert)).unwrap(), a.bundle().chain);
+        assert_eq!(
+            std::fs::read(prev_path(&dest.cert)).unwrap(),
+            a.bundle().chain
+        );
         assert_eq!(mode(&prev_path(&dest.key)), KEY_MODE);
         let inst = read_installed(&dest).unwrap().unwrap();
         assert!(inst.matching);
@@ -401,13 +419,19 @@ mod tests {
         std::os::unix::fs::symlink(&victim, new_path(&dest.key)).unwrap();
         install(&dest, &validated(&ca)).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
-        assert!(std::fs::symlink_metadata(&dest.key).unwrap().file_type().is_file());
+        assert!(std::fs::symlink_metadata(&dest.key)
+            .unwrap()
+            .file_type()
+            .is_file());
     }
 
     #[test]
     fn missing_directory_is_named() {
         let ca = TestCa::new();
-        let dest = Dest::new("/nonexistent/certsync/cert.pem", "/nonexistent/certsync/key.pem");
+        let dest = Dest::new(
+            "/nonexistent/certsync/cert.pem",
+            "/nonexistent/certsync/key.pem",
+        );
         let e = install(&dest, &validated(&ca)).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/certsync"), "{e}");
     }
@@ -426,7 +450,10 @@ mod tests {
         std::fs::write(new_path(&dest.cert), &b.bundle().chain).unwrap();
         std::fs::write(&dest.key, b.bundle().key.expose()).unwrap();
         assert_eq!(recover(&dest).unwrap(), Recovery::RolledForward);
-        assert_eq!(read_installed(&dest).unwrap().unwrap().chain_sha256, b.chain_sha256());
+        assert_eq!(
+            read_installed(&dest).unwrap().unwrap().chain_sha256,
+            b.chain_sha256()
+        );
         // Mismatch with no waiting cert: back to the kept previous pair.
         let c = validated(&ca);
         install(&dest, &c).unwrap(); // prev = b
@@ -438,6 +465,9 @@ mod tests {
         // Nothing to repair with: a clear error.
         std::fs::remove_file(prev_path(&dest.key)).unwrap();
         std::fs::write(&dest.key, a.bundle().key.expose()).unwrap();
-        assert!(matches!(recover(&dest), Err(InstallError::Unrepairable { .. })));
+        assert!(matches!(
+            recover(&dest),
+            Err(InstallError::Unrepairable { .. })
+        ));
     }
 }

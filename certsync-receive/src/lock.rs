@@ -41,7 +41,10 @@ pub fn try_acquire(dir: &Path) -> Result<Option<Lock>, LockError> {
     let file = open(&dir.join(".lock"))?;
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        Ok(Some(Lock { _file: file, waited: None }))
+        Ok(Some(Lock {
+            _file: file,
+            waited: None,
+        }))
     } else {
         Ok(None)
     }
@@ -62,13 +65,21 @@ fn open(path: &Path) -> Result<File, LockError> {
 }
 
 /// Take the lock file `name` in `dir`.
-pub fn acquire_named(dir: &Path, name: &str, timeout: Duration, on_wait: impl FnOnce()) -> Result<Lock, LockError> {
+pub fn acquire_named(
+    dir: &Path,
+    name: &str,
+    timeout: Duration,
+    on_wait: impl FnOnce(),
+) -> Result<Lock, LockError> {
     let path = dir.join(name);
     let file = open(&path)?;
     let fd = file.as_raw_fd();
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(Lock { _file: file, waited: None });
+        return Ok(Lock {
+            _file: file,
+            waited: None,
+        });
     }
     on_wait();
     let start = Instant::now();
@@ -81,7 +92,10 @@ pub fn acquire_named(dir: &Path, name: &str, timeout: Duration, on_wait: impl Fn
             });
         }
         if start.elapsed() > timeout {
-            return Err(LockError::Timeout { path, waited: timeout });
+            return Err(LockError::Timeout {
+                path,
+                waited: timeout,
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -94,14 +108,21 @@ mod tests {
     #[test]
     fn second_locker_waits_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let first = acquire(dir.path(), Duration::from_secs(1), || panic!("first must not wait")).unwrap();
+        let first = acquire(dir.path(), Duration::from_secs(1), || {
+            panic!("first must not wait")
+        })
+        .unwrap();
         assert!(first.waited.is_none());
         let mut said = false;
         let err = acquire(dir.path(), Duration::from_millis(200), || said = true).unwrap_err();
         assert!(said);
         assert!(matches!(err, LockError::Timeout { .. }));
         let path = dir.path().to_path_buf();
-        let t = std::thread::spawn(move || acquire(&path, Duration::from_secs(10), || {}).unwrap().waited);
+        let t = std::thread::spawn(move || {
+            acquire(&path, Duration::from_secs(10), || {})
+                .unwrap()
+                .waited
+        });
         std::thread::sleep(Duration::from_millis(200));
         drop(first);
         assert!(t.join().unwrap().is_some());

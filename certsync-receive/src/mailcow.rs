@@ -67,19 +67,32 @@ pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
         source,
     })?;
     let vars = parse_conf(&text);
-    let get = |k: &str| vars.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-    let hostname = get("MAILCOW_HOSTNAME").filter(|h| !h.is_empty()).ok_or_else(|| {
-        ReceiveError::Settings(format!(
-            "{}: MAILCOW_HOSTNAME is not set; is this a mailcow-dockerized checkout?",
-            path.display()
-        ))
-    })?;
+    let get = |k: &str| {
+        vars.iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let hostname = get("MAILCOW_HOSTNAME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            ReceiveError::Settings(format!(
+                "{}: MAILCOW_HOSTNAME is not set; is this a mailcow-dockerized checkout?",
+                path.display()
+            ))
+        })?;
     // docker compose derives the default project from the directory name.
-    let project = get("COMPOSE_PROJECT_NAME").filter(|p| !p.is_empty()).unwrap_or_else(|| {
-        dir.file_name()
-            .map(|n| n.to_string_lossy().to_lowercase().replace(['-', '.', ' '], ""))
-            .unwrap_or_else(|| "mailcowdockerized".into())
-    });
+    let project = get("COMPOSE_PROJECT_NAME")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| {
+            dir.file_name()
+                .map(|n| {
+                    n.to_string_lossy()
+                        .to_lowercase()
+                        .replace(['-', '.', ' '], "")
+                })
+                .unwrap_or_else(|| "mailcowdockerized".into())
+        });
     let yes = |k: &str| get(k).is_some_and(|v| v.eq_ignore_ascii_case("y"));
     let conf = MailcowConf {
         dir: dir.to_path_buf(),
@@ -109,7 +122,9 @@ pub fn sni_dirs_covering(ssl_dir: &Path, hostnames: &[String]) -> Vec<PathBuf> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            hostnames.iter().any(|h| san_matches(h, &name) || san_matches(&name, h))
+            hostnames
+                .iter()
+                .any(|h| san_matches(h, &name) || san_matches(&name, h))
         })
         .map(|e| e.path())
         .collect();

@@ -22,10 +22,15 @@ use certsync_receive::{deploy, serve};
 /// config error; 3 refused by validation; 4 installed but reload or
 /// served-certificate check failed.
 #[derive(Debug, Parser)]
-#[command(name = "certsync-receive", version, about, after_help = "\
+#[command(
+    name = "certsync-receive",
+    version,
+    about,
+    after_help = "\
 The usual setup: put the line printed by `certsync-receive authorized-key --pubkey id_ed25519.pub`
 into the certsync user's ~/.ssh/authorized_keys on this host. certsync-push then runs `serve` over
-SSH; nothing else can be run with that key.")]
+SSH; nothing else can be run with that key."
+)]
 struct Cli {
     /// The config file.
     #[arg(long, short, global = true, default_value = DEFAULT_RECEIVE_CONFIG, env = "CERTSYNC_RECEIVE_CONFIG")]
@@ -106,7 +111,10 @@ fn print_report(report: &Report) {
 fn main() -> ProcessExit {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("certsync-receive: cannot start the async runtime: {e}");
@@ -114,6 +122,8 @@ fn main() -> ProcessExit {
         }
     };
     let code = runtime.block_on(run(cli));
+    // Do not wait for a blocking stdin read that a stalled pusher left behind.
+    runtime.shutdown_background();
     code.into()
 }
 
@@ -132,13 +142,26 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let post = Post { settings: &settings };
+    let post = Post {
+        settings: &settings,
+    };
     match command {
         Command::Serve => {
             if let Ok(orig) = std::env::var("SSH_ORIGINAL_COMMAND") {
                 tracing::info!(ssh_original_command = %orig, "logged, not obeyed: this key only runs serve");
             }
-            serve::serve(&settings, tokio::io::stdin(), tokio::io::stdout(), &post, Limits::default()).await
+            let limits = Limits {
+                frame_timeout: settings.read_timeout,
+                ..Limits::default()
+            };
+            serve::serve(
+                &settings,
+                tokio::io::stdin(),
+                tokio::io::stdout(),
+                &post,
+                limits,
+            )
+            .await
         }
         Command::Deploy { dry_run } => match deploy::deploy(&settings, dry_run, &post).await {
             Ok(report) => {
@@ -147,8 +170,15 @@ async fn run(cli: Cli) -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Command::Install { name, cert, key, dry_run, force } => {
-            match deploy::install_files(&settings, &name, &cert, &key, dry_run, force, &post).await {
+        Command::Install {
+            name,
+            cert,
+            key,
+            dry_run,
+            force,
+        } => {
+            match deploy::install_files(&settings, &name, &cert, &key, dry_run, force, &post).await
+            {
                 Ok(report) => {
                     print_report(&report);
                     report.exit()
@@ -156,9 +186,11 @@ async fn run(cli: Cli) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Check { json, warn_days, metrics } => {
-            certsync_receive::check::run(&settings, json, warn_days, metrics.as_deref()).await
-        }
+        Command::Check {
+            json,
+            warn_days,
+            metrics,
+        } => certsync_receive::check::run(&settings, json, warn_days, metrics.as_deref()).await,
         Command::AuthorizedKey { .. } => ExitCode::Usage,
     }
 }

@@ -63,7 +63,11 @@ pub fn recover(spec: &CertSpec) -> Result<(), install::InstallError> {
 }
 
 /// Is this exact pair installed everywhere it belongs?
-fn installed_everywhere(spec: &CertSpec, chain: Fingerprint, key: Fingerprint) -> Result<bool, install::InstallError> {
+fn installed_everywhere(
+    spec: &CertSpec,
+    chain: Fingerprint,
+    key: Fingerprint,
+) -> Result<bool, install::InstallError> {
     for dest in destinations(spec) {
         match install::read_installed(&dest)? {
             Some(i) if i.chain_sha256 == chain && i.key_sha256 == key => {}
@@ -79,10 +83,19 @@ pub fn decide(spec: &CertSpec, offered: &OfferedCert) -> (Wanted, String) {
     match installed_everywhere(spec, offered.chain_sha256, offered.key_sha256) {
         Ok(true) => {
             tracing::info!(cert = %spec.name, leaf = %offered.leaf, "nothing to do: this pair is already installed");
-            (Wanted::Have, format!("nothing to do: {} is already installed", offered.leaf.short()))
+            (
+                Wanted::Have,
+                format!(
+                    "nothing to do: {} is already installed",
+                    offered.leaf.short()
+                ),
+            )
         }
         Ok(false) => (Wanted::Send, "send it".into()),
-        Err(e) => (Wanted::Send, format!("cannot read the installed pair ({e}); send it")),
+        Err(e) => (
+            Wanted::Send,
+            format!("cannot read the installed pair ({e}); send it"),
+        ),
     }
 }
 
@@ -96,7 +109,12 @@ fn installed_not_after(spec: &CertSpec) -> Option<i64> {
 }
 
 /// Step 2: stage the bytes (skipped in a dry run: they stay in memory).
-pub fn stage_step(run: &Run<'_>, spec: &CertSpec, bundle: &Bundle, report: &mut CertReport) -> Result<(), ()> {
+pub fn stage_step(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    bundle: &Bundle,
+    report: &mut CertReport,
+) -> Result<(), ()> {
     if run.dry_run {
         report.skipped(Step::Stage, "dry run: the bytes stay in memory");
         return Ok(());
@@ -116,7 +134,12 @@ pub fn stage_step(run: &Run<'_>, spec: &CertSpec, bundle: &Bundle, report: &mut 
 }
 
 /// Step 3: validate the bytes against this receiver's own config.
-pub fn validate_step(run: &Run<'_>, spec: &CertSpec, bundle: Bundle, report: &mut CertReport) -> Option<ValidatedBundle> {
+pub fn validate_step(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    bundle: Bundle,
+    report: &mut CertReport,
+) -> Option<ValidatedBundle> {
     let policy = Policy {
         hostnames: &spec.hostnames,
         now: run.now,
@@ -147,20 +170,35 @@ pub fn validate_step(run: &Run<'_>, spec: &CertSpec, bundle: Bundle, report: &mu
 }
 
 fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Step 4: compare with what is installed, on disk. `true` = changed.
-pub fn compare_step(spec: &CertSpec, pair: &ValidatedBundle, report: &mut CertReport) -> Result<bool, ()> {
+pub fn compare_step(
+    spec: &CertSpec,
+    pair: &ValidatedBundle,
+    report: &mut CertReport,
+) -> Result<bool, ()> {
     match installed_everywhere(spec, pair.chain_sha256(), pair.key_sha256()) {
         Ok(true) => {
             tracing::info!(cert = %spec.name, leaf = %pair.leaf_fingerprint(), "nothing to do: this pair is already installed");
             report.nothing_to_do = true;
-            report.done(Step::Compare, "nothing to do: this pair is already installed");
+            report.done(
+                Step::Compare,
+                "nothing to do: this pair is already installed",
+            );
             Ok(false)
         }
         Ok(false) => {
-            report.done(Step::Compare, format!("differs from what is installed at {}", spec.cert_path.display()));
+            report.done(
+                Step::Compare,
+                format!(
+                    "differs from what is installed at {}",
+                    spec.cert_path.display()
+                ),
+            );
             Ok(true)
         }
         Err(e) => {
@@ -171,11 +209,28 @@ pub fn compare_step(spec: &CertSpec, pair: &ValidatedBundle, report: &mut CertRe
 }
 
 /// Step 5: install into every destination.
-pub fn install_step(run: &Run<'_>, spec: &CertSpec, pair: &ValidatedBundle, report: &mut CertReport) -> Result<(), ()> {
+pub fn install_step(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    pair: &ValidatedBundle,
+    report: &mut CertReport,
+) -> Result<(), ()> {
     let dests = destinations(spec);
-    let names = || dests.iter().map(|d| d.cert.display().to_string()).collect::<Vec<_>>().join(", ");
+    let names = || {
+        dests
+            .iter()
+            .map(|d| d.cert.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if run.dry_run {
-        report.skipped(Step::Install, format!("dry run: would install {} (0644) and its key (0600)", names()));
+        report.skipped(
+            Step::Install,
+            format!(
+                "dry run: would install {} (0644) and its key (0600)",
+                names()
+            ),
+        );
         return Ok(());
     }
     for dest in &dests {
@@ -191,7 +246,13 @@ pub fn install_step(run: &Run<'_>, spec: &CertSpec, pair: &ValidatedBundle, repo
 }
 
 /// The whole inline pipeline for one received pair (steps 2–7).
-pub async fn deliver<P: PostInstall>(run: &Run<'_>, spec: &CertSpec, bundle: Bundle, post: &P, report: &mut CertReport) {
+pub async fn deliver<P: PostInstall>(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    bundle: Bundle,
+    post: &P,
+    report: &mut CertReport,
+) {
     if stage_step(run, spec, &bundle, report).is_err() {
         return;
     }
@@ -206,7 +267,13 @@ pub async fn deliver<P: PostInstall>(run: &Run<'_>, spec: &CertSpec, bundle: Bun
 }
 
 /// Steps 4–7 for a validated pair.
-pub async fn finish<P: PostInstall>(run: &Run<'_>, spec: &CertSpec, pair: &ValidatedBundle, post: &P, report: &mut CertReport) {
+pub async fn finish<P: PostInstall>(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    pair: &ValidatedBundle,
+    post: &P,
+    report: &mut CertReport,
+) {
     match compare_step(spec, pair, report) {
         Ok(true) => {}
         Ok(false) | Err(()) => return,

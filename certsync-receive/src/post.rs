@@ -28,6 +28,9 @@ impl PostInstall for Post<'_> {
             report.skipped(Step::Verify, "no endpoints configured (verify = [])");
             return;
         }
-        report.skipped(Step::Verify, "the served-certificate check is not wired in yet");
+        report.skipped(
+            Step::Verify,
+            "the served-certificate check is not wired in yet",
+        );
     }
 }

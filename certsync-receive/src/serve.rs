@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime};
 use certsync_core::bundle::Bundle;
 use certsync_core::config::DeployMode;
 use certsync_core::protocol::{
-    write_message, Decision, Hello, Limits, Message, Offer, ProtocolError, Reader, Want, Wanted, WireError,
+    write_message, Decision, Hello, Limits, Message, Offer, ProtocolError, Reader, Want, Wanted,
+    WireError,
 };
 use certsync_core::report::{CertReport, Report, Step};
 use certsync_core::ExitCode;
@@ -33,7 +34,13 @@ pub const AGENT: &str = concat!("certsync-receive ", env!("CARGO_PKG_VERSION"));
 
 /// Run one session. Returns the exit code (the report's worst, or the
 /// error's).
-pub async fn serve<R, W, P>(settings: &Settings, input: R, mut output: W, post: &P, limits: Limits) -> ExitCode
+pub async fn serve<R, W, P>(
+    settings: &Settings,
+    input: R,
+    mut output: W,
+    post: &P,
+    limits: Limits,
+) -> ExitCode
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -43,7 +50,14 @@ where
         Ok(code) => code,
         Err((code, message)) => {
             tracing::error!("{message}");
-            let _ = write_message(&mut output, &Message::Error(WireError { message, exit: code })).await;
+            let _ = write_message(
+                &mut output,
+                &Message::Error(WireError {
+                    message,
+                    exit: code,
+                }),
+            )
+            .await;
             code
         }
     }
@@ -55,7 +69,13 @@ fn proto(e: ProtocolError) -> Failure {
     (ExitCode::Runtime, format!("protocol: {e}"))
 }
 
-async fn session<R, W, P>(settings: &Settings, input: R, output: &mut W, post: &P, limits: Limits) -> Result<ExitCode, Failure>
+async fn session<R, W, P>(
+    settings: &Settings,
+    input: R,
+    output: &mut W,
+    post: &P,
+    limits: Limits,
+) -> Result<ExitCode, Failure>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -67,25 +87,39 @@ where
         .map_err(proto)?;
     let hello = match reader.next("hello").await.map_err(proto)? {
         Message::Hello(h) => h,
-        other => return Err(proto(ProtocolError::Unexpected { expected: "hello", got: other.kind() })),
+        other => {
+            return Err(proto(ProtocolError::Unexpected {
+                expected: "hello",
+                got: other.kind(),
+            }))
+        }
     };
     hello.check().map_err(proto)?;
     tracing::info!(peer = %hello.agent, dry_run = hello.dry_run, force = hello.force, "session started");
 
     let offer: Offer = match reader.next("offer").await.map_err(proto)? {
         Message::Offer(o) => o,
-        other => return Err(proto(ProtocolError::Unexpected { expected: "offer", got: other.kind() })),
+        other => {
+            return Err(proto(ProtocolError::Unexpected {
+                expected: "offer",
+                got: other.kind(),
+            }))
+        }
     };
 
     // One receiver at a time, from the compare to the report.
-    crate::stage::ensure_dir(&settings.staging_dir).map_err(|e| (ExitCode::Runtime, e.to_string()))?;
+    crate::stage::ensure_dir(&settings.staging_dir)
+        .map_err(|e| (ExitCode::Runtime, e.to_string()))?;
     let dir = settings.staging_dir.clone();
     let lock = tokio::task::spawn_blocking(move || lock::acquire(&dir, LOCK_TIMEOUT, || {}))
         .await
         .map_err(|e| (ExitCode::Runtime, format!("lock task failed: {e}")))?
         .map_err(|e| (ExitCode::Runtime, e.to_string()))?;
     if let Some(waited) = lock.waited {
-        let line = format!("waited {:.1}s for another certsync-receive to finish", waited.as_secs_f64());
+        let line = format!(
+            "waited {:.1}s for another certsync-receive to finish",
+            waited.as_secs_f64()
+        );
         tracing::info!("{line}");
         let _ = write_message(output, &Message::Log(line)).await;
     }
@@ -106,7 +140,11 @@ where
                     settings.config_path.display()
                 );
                 cr.failed(Step::Read, msg.clone(), ExitCode::Usage);
-                Decision { name: offered.name.clone(), wanted: Wanted::Unknown, message: msg }
+                Decision {
+                    name: offered.name.clone(),
+                    wanted: Wanted::Unknown,
+                    message: msg,
+                }
             }
             Some(spec) => {
                 if let Err(e) = pipeline::recover(spec) {
@@ -117,15 +155,24 @@ where
                     cr.nothing_to_do = true;
                     cr.done(Step::Compare, message.clone());
                 }
-                Decision { name: offered.name.clone(), wanted, message }
+                Decision {
+                    name: offered.name.clone(),
+                    wanted,
+                    message,
+                }
             }
         };
         decisions.push(decision);
         reports.insert(offered.name.clone(), cr);
     }
-    write_message(output, &Message::Want(Want { certs: decisions.clone() }))
-        .await
-        .map_err(proto)?;
+    write_message(
+        output,
+        &Message::Want(Want {
+            certs: decisions.clone(),
+        }),
+    )
+    .await
+    .map_err(proto)?;
 
     // Read every requested bundle, then Done; anything else is an error.
     let mut wanted: Vec<String> = decisions
@@ -148,7 +195,12 @@ where
                 bundles.push((name, bundle));
             }
             Message::Done => break,
-            other => return Err(proto(ProtocolError::Unexpected { expected: "bundle or done", got: other.kind() })),
+            other => {
+                return Err(proto(ProtocolError::Unexpected {
+                    expected: "bundle or done",
+                    got: other.kind(),
+                }))
+            }
         }
     }
     if !wanted.is_empty() {
@@ -170,7 +222,10 @@ where
         let (Some(spec), Some(cr)) = (settings.cert(&name), reports.get_mut(&name)) else {
             continue;
         };
-        cr.done(Step::Read, format!("{} bytes of chain and a key", bundle.chain.len()));
+        cr.done(
+            Step::Read,
+            format!("{} bytes of chain and a key", bundle.chain.len()),
+        );
         if handoff {
             if pipeline::stage_step(&run, spec, &bundle, cr).is_ok() {
                 if let Some(pair) = pipeline::validate_step(&run, spec, bundle, cr) {
@@ -208,7 +263,11 @@ where
                         cr.exit = cr.exit.worst(d.exit);
                         cr.nothing_to_do = d.nothing_to_do;
                         // The deploy side re-validated; keep its later steps.
-                        cr.steps.extend(d.steps.into_iter().filter(|s| !matches!(s.step, Step::Read | Step::Stage)));
+                        cr.steps.extend(
+                            d.steps
+                                .into_iter()
+                                .filter(|s| !matches!(s.step, Step::Read | Step::Stage)),
+                        );
                     }
                 }
             }
@@ -232,7 +291,9 @@ where
         }
     }
     let code = report.exit();
-    write_message(output, &Message::Report(report)).await.map_err(proto)?;
+    write_message(output, &Message::Report(report))
+        .await
+        .map_err(proto)?;
     drop(lock);
     Ok(code)
 }

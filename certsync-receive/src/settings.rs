@@ -34,6 +34,8 @@ pub struct Settings {
     pub staging_dir: PathBuf,
     pub deploy: DeployMode,
     pub handoff_timeout: Duration,
+    /// How long each protocol frame may take to arrive.
+    pub read_timeout: Duration,
     pub certs: Vec<CertSpec>,
     pub docker: DockerConfig,
     pub mailcow: Option<MailcowConf>,
@@ -86,7 +88,10 @@ impl Settings {
             };
             let verify = match (&c.verify, &mc) {
                 (Some(v), _) => v.clone(),
-                (None, Some(_)) => mailcow::DEFAULT_VERIFY.iter().map(|s| s.to_string()).collect(),
+                (None, Some(_)) => mailcow::DEFAULT_VERIFY
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 (None, None) => Vec::new(),
             };
             let sni_dirs = match &mc {
@@ -108,6 +113,7 @@ impl Settings {
             staging_dir: raw.staging_dir(),
             deploy: raw.deploy,
             handoff_timeout: raw.handoff_timeout(),
+            read_timeout: raw.read_timeout(),
             certs,
             docker,
             mailcow: mc,

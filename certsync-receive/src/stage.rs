@@ -54,7 +54,8 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StageError> {
             // Tighten a dir we own; never loosen.
             // SAFETY: geteuid has no preconditions.
             if meta.uid() == unsafe { libc::geteuid() } && meta.mode() & 0o077 != 0 {
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io(dir))?;
             }
             Ok(())
         }
@@ -62,7 +63,10 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StageError> {
             if let Some(parent) = dir.parent() {
                 std::fs::create_dir_all(parent).map_err(io(parent))?;
             }
-            std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(io(dir))?;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir))?;
             Ok(())
         }
         Err(e) => Err(io(dir)(e)),
@@ -109,7 +113,8 @@ pub fn stage(staging: &Path, name: &str, bundle: &Bundle) -> Result<PathBuf, Sta
     ensure_dir(&dir)?;
     let chain = dir.join(STAGED_CHAIN);
     let key = dir.join(STAGED_KEY);
-    let res = write_new(&chain, &bundle.chain, 0o600).and_then(|_| write_new(&key, bundle.key.expose(), 0o600));
+    let res = write_new(&chain, &bundle.chain, 0o600)
+        .and_then(|_| write_new(&key, bundle.key.expose(), 0o600));
     if let Err(e) = res {
         clear(staging, name);
         return Err(e);
@@ -150,7 +155,9 @@ fn read_limited(path: &Path, max: usize) -> Result<Vec<u8>, StageError> {
         });
     }
     let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.take(max as u64 + 1).read_to_end(&mut buf).map_err(io(path))?;
+    f.take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(io(path))?;
     if buf.len() > max {
         return Err(StageError::TooLarge {
             path: path.to_path_buf(),
@@ -167,7 +174,9 @@ pub fn read_staged(staging: &Path, name: &str) -> Result<Bundle, StageError> {
     match std::fs::symlink_metadata(&dir) {
         Ok(m) if m.file_type().is_dir() => {}
         Ok(_) => return Err(StageError::NotADir(dir)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StageError::NothingStaged(name.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StageError::NothingStaged(name.to_string()))
+        }
         Err(e) => return Err(io(&dir)(e)),
     }
     let chain_path = dir.join(STAGED_CHAIN);
@@ -208,26 +217,48 @@ mod tests {
         symlink(&victim, staging.join("mail").join(STAGED_KEY)).unwrap();
         symlink(&victim, staging.join("mail").join(STAGED_CHAIN)).unwrap();
         // Reading refuses the links.
-        assert!(matches!(read_staged(&staging, "mail"), Err(StageError::NotRegular(_))));
+        assert!(matches!(
+            read_staged(&staging, "mail"),
+            Err(StageError::NotRegular(_))
+        ));
         // Staging replaces the links, never writing through them.
         let b = Bundle::new(b"chain".to_vec(), SecretBytes::new(b"key".to_vec()));
         stage(&staging, "mail", &b).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
-        assert!(std::fs::symlink_metadata(staging.join("mail").join(STAGED_KEY)).unwrap().is_file());
+        assert!(
+            std::fs::symlink_metadata(staging.join("mail").join(STAGED_KEY))
+                .unwrap()
+                .is_file()
+        );
         // A symlinked cert dir is refused.
         std::fs::remove_dir_all(staging.join("mail")).unwrap();
         symlink(root.path(), staging.join("mail")).unwrap();
-        assert!(matches!(stage(&staging, "mail", &b), Err(StageError::NotADir(_))));
-        assert!(matches!(read_staged(&staging, "mail"), Err(StageError::NotADir(_))));
+        assert!(matches!(
+            stage(&staging, "mail", &b),
+            Err(StageError::NotADir(_))
+        ));
+        assert!(matches!(
+            read_staged(&staging, "mail"),
+            Err(StageError::NotADir(_))
+        ));
     }
 
     #[test]
     fn oversized_staged_files_are_refused() {
         let root = tempfile::tempdir().unwrap();
         let staging = root.path().join("s");
-        let b = Bundle::new(vec![b'a'; MAX_CHAIN_BYTES + 1], SecretBytes::new(b"k".to_vec()));
+        let b = Bundle::new(
+            vec![b'a'; MAX_CHAIN_BYTES + 1],
+            SecretBytes::new(b"k".to_vec()),
+        );
         stage(&staging, "mail", &b).unwrap();
-        assert!(matches!(read_staged(&staging, "mail"), Err(StageError::TooLarge { .. })));
-        assert!(matches!(read_staged(&staging, "other"), Err(StageError::NothingStaged(_))));
+        assert!(matches!(
+            read_staged(&staging, "mail"),
+            Err(StageError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read_staged(&staging, "other"),
+            Err(StageError::NothingStaged(_))
+        ));
     }
 }

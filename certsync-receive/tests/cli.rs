@@ -13,7 +13,15 @@ fn help_lists_every_subcommand_and_the_exit_codes() {
     let out = bin().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["serve", "deploy", "install", "check", "authorized-key", "Exit codes", "refused"] {
+    for word in [
+        "serve",
+        "deploy",
+        "install",
+        "check",
+        "authorized-key",
+        "Exit codes",
+        "refused",
+    ] {
         assert!(text.contains(word), "--help lacks {word:?}:\n{text}");
     }
 }

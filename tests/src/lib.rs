@@ -11,6 +11,7 @@
 pub mod bins;
 pub mod docker;
 pub mod livedir;
+pub mod receiver;
 pub mod sshd;
 
 /// Is `CERTSYNC_REQUIRE_REAL=1` set (as `.ci/run` does)?
