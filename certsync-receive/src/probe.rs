@@ -201,14 +201,20 @@ pub enum ProbeError {
     },
     #[error("{endpoint}: the server sent no certificate")]
     NoCertificate { endpoint: Endpoint },
-    #[error("{endpoint} (SNI {sni}) serves certificate {served} ({subject}), not the installed {expected}: the daemon behind it has not re-read the certificate (did its reload run?) or reads another file")]
-    Mismatch {
-        endpoint: Endpoint,
-        sni: String,
-        expected: Fingerprint,
-        served: Fingerprint,
-        subject: String,
-    },
+    #[error(transparent)]
+    Mismatch(Box<Mismatch>),
+}
+
+/// The endpoint serves another certificate than the installed one.
+#[derive(Debug, thiserror::Error)]
+#[error("{endpoint} (SNI {sni}) serves certificate {served} ({subject}), not the installed {expected}: the daemon behind it has not re-read the certificate (did its reload run?) or reads another file")]
+pub struct Mismatch {
+    pub endpoint: Endpoint,
+    pub sni: String,
+    pub expected: Fingerprint,
+    pub served: Fingerprint,
+    /// The served leaf's subject, to tell an old cert from a foreign one.
+    pub subject: String,
 }
 
 /// The leaf certificate `endpoint` presents for `sni`, within `timeout`.
@@ -276,13 +282,13 @@ pub fn verify(
         );
         let err = match result {
             Ok(info) if info.fingerprint == expected => return Ok(info.fingerprint),
-            Ok(info) => ProbeError::Mismatch {
+            Ok(info) => ProbeError::Mismatch(Box::new(Mismatch {
                 endpoint: endpoint.clone(),
                 sni: sni.to_string(),
                 expected,
                 served: info.fingerprint,
                 subject: info.subject,
-            },
+            })),
             // A wrong endpoint does not get better by waiting.
             Err(e @ ProbeError::BadEndpoint { .. }) => return Err(e),
             Err(e) => e,

@@ -192,7 +192,7 @@ pub enum ReloadError {
     Negotiate {
         socket: PathBuf,
         #[source]
-        source: bollard::errors::Error,
+        source: Box<bollard::errors::Error>,
     },
     #[error("no reload command for compose service {service:?}: add `\"{service}\" = [\"…\"]` under [docker.reload] in receive.toml")]
     NoCommand { service: String },
@@ -200,7 +200,7 @@ pub enum ReloadError {
     List {
         service: String,
         #[source]
-        source: bollard::errors::Error,
+        source: Box<bollard::errors::Error>,
     },
     #[error("`{command}` in container {container} (service {service}) could not be run: {source}")]
     Exec {
@@ -208,7 +208,7 @@ pub enum ReloadError {
         container: String,
         command: String,
         #[source]
-        source: bollard::errors::Error,
+        source: Box<bollard::errors::Error>,
     },
     #[error(
         "`{command}` in container {container} (service {service}) did not finish within {secs} s"
@@ -224,7 +224,7 @@ pub enum ReloadError {
         service: String,
         container: String,
         #[source]
-        source: bollard::errors::Error,
+        source: Box<bollard::errors::Error>,
     },
 }
 
@@ -247,7 +247,7 @@ pub async fn connect(socket: &Path) -> Result<Docker, ReloadError> {
     })?;
     let negotiate = |source| ReloadError::Negotiate {
         socket: socket.to_path_buf(),
-        source,
+        source: Box::new(source),
     };
     let docker = Docker::connect_with_unix(path, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
         .map_err(negotiate)?;
@@ -368,7 +368,7 @@ async fn reload_service(
         Err(source) => {
             let e = ReloadError::List {
                 service: service.to_string(),
-                source,
+                source: Box::new(source),
             };
             return outcome(vec![], ReloadStatus::Failed, e.to_string());
         }
@@ -486,7 +486,7 @@ async fn exec_reload(
             service: service.to_string(),
             container: container.name.clone(),
             command: shown.clone(),
-            source,
+            source: Box::new(source),
         }
         .to_string()
     };
@@ -578,7 +578,7 @@ async fn restart(docker: &Docker, service: &str, container: &Found) -> Result<()
         .map_err(|source| ReloadError::Restart {
             service: service.to_string(),
             container: container.name.clone(),
-            source,
+            source: Box::new(source),
         })
 }
 
