@@ -17,6 +17,12 @@
 //! - [`Dockerd::nginx_mailcow`]: Debian's real nginx (the host's `/usr`
 //!   bind-mounted read-only) serving TLS from an ssl dir mounted the way
 //!   mailcow mounts it, `./data/assets/ssl:/etc/ssl/mail:ro`.
+//! - [`Dockerd::postfix_mailcow`], [`Dockerd::dovecot_mailcow`]: Debian's
+//!   real postfix (SMTP STARTTLS) and dovecot (IMAP, IMAPS, POP3, ManageSieve)
+//!   the same way, with the host's `/etc/passwd` and `/etc/group` mounted
+//!   for their system users; `postfix reload` / `dovecot reload` through
+//!   exec make them re-read the mounted certificate. They need Debian's
+//!   `postfix dovecot-imapd dovecot-pop3d dovecot-managesieved` on the host.
 //!
 //! No traffic leaves loopback: the engine has no bridge (`--bridge=none`),
 //! touches neither iptables nor ip_forward, and containers run with
@@ -353,6 +359,183 @@ http {{
         }
     }
 
+    /// Debian's postfix in a container labelled `project`/`postfix-mailcow`,
+    /// with STARTTLS on 127.0.0.1:<smtp port> from `ssl_dir` mounted at
+    /// `/etc/ssl/mail:ro`, as mailcow does. `postfix reload` inside re-reads
+    /// the certificate.
+    pub fn postfix_mailcow(&self, name: &str, project: &str, ssl_dir: &Path) -> MailDaemon<'_> {
+        let conf = tempfile::tempdir().unwrap();
+        let smtp = free_port();
+        std::fs::write(
+            conf.path().join("main.cf"),
+            format!(
+                "# certsync test stand-in for postfix-mailcow
+compatibility_level = 3.7
+meta_directory = /etc/postfix-meta
+queue_directory = /var/spool/postfix
+data_directory = /var/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mail.example.com
+mydestination =
+alias_maps =
+alias_database =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+maillog_file = /dev/stdout
+smtpd_tls_cert_file = /etc/ssl/mail/cert.pem
+smtpd_tls_key_file = /etc/ssl/mail/key.pem
+smtpd_tls_security_level = may
+"
+            ),
+        )
+        .unwrap();
+        // Only the services smtpd needs, none chrooted.
+        std::fs::write(
+            conf.path().join("master.cf"),
+            format!(
+                "127.0.0.1:{smtp} inet n - n - - smtpd
+pickup unix n - n 60 1 pickup
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+tlsmgr unix - - n 1000? 1 tlsmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+proxywrite unix - - n - 1 proxymap
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+"
+            ),
+        )
+        .unwrap();
+        let mut run = Run::new(name)
+            .compose(project, "postfix-mailcow")
+            .network_host()
+            .host_usr()
+            .host_users()
+            .mount(ssl_dir, "/etc/ssl/mail", true)
+            .mount(conf.path(), "/etc/postfix", true)
+            .mount(Path::new("/etc/postfix"), "/etc/postfix-meta", true);
+        run.cmd = vec![
+            "sh".into(),
+            "-c".into(),
+            "mkdir -p /var/lib/postfix /var/spool/postfix && chown postfix /var/lib/postfix && exec postfix start-fg".into(),
+        ];
+        self.mail_daemon(run, conf, vec![("smtp", smtp)])
+    }
+
+    /// Debian's dovecot in a container labelled `project`/`dovecot-mailcow`:
+    /// IMAP (STARTTLS), IMAPS, POP3 (STLS) and ManageSieve (STARTTLS) on
+    /// 127.0.0.1, certificate from `ssl_dir` mounted at `/etc/ssl/mail:ro`.
+    /// `dovecot reload` inside re-reads it.
+    pub fn dovecot_mailcow(&self, name: &str, project: &str, ssl_dir: &Path) -> MailDaemon<'_> {
+        let conf = tempfile::tempdir().unwrap();
+        let ports = vec![
+            ("imap", free_port()),
+            ("imaps", free_port()),
+            ("pop3", free_port()),
+            ("sieve", free_port()),
+        ];
+        let port = |n: &str| ports.iter().find(|(k, _)| *k == n).unwrap().1;
+        std::fs::write(
+            conf.path().join("dovecot.conf"),
+            format!(
+                "# certsync test stand-in for dovecot-mailcow
+base_dir = /run/dovecot
+state_dir = /var/lib/dovecot
+log_path = /dev/stderr
+protocols = imap pop3 sieve
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = </etc/ssl/mail/cert.pem
+ssl_key = </etc/ssl/mail/key.pem
+passdb {{
+  driver = static
+  args = password=unused
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home=/tmp
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = {imaps}
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service managesieve-login {{
+  inet_listener sieve {{
+    port = {sieve}
+  }}
+}}
+",
+                imap = port("imap"),
+                imaps = port("imaps"),
+                pop3 = port("pop3"),
+                sieve = port("sieve"),
+            ),
+        )
+        .unwrap();
+        let mut run = Run::new(name)
+            .compose(project, "dovecot-mailcow")
+            .network_host()
+            .host_usr()
+            .host_users()
+            .mount(ssl_dir, "/etc/ssl/mail", true)
+            .mount(conf.path(), "/etc/dovecot", true);
+        run.cmd = vec![
+            "sh".into(),
+            "-c".into(),
+            "mkdir -p /run/dovecot /var/lib/dovecot && exec dovecot -F".into(),
+        ];
+        self.mail_daemon(run, conf, ports)
+    }
+
+    fn mail_daemon(
+        &self,
+        run: Run,
+        conf: TempDir,
+        ports: Vec<(&'static str, u16)>,
+    ) -> MailDaemon<'_> {
+        let container = self.run(&run);
+        for (what, port) in &ports {
+            let up = wait_until(Duration::from_secs(30), || {
+                TcpStream::connect(("127.0.0.1", *port)).is_ok()
+            });
+            if up.is_none() {
+                panic!(
+                    "{} does not listen for {what} on 127.0.0.1:{port}:\n{}",
+                    run.name,
+                    container.logs()
+                );
+            }
+        }
+        MailDaemon {
+            container,
+            ports,
+            _conf: conf,
+        }
+    }
+
     /// Every container of this engine, running or not.
     pub fn container_ids(&self) -> Vec<String> {
         self.docker_ok(&["ps", "-aq", "--no-trunc"])
@@ -482,6 +665,13 @@ impl Run {
         self
     }
 
+    /// Mount the host's `/etc/passwd` and `/etc/group` read-only, so the
+    /// daemons' system users (postfix, dovecot, dovenull) exist inside.
+    pub fn host_users(self) -> Run {
+        self.mount(Path::new("/etc/passwd"), "/etc/passwd", true)
+            .mount(Path::new("/etc/group"), "/etc/group", true)
+    }
+
     /// Mount the host's `/usr` (and `/lib`, `/lib64` where they are real
     /// dirs) read-only, so Debian's binaries run inside.
     pub fn host_usr(mut self) -> Run {
@@ -493,6 +683,28 @@ impl Run {
             }
         }
         self
+    }
+}
+
+/// A real mail daemon (postfix or dovecot) in a container.
+pub struct MailDaemon<'d> {
+    pub container: Container<'d>,
+    /// Protocol word (`smtp`, `imap`, `imaps`, `pop3`, `sieve`) and port on
+    /// 127.0.0.1.
+    pub ports: Vec<(&'static str, u16)>,
+    _conf: TempDir,
+}
+
+impl MailDaemon<'_> {
+    /// The endpoints in `verify` syntax, e.g. `"127.0.0.1:40123 imap"`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|(what, port)| {
+                let protocol = if *what == "imaps" { "tls" } else { what };
+                format!("127.0.0.1:{port} {protocol}")
+            })
+            .collect()
     }
 }
 

@@ -375,3 +375,87 @@ async fn nginx_serves_the_new_certificate_after_reload_through_the_docker_api() 
         assert!(msg.contains(&needle), "{needle}: {msg}");
     }
 }
+
+/// Every endpoint serves `expected`, as the probe sees it (with retries
+/// while daemons reload).
+async fn all_serve(endpoints: &[String], expected: Fingerprint, retry_for: Duration) {
+    for text in endpoints {
+        let e = Endpoint::parse(text).unwrap();
+        let got = tokio::task::spawn_blocking(move || probe::verify(&e, HOST, expected, retry_for))
+            .await
+            .unwrap();
+        if let Err(err) = got {
+            panic!("{text}: {err}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_postfix_and_dovecot_serve_the_new_certificate_after_reload() {
+    let Some(d) = engine() else { return };
+    let installed = Path::new("/usr/sbin/postfix").exists()
+        && Path::new("/usr/sbin/dovecot").exists()
+        && Path::new("/usr/lib/dovecot/managesieve-login").exists()
+        && Path::new("/usr/lib/dovecot/pop3-login").exists();
+    if !require("postfix and dovecot (apt-get install postfix dovecot-imapd dovecot-pop3d dovecot-managesieved)", installed) {
+        return;
+    }
+    let ca = TestCa::new();
+    let a = ca.leaf(KeyKind::P384, &[HOST]);
+    let b = ca.leaf(KeyKind::P256, &[HOST]);
+    let ssl = tempfile::tempdir().unwrap();
+    write_pair(ssl.path(), &a);
+    let t = Instant::now();
+    let postfix = d.postfix_mailcow("mc-postfix-mailcow-1", "mc", ssl.path());
+    let dovecot = d.dovecot_mailcow("mc-dovecot-mailcow-1", "mc", ssl.path());
+    eprintln!("postfix and dovecot containers up in {:?}", t.elapsed());
+    let mut endpoints = postfix.endpoints();
+    endpoints.extend(dovecot.endpoints());
+    assert_eq!(endpoints.len(), 5, "{endpoints:?}");
+
+    all_serve(&endpoints, a.fingerprint(), Duration::from_secs(5)).await;
+
+    write_pair(ssl.path(), &b);
+    let t = Instant::now();
+    let outcomes = reload(
+        &plan(&d, Some("mc"), &["postfix-mailcow", "dovecot-mailcow"]),
+        false,
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "postfix reload + dovecot reload through the API took {:?}",
+        t.elapsed()
+    );
+    for service in ["postfix-mailcow", "dovecot-mailcow"] {
+        assert_eq!(
+            outcome(&outcomes, service).status,
+            ReloadStatus::Reloaded,
+            "{outcomes:#?}"
+        );
+    }
+
+    all_serve(&endpoints, b.fingerprint(), Duration::from_secs(20)).await;
+    let smtp_port = postfix.ports[0].1;
+    let s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-starttls",
+            "smtp",
+            "-connect",
+            &format!("127.0.0.1:{smtp_port}"),
+            "-servername",
+            HOST,
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let leaf = openssl::x509::X509::from_pem(&s_client.stdout)
+        .expect("s_client printed the server certificate");
+    assert_eq!(
+        Fingerprint::of_der(&leaf.to_der().unwrap()),
+        b.fingerprint(),
+        "openssl s_client -starttls smtp"
+    );
+}
