@@ -368,8 +368,7 @@ http {{
         let smtp = free_port();
         std::fs::write(
             conf.path().join("main.cf"),
-            format!(
-                "# certsync test stand-in for postfix-mailcow
+            "# certsync test stand-in for postfix-mailcow
 compatibility_level = 3.7
 meta_directory = /etc/postfix-meta
 queue_directory = /var/spool/postfix
@@ -386,8 +385,7 @@ maillog_file = /dev/stdout
 smtpd_tls_cert_file = /etc/ssl/mail/cert.pem
 smtpd_tls_key_file = /etc/ssl/mail/key.pem
 smtpd_tls_security_level = may
-"
-            ),
+",
         )
         .unwrap();
         // Only the services smtpd needs, none chrooted.
