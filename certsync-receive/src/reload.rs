@@ -219,6 +219,15 @@ pub enum ReloadError {
         command: String,
         secs: u64,
     },
+    #[error("`{command}` in container {container} (service {service}) exited {code}{output}")]
+    ExitCode {
+        service: String,
+        container: String,
+        command: String,
+        code: i64,
+        /// `: "<the command's last words>"`, or empty.
+        output: String,
+    },
     #[error("restarting container {container} (service {service}) failed: {source}; restart it by hand: docker restart {container}")]
     Restart {
         service: String,
@@ -472,23 +481,20 @@ async fn missing_message(docker: &Docker, project: Option<&str>, service: &str) 
     message
 }
 
-/// Run the reload command in one container; `Err` is an operator-readable
-/// reason (the exit code and the command's own words).
+/// Run the reload command in one container; `Err` says why it did not
+/// exit 0 (with the command's own last words).
 async fn exec_reload(
     docker: &Docker,
     service: &str,
     container: &Found,
     command: &[String],
-) -> Result<(), String> {
+) -> Result<(), ReloadError> {
     let shown = command.join(" ");
-    let exec_error = |source| {
-        ReloadError::Exec {
-            service: service.to_string(),
-            container: container.name.clone(),
-            command: shown.clone(),
-            source: Box::new(source),
-        }
-        .to_string()
+    let exec_error = |source| ReloadError::Exec {
+        service: service.to_string(),
+        container: container.name.clone(),
+        command: shown.clone(),
+        source: Box::new(source),
     };
     let created = docker
         .create_exec(
@@ -521,31 +527,31 @@ async fn exec_reload(
             }
         }
         let code = exit_code(docker, &created.id).await.map_err(exec_error)?;
-        Ok::<_, String>((code, output))
+        Ok::<_, ReloadError>((code, output))
     };
     let (code, output) = tokio::time::timeout(EXEC_TIMEOUT, run)
         .await
-        .map_err(|_| {
-            ReloadError::ExecTimeout {
-                service: service.to_string(),
-                container: container.name.clone(),
-                command: shown.clone(),
-                secs: EXEC_TIMEOUT.as_secs(),
-            }
-            .to_string()
+        .map_err(|_| ReloadError::ExecTimeout {
+            service: service.to_string(),
+            container: container.name.clone(),
+            command: shown.clone(),
+            secs: EXEC_TIMEOUT.as_secs(),
         })??;
     match code {
         Some(0) => Ok(()),
-        Some(code) => Err(format!(
-            "`{shown}` in container {} (service {service}) exited {code}{}",
-            container.name,
-            quote_output(&output)
-        )),
-        None => Err(format!(
-            "`{shown}` in container {} (service {service}) was still running {} s after its output ended",
-            container.name,
-            EXEC_EXIT_WAIT.as_secs()
-        )),
+        Some(code) => Err(ReloadError::ExitCode {
+            service: service.to_string(),
+            container: container.name.clone(),
+            command: shown,
+            code,
+            output: quote_output(&output),
+        }),
+        None => Err(ReloadError::ExecTimeout {
+            service: service.to_string(),
+            container: container.name.clone(),
+            command: shown,
+            secs: EXEC_TIMEOUT.as_secs(),
+        }),
     }
 }
 
