@@ -246,6 +246,40 @@ async fn an_unreachable_socket_is_a_clear_error() {
     assert!(matches!(err, ReloadError::SocketRefused { .. }), "{err:?}");
 }
 
+#[test]
+fn a_forbidden_socket_says_to_join_the_docker_group() {
+    let Some(d) = engine() else { return };
+    let plan = plan(&d, Some("mc"), &["postfix-mailcow"]);
+    // An unprivileged user's view of the engine's socket: setfsuid changes
+    // the file-system identity of this thread only (and drops its
+    // CAP_DAC_OVERRIDE), which is what a socket connect is checked against.
+    let err = std::thread::spawn(move || {
+        // SAFETY: affects only this thread's file-system uid.
+        unsafe { libc::setfsuid(65534) };
+        assert_eq!(
+            unsafe { libc::setfsuid(u32::MAX) },
+            65534,
+            "setfsuid did not take"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(reload(&plan, false)).unwrap_err()
+    })
+    .join()
+    .unwrap();
+    assert!(
+        matches!(err, ReloadError::SocketPermission { .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&d.socket().display().to_string()) && msg.contains("docker group"),
+        "{msg}"
+    );
+}
+
 // ------------------------------------------------------ real nginx and TLS
 
 fn write_pair(ssl: &Path, leaf: &TestLeaf) {
