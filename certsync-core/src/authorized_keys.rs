@@ -280,7 +280,10 @@ mod tests {
 
     #[test]
     fn refuses_bad_keys() {
-        assert_eq!(authorized_keys_line("", None, "x"), Err(AuthorizedKeyError::Empty));
+        assert_eq!(
+            authorized_keys_line("", None, "x"),
+            Err(AuthorizedKeyError::Empty)
+        );
         assert!(matches!(
             authorized_keys_line("ssh-dss AAAAB3NzaC1kc3M=", None, "x"),
             Err(AuthorizedKeyError::UnsupportedType { .. })

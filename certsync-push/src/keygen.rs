@@ -187,7 +187,9 @@ mod tests {
             std::fs::metadata(&res.public_key).unwrap().mode() & 0o777,
             0o644
         );
-        assert!(res.public_line.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"));
+        assert!(res
+            .public_line
+            .starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"));
         assert!(res.public_line.ends_with(" certsync@npm"));
         assert_eq!(
             std::fs::read_to_string(&res.public_key).unwrap(),
@@ -203,10 +205,22 @@ mod tests {
 
         // OpenSSH agrees on the fingerprint and can derive the public key.
         if Path::new("/usr/bin/ssh-keygen").exists() {
-            let lf = Command::new("ssh-keygen").arg("-lf").arg(&out).output().unwrap();
+            let lf = Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(&out)
+                .output()
+                .unwrap();
             let text = String::from_utf8_lossy(&lf.stdout);
-            assert!(text.contains(&res.fingerprint), "{text} vs {}", res.fingerprint);
-            let y = Command::new("ssh-keygen").arg("-yf").arg(&out).output().unwrap();
+            assert!(
+                text.contains(&res.fingerprint),
+                "{text} vs {}",
+                res.fingerprint
+            );
+            let y = Command::new("ssh-keygen")
+                .arg("-yf")
+                .arg(&out)
+                .output()
+                .unwrap();
             assert!(y.status.success());
             let derived = String::from_utf8_lossy(&y.stdout);
             let derived_key: Vec<&str> = derived.split_whitespace().take(2).collect();
@@ -235,14 +249,20 @@ mod tests {
         // An existing .pub is refused too, and no private key is left.
         let out2 = dir.path().join("id2");
         std::fs::write(pub_path(&out2), "old pub").unwrap();
-        assert!(matches!(keygen(&out2, "c"), Err(KeygenError::Exists { .. })));
+        assert!(matches!(
+            keygen(&out2, "c"),
+            Err(KeygenError::Exists { .. })
+        ));
         assert!(!out2.exists());
 
         // A dangling symlink at the path is not followed.
         let target = dir.path().join("elsewhere");
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(matches!(keygen(&link, "c"), Err(KeygenError::Exists { .. })));
+        assert!(matches!(
+            keygen(&link, "c"),
+            Err(KeygenError::Exists { .. })
+        ));
         assert!(!target.exists());
     }
 
@@ -260,6 +280,9 @@ mod tests {
     #[test]
     fn missing_directory_names_the_path() {
         let err = keygen(Path::new("/nonexistent-dir/certsync/id"), "c").unwrap_err();
-        assert!(err.to_string().contains("/nonexistent-dir/certsync/id"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent-dir/certsync/id"),
+            "{err}"
+        );
     }
 }

@@ -416,14 +416,22 @@ mod tests {
             k.check("MAIL.Example.COM", 22, &key(KEY_A)),
             Verdict::Known { line: 1 }
         );
-        assert_eq!(k.check("other.example.com", 22, &key(KEY_A)), Verdict::Unknown);
+        assert_eq!(
+            k.check("other.example.com", 22, &key(KEY_A)),
+            Verdict::Unknown
+        );
         // A non-22 port is a different name.
-        assert_eq!(k.check("mail.example.com", 2222, &key(KEY_A)), Verdict::Unknown);
+        assert_eq!(
+            k.check("mail.example.com", 2222, &key(KEY_A)),
+            Verdict::Unknown
+        );
     }
 
     #[test]
     fn changed_key_lists_the_lines() {
-        let k = kh(&format!("mail.example.com {KEY_A}\nmail.example.com {KEY_C}\n"));
+        let k = kh(&format!(
+            "mail.example.com {KEY_A}\nmail.example.com {KEY_C}\n"
+        ));
         assert_eq!(
             k.check("mail.example.com", 22, &key(KEY_B)),
             Verdict::Changed { lines: vec![1, 2] }
@@ -516,20 +524,29 @@ mod tests {
             Verdict::Known { line: 2 }
         );
         // The negated pattern makes the line not apply at all.
-        assert_eq!(k.check("secret.example.net", 22, &key(KEY_B)), Verdict::Unknown);
+        assert_eq!(
+            k.check("secret.example.net", 22, &key(KEY_B)),
+            Verdict::Unknown
+        );
         assert_eq!(k.check("example.net", 22, &key(KEY_B)), Verdict::Unknown);
         assert_eq!(
             k.check("mx1.example.org", 22, &key(KEY_C)),
             Verdict::Known { line: 3 }
         );
-        assert_eq!(k.check("mx12.example.org", 22, &key(KEY_C)), Verdict::Unknown);
+        assert_eq!(
+            k.check("mx12.example.org", 22, &key(KEY_C)),
+            Verdict::Unknown
+        );
         // Wildcards apply to the bracketed form too.
         let k = kh(&format!("[*.example.com]:*,!*:23 {KEY_A}\n"));
         assert_eq!(
             k.check("mail.example.com", 2222, &key(KEY_A)),
             Verdict::Known { line: 1 }
         );
-        assert_eq!(k.check("mail.example.com", 23, &key(KEY_A)), Verdict::Unknown);
+        assert_eq!(
+            k.check("mail.example.com", 23, &key(KEY_A)),
+            Verdict::Unknown
+        );
     }
 
     #[test]
@@ -551,7 +568,9 @@ mod tests {
             Verdict::Unknown
         );
         // Revocation applies only to the hosts its line matches.
-        let k = kh(&format!("@revoked other.example.com {KEY_A}\nmail.example.com {KEY_A}\n"));
+        let k = kh(&format!(
+            "@revoked other.example.com {KEY_A}\nmail.example.com {KEY_A}\n"
+        ));
         assert_eq!(
             k.check("mail.example.com", 22, &key(KEY_A)),
             Verdict::Known { line: 2 }
@@ -613,6 +632,8 @@ mod tests {
     #[test]
     fn load_missing_file_names_it() {
         let err = KnownHosts::load(Path::new("/nonexistent/certsync/known_hosts")).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/certsync/known_hosts"));
+        assert!(err
+            .to_string()
+            .contains("/nonexistent/certsync/known_hosts"));
     }
 }
