@@ -13,6 +13,8 @@
 //! - The local receiver is started from an argv list, never through a shell.
 
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use certsync_core::config::{Target, TransportKind};
@@ -57,7 +59,10 @@ impl Connection {
     ) -> Connection {
         Connection {
             reader,
-            writer,
+            writer: Box::new(ShutdownOnce {
+                inner: writer,
+                done: false,
+            }),
             peer,
             end,
         }
@@ -104,6 +109,37 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("peer", &self.peer)
             .finish_non_exhaustive()
+    }
+}
+
+/// Makes a second `shutdown` a no-op: the protocol code may close the
+/// stream itself before `finish` does, and an SSH EOF sent twice is a
+/// protocol error in the peer's log.
+struct ShutdownOnce {
+    inner: Box<dyn AsyncWrite + Unpin + Send>,
+    done: bool,
+}
+
+impl AsyncWrite for ShutdownOnce {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        let result = std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx));
+        self.done = true;
+        Poll::Ready(result)
     }
 }
 

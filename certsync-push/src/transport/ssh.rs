@@ -32,7 +32,7 @@ use certsync_core::config::Target;
 use russh::client;
 use russh::keys::{Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, Disconnect};
-use tokio::io::{AsyncWriteExt, SimplexStream, WriteHalf};
+use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
@@ -238,7 +238,10 @@ async fn establish(
     let peer = target.peer();
     let (read_half, write_half) = channel.split();
     let writer = write_half.make_writer();
-    let (pipe_reader, pipe_writer) = tokio::io::simplex(READ_BUFFER);
+    // A duplex pipe, not a simplex: dropping the reader must make the
+    // pump's writes fail (so it keeps draining for the exit status), and
+    // only DuplexStream closes its peer on drop.
+    let (pipe_reader, pipe_writer) = tokio::io::duplex(READ_BUFFER);
     let pump = tokio::spawn(pump(read_half, early, pipe_writer, peer.clone()));
     tracing::debug!("connected to {peer}, receiver started");
     Ok(Connection::new(
@@ -473,7 +476,7 @@ struct RemoteEnd {
 async fn pump(
     mut channel: russh::ChannelReadHalf,
     mut early: VecDeque<ChannelMsg>,
-    pipe: WriteHalf<SimplexStream>,
+    pipe: DuplexStream,
     peer: String,
 ) -> RemoteEnd {
     let mut out = Some(pipe);
