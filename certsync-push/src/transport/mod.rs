@@ -216,8 +216,13 @@ pub enum TransportError {
     #[error("the pinned host_key for {host} is not a public key line ({reason}): write it as \"ssh-ed25519 AAAA…\", as ssh-keyscan prints it")]
     BadPinnedKey { host: String, reason: String },
 
-    #[error(transparent)]
-    KnownHosts(#[from] KnownHostsError),
+    #[error("{source}; to trust {host}:{port}, check its host key fingerprint out of band, then run: ssh-keyscan -p {port} {host} >> {}", source.path.display())]
+    KnownHosts {
+        host: String,
+        port: u16,
+        #[source]
+        source: KnownHostsError,
+    },
 
     #[error("cannot use the private key {}: {reason}", path.display())]
     Identity { path: PathBuf, reason: String },

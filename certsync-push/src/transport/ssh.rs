@@ -357,7 +357,15 @@ enum Trust {
 impl Trust {
     fn load(target: &SshTarget) -> Result<Trust, TransportError> {
         Ok(match &target.host_keys {
-            HostKeyPolicy::KnownHosts(path) => Trust::KnownHosts(KnownHosts::load(path)?),
+            HostKeyPolicy::KnownHosts(path) => {
+                Trust::KnownHosts(KnownHosts::load(path).map_err(|source| {
+                    TransportError::KnownHosts {
+                        host: target.host.clone(),
+                        port: target.port,
+                        source,
+                    }
+                })?)
+            }
             HostKeyPolicy::Pinned(text) => Trust::Pinned(parse_pinned_key(text, &target.host)?),
         })
     }
@@ -372,7 +380,7 @@ impl Trust {
     fn check(&self, host: &str, port: u16, offered: &PublicKey) -> Result<(), TransportError> {
         let algorithm = offered.algorithm().as_str().to_string();
         let fingerprint = offered.fingerprint(HashAlg::Sha256).to_string();
-        let (host, path) = match self {
+        let known = match self {
             Trust::Pinned(pinned) => {
                 if pinned.key_data() == offered.key_data() {
                     return Ok(());
@@ -386,11 +394,9 @@ impl Trust {
                     pinned_fingerprint: pinned.fingerprint(HashAlg::Sha256).to_string(),
                 });
             }
-            Trust::KnownHosts(k) => (host.to_string(), k.path().to_path_buf()),
+            Trust::KnownHosts(known) => known,
         };
-        let Trust::KnownHosts(known) = self else {
-            return Ok(());
-        };
+        let (host, path) = (host.to_string(), known.path().to_path_buf());
         match known.check(&host, port, offered.key_data()) {
             Verdict::Known { line } => {
                 tracing::debug!(
@@ -646,6 +652,84 @@ mod tests {
             let err = load_identity(&enc).unwrap_err();
             assert!(err.to_string().contains("passphrase"), "{err}");
         }
+    }
+
+    fn config_target() -> Target {
+        Target {
+            name: "mailcow".into(),
+            host: Some("mail.example.com".into()),
+            port: None,
+            user: Some("certsync".into()),
+            identity: Some("/etc/certsync/id_ed25519".into()),
+            known_hosts: Some("/etc/certsync/known_hosts".into()),
+            host_key: None,
+            certs: None,
+            transport: Default::default(),
+            command: None,
+            connect_timeout: None,
+        }
+    }
+
+    #[test]
+    fn from_config_defaults_and_missing_fields() {
+        let t = SshTarget::from_config(&config_target()).unwrap();
+        assert_eq!(t.port, 22);
+        assert_eq!(t.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(
+            t.host_keys,
+            HostKeyPolicy::KnownHosts("/etc/certsync/known_hosts".into())
+        );
+        assert_eq!(t.peer(), "certsync@mail.example.com:22");
+
+        let mut pinned = config_target();
+        pinned.known_hosts = None;
+        pinned.host_key = Some("ssh-ed25519 AAAA".into());
+        pinned.port = Some(2222);
+        pinned.connect_timeout = Some(3);
+        let t = SshTarget::from_config(&pinned).unwrap();
+        assert_eq!(
+            t.host_keys,
+            HostKeyPolicy::Pinned("ssh-ed25519 AAAA".into())
+        );
+        assert_eq!((t.port, t.connect_timeout), (2222, Duration::from_secs(3)));
+
+        let mut no_user = config_target();
+        no_user.user = None;
+        let err = SshTarget::from_config(&no_user).unwrap_err();
+        assert!(err.to_string().contains("`user`"), "{err}");
+        assert_eq!(err.exit_code(), certsync_core::ExitCode::Usage);
+    }
+
+    #[tokio::test]
+    async fn local_files_are_checked_before_the_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = dir.path().join("id");
+        crate::keygen::keygen(&id, "t").unwrap();
+        // Nothing listens on loopback port 9; the file errors come first
+        // and the port is never even tried.
+        let mut t = SshTarget {
+            host: "127.0.0.1".into(),
+            port: 9,
+            user: "certsync".into(),
+            identity: dir.path().join("missing"),
+            host_keys: HostKeyPolicy::KnownHosts(dir.path().join("known_hosts")),
+            connect_timeout: Duration::from_secs(1),
+        };
+        let err = connect(&t).await.unwrap_err();
+        assert!(
+            err.to_string().contains("certsync-push keygen --out"),
+            "{err}"
+        );
+
+        t.identity = id;
+        let err = connect(&t).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, TransportError::KnownHosts { .. }), "{msg}");
+        assert!(msg.contains("ssh-keyscan -p 9 127.0.0.1 >> "), "{msg}");
+
+        t.host_keys = HostKeyPolicy::Pinned("not a key".into());
+        let err = connect(&t).await.unwrap_err();
+        assert!(matches!(err, TransportError::BadPinnedKey { .. }), "{err}");
     }
 
     #[test]
