@@ -351,6 +351,35 @@ impl Drop for Sshd {
     }
 }
 
+/// Make sure a local login user `name` exists for [`SshdBuilder::user`]:
+/// created if missing as a system user with `/bin/sh`, no home, and the
+/// password field `*` (sshd without PAM refuses accounts locked with `!`,
+/// which is useradd's default). Returns false if it cannot be created
+/// (not root, no useradd), so the caller can skip or fail via `require`.
+pub fn ensure_user(name: &str) -> bool {
+    let exists = |n: &str| {
+        Command::new("id")
+            .arg("-u")
+            .arg(n)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if exists(name) {
+        return true;
+    }
+    // Several tests may race to create it; "already exists" is success.
+    let _ = Command::new("useradd")
+        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
+        .args(["--shell", "/bin/sh", "--password", "*"])
+        .arg(name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    exists(name)
+}
+
 /// `HOSTS TYPE BASE64` from a public key line (its comment dropped).
 pub fn known_hosts_line(hosts: &str, public_line: &str) -> String {
     let mut fields = public_line.split_whitespace();

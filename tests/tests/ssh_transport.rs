@@ -141,6 +141,34 @@ async fn finish_without_reading_still_gets_status() {
 }
 
 #[tokio::test]
+async fn killed_receiver_gives_no_status_and_hung_one_is_bounded() {
+    if !have_sshd() {
+        return;
+    }
+    let (sshd, key, _k) = sshd_with("kill -9 $$");
+    let conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
+        .await
+        .unwrap();
+    assert_eq!(conn.finish().await.unwrap(), None);
+
+    // Ignores EOF on stdin: finish gives up at its bound.
+    sshd.set_authorized_keys(&[forced_line("sleep 30", &key.public_line)]);
+    let conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
+        .await
+        .unwrap();
+    let err = conn
+        .finish_within(Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::FinishTimeout { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("root@127.0.0.1:{}", sshd.port())),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn known_hosts_plain_hashed_and_bracketed_forms() {
     if !have_sshd() {
         return;
@@ -402,6 +430,34 @@ async fn our_keygen_key_works_with_its_printed_line() {
     assert_eq!(conn.finish().await.unwrap(), Some(0));
     // sshd logs the fingerprint it accepted; it is the one keygen printed.
     assert!(sshd.log().contains(&out.fingerprint), "{}", sshd.log());
+}
+
+#[tokio::test]
+async fn forced_command_runs_as_an_unprivileged_user() {
+    if !have_sshd()
+        || !require(
+            "a local user certsync-test",
+            sshd::ensure_user("certsync-test"),
+        )
+    {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let key = client_key(keys.path(), "id", KeyType::Ed25519);
+    // The command line is run by the user's shell: id prints who runs it.
+    let sshd = Sshd::builder()
+        .user("certsync-test")
+        .authorized_key(&forced_line("id -un", &key.public_line))
+        .start();
+    let mut conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
+    assert_eq!(
+        conn.peer(),
+        format!("certsync-test@127.0.0.1:{}", sshd.port())
+    );
+    assert_eq!(echo(&mut conn, b"").await, b"certsync-test\n");
+    assert_eq!(conn.finish().await.unwrap(), Some(0));
 }
 
 #[tokio::test]
