@@ -18,6 +18,7 @@
 //!
 //! What is `pub` here is the contract between the two sides.
 
+pub mod authorized_keys;
 pub mod bundle;
 pub mod config;
 pub mod exit;
