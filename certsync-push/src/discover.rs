@@ -286,7 +286,9 @@ pub enum Choice {
     First,
     Unchanged,
     /// The dir moved (e.g. NPM made a new lineage npm-7 for the same names).
-    Changed { old: PathBuf },
+    Changed {
+        old: PathBuf,
+    },
 }
 
 /// Record `new_dir` as the choice for `cert_name` in
@@ -378,10 +380,15 @@ mod tests {
         let a = Path::new("/opt/npm/letsencrypt/live/npm-5");
         let b = Path::new("/opt/npm/letsencrypt/live/npm-7");
         assert_eq!(choice_changed(&state, "mail", a).unwrap(), Choice::First);
-        assert_eq!(choice_changed(&state, "mail", a).unwrap(), Choice::Unchanged);
+        assert_eq!(
+            choice_changed(&state, "mail", a).unwrap(),
+            Choice::Unchanged
+        );
         assert_eq!(
             choice_changed(&state, "mail", b).unwrap(),
-            Choice::Changed { old: a.to_path_buf() }
+            Choice::Changed {
+                old: a.to_path_buf()
+            }
         );
         assert_eq!(choice_changed(&state, "other", a).unwrap(), Choice::First);
         let names: Vec<_> = fs::read_dir(&state)

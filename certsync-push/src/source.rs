@@ -96,7 +96,10 @@ pub enum Problem {
     /// The links point into different archive directories.
     MixedArchiveDirs { dirs: Vec<PathBuf> },
     /// Some names are links and others regular files.
-    MixedLinksAndFiles { links: Vec<&'static str>, files: Vec<&'static str> },
+    MixedLinksAndFiles {
+        links: Vec<&'static str>,
+        files: Vec<&'static str>,
+    },
     /// The name (or its target) is a directory, a device, …
     NotRegularFile { file: &'static str },
     /// The link or file changed while we read it.
@@ -124,7 +127,11 @@ impl fmt::Display for Problem {
             ),
             Problem::Missing { file } => write!(f, "{file} is missing"),
             Problem::Dangling { file, target } => {
-                write!(f, "{file} points at {} which does not exist", target.display())
+                write!(
+                    f,
+                    "{file} points at {} which does not exist",
+                    target.display()
+                )
             }
             Problem::NotCertbotTarget { file, target } => write!(
                 f,
@@ -163,7 +170,10 @@ impl fmt::Display for Problem {
             ),
             Problem::CertNotLeaf => write!(f, "cert.pem is not the leaf of fullchain.pem"),
             Problem::ChainDiffers => {
-                write!(f, "chain.pem is not the rest of fullchain.pem after the leaf")
+                write!(
+                    f,
+                    "chain.pem is not the rest of fullchain.pem after the leaf"
+                )
             }
         }
     }
@@ -458,9 +468,7 @@ fn read_file(
         .open(path);
     let mut file: File = match file {
         Ok(f) => f,
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) =>
-        {
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => {
             problems.push(Problem::Changed { file: name });
             return Ok(None);
         }
@@ -516,7 +524,12 @@ pub fn read_consistent(dir: &Path) -> Result<SourcePair, SourceError> {
     if !previous.is_empty() {
         problems.push(Problem::PreviousPresent { files: previous });
     }
-    let mut entries = [Entry::Missing, Entry::Missing, Entry::Missing, Entry::Missing];
+    let mut entries = [
+        Entry::Missing,
+        Entry::Missing,
+        Entry::Missing,
+        Entry::Missing,
+    ];
     for (i, name) in LIVE_FILES.iter().enumerate() {
         entries[i] = stat_entry(dir, name)?;
     }
@@ -556,7 +569,12 @@ pub fn read_consistent(dir: &Path) -> Result<SourcePair, SourceError> {
     let [cert, key, chain, fullchain] = contents;
     let (Some(key), Some(fullchain)) = (key, fullchain) else {
         // check_layout guarantees both paths; keep a defined error anyway.
-        return Err(inconsistent(dir, vec![Problem::Missing { file: "fullchain.pem" }]));
+        return Err(inconsistent(
+            dir,
+            vec![Problem::Missing {
+                file: "fullchain.pem",
+            }],
+        ));
     };
     let certs = match parse_chain(&fullchain) {
         Ok(c) => c,
@@ -719,9 +737,17 @@ mod tests {
         let archive = root.join("archive/x");
         fs::create_dir_all(&archive).unwrap();
         fs::write(archive.join(format!("cert{n}.pem")), &leaf.cert_pem).unwrap();
-        fs::write(archive.join(format!("chain{n}.pem")), &leaf.intermediates_pem).unwrap();
+        fs::write(
+            archive.join(format!("chain{n}.pem")),
+            &leaf.intermediates_pem,
+        )
+        .unwrap();
         fs::write(archive.join(format!("fullchain{n}.pem")), &leaf.chain_pem).unwrap();
-        fs::write(archive.join(format!("privkey{n}.pem")), leaf.key_pem.expose()).unwrap();
+        fs::write(
+            archive.join(format!("privkey{n}.pem")),
+            leaf.key_pem.expose(),
+        )
+        .unwrap();
     }
 
     fn link(root: &Path, name: &str, n: u32) {
@@ -744,9 +770,15 @@ mod tests {
 
     #[test]
     fn generation_parsing() {
-        assert_eq!(generation_of("cert.pem", Path::new("../../archive/x/cert12.pem")), Some(12));
+        assert_eq!(
+            generation_of("cert.pem", Path::new("../../archive/x/cert12.pem")),
+            Some(12)
+        );
         assert_eq!(generation_of("chain.pem", Path::new("chain3.pem")), Some(3));
-        assert_eq!(generation_of("chain.pem", Path::new("fullchain3.pem")), None);
+        assert_eq!(
+            generation_of("chain.pem", Path::new("fullchain3.pem")),
+            None
+        );
         assert_eq!(generation_of("cert.pem", Path::new("cert.pem")), None);
         assert_eq!(generation_of("cert.pem", Path::new("cert+1.pem")), None);
         assert_eq!(generation_of("cert.pem", Path::new("certx.pem")), None);
@@ -802,7 +834,13 @@ mod tests {
         symlink("../../archive/x/mycert.pem", live.join("cert.pem")).unwrap();
         let err = read_consistent(&live).unwrap_err();
         assert!(
-            matches!(err.problems(), Some([Problem::NotCertbotTarget { file: "cert.pem", .. }])),
+            matches!(
+                err.problems(),
+                Some([Problem::NotCertbotTarget {
+                    file: "cert.pem",
+                    ..
+                }])
+            ),
             "{err}"
         );
     }
@@ -818,7 +856,10 @@ mod tests {
         let err = read_consistent(&live).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("chain.pem are regular files"), "{msg}");
-        assert!(msg.contains("cert.pem points at ../../archive/x/cert1.pem which does not exist"), "{msg}");
+        assert!(
+            msg.contains("cert.pem points at ../../archive/x/cert1.pem which does not exist"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -826,14 +867,24 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let f = tmp.path().join("f");
         fs::write(&f, b"x").unwrap();
-        assert!(matches!(read_consistent(&f), Err(SourceError::NotADirectory { .. })));
+        assert!(matches!(
+            read_consistent(&f),
+            Err(SourceError::NotADirectory { .. })
+        ));
         assert!(matches!(
             read_consistent(&tmp.path().join("nope")),
             Err(SourceError::Io { .. })
         ));
-        fs::write(tmp.path().join("fullchain.pem"), vec![b'a'; MAX_PEM_BYTES as usize + 1]).unwrap();
+        fs::write(
+            tmp.path().join("fullchain.pem"),
+            vec![b'a'; MAX_PEM_BYTES as usize + 1],
+        )
+        .unwrap();
         fs::write(tmp.path().join("privkey.pem"), b"k").unwrap();
-        assert!(matches!(read_consistent(tmp.path()), Err(SourceError::TooLarge { .. })));
+        assert!(matches!(
+            read_consistent(tmp.path()),
+            Err(SourceError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -851,7 +902,10 @@ mod tests {
         let other = ca.leaf(KeyKind::Ed25519, &["a.example"]);
         fs::write(tmp.path().join("cert.pem"), &other.cert_pem).unwrap();
         let err = read_consistent(tmp.path()).unwrap_err();
-        assert!(matches!(err.problems(), Some([Problem::CertNotLeaf])), "{err}");
+        assert!(
+            matches!(err.problems(), Some([Problem::CertNotLeaf])),
+            "{err}"
+        );
     }
 
     #[test]
@@ -863,8 +917,14 @@ mod tests {
         };
         let err = read_consistent_retry(tmp.path(), retry).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, SourceError::StillInconsistent { attempts, .. } if attempts >= 2), "{msg}");
-        assert!(msg.contains("fullchain.pem is missing") && msg.contains("update_symlinks"), "{msg}");
+        assert!(
+            matches!(err, SourceError::StillInconsistent { attempts, .. } if attempts >= 2),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("fullchain.pem is missing") && msg.contains("update_symlinks"),
+            "{msg}"
+        );
     }
 
     #[tokio::test]
@@ -872,7 +932,9 @@ mod tests {
         let ca = TestCa::new();
         let leaf = ca.leaf(KeyKind::P256, &["a.example"]);
         let (_tmp, live) = certbot_dir(&leaf);
-        let pair = read_consistent_retry_async(&live, Retry::default()).await.unwrap();
+        let pair = read_consistent_retry_async(&live, Retry::default())
+            .await
+            .unwrap();
         assert_eq!(pair.bundle.chain, leaf.chain_pem);
     }
 }
