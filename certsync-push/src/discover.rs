@@ -105,8 +105,18 @@ pub fn discover(live_root: &Path, now: i64) -> Result<Vec<DiscoveredCert>, Sourc
         path: live_root.to_path_buf(),
         source,
     };
+    let entries = match fs::read_dir(live_root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SourceError::NoSuchDir {
+                path: live_root.to_path_buf(),
+                hint: "the live root is certbot's `live` dir, e.g. /opt/npm/letsencrypt/live",
+            })
+        }
+        Err(e) => return Err(list_err(e)),
+    };
     let mut found = Vec::new();
-    for entry in fs::read_dir(live_root).map_err(list_err)? {
+    for entry in entries {
         let entry = entry.map_err(list_err)?;
         let dir = entry.path();
         // fs::metadata follows a symlinked lineage dir, as certbot would.
@@ -364,6 +374,15 @@ mod tests {
         assert_eq!(date_utc(951_782_400), "2000-02-29");
         assert_eq!(date_utc(1_798_761_599), "2026-12-31");
         assert_eq!(date_utc(-86_400), "1969-12-31");
+    }
+
+    #[test]
+    fn a_missing_live_root_is_named() {
+        let err = discover(Path::new("/nonexistent/live"), 0).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/live does not exist"),
+            "{err}"
+        );
     }
 
     #[test]

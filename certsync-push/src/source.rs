@@ -211,6 +211,8 @@ pub enum SourceError {
         attempts: u32,
         problems: Problems,
     },
+    #[error("{} does not exist; {hint}", path.display())]
+    NoSuchDir { path: PathBuf, hint: &'static str },
     #[error("{} is not a directory; `source` must be a certbot live dir such as /opt/npm/letsencrypt/live/npm-5", path.display())]
     NotADirectory { path: PathBuf },
     #[error("{} is larger than {limit} bytes; it is not a certificate or key file", path.display())]
@@ -511,7 +513,16 @@ fn inconsistent(dir: &Path, problems: Vec<Problem>) -> SourceError {
 /// Read a consistent pair from a certbot live dir (or a plain copy of one).
 /// See the module docs for every rule.
 pub fn read_consistent(dir: &Path) -> Result<SourcePair, SourceError> {
-    let meta = fs::metadata(dir).map_err(io_err("open the live dir", dir))?;
+    let meta = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SourceError::NoSuchDir {
+                path: dir.to_path_buf(),
+                hint: "check `source` in push.toml; `certsync-push discover` lists the live dirs",
+            })
+        }
+        Err(e) => return Err(io_err("open the live dir", dir)(e)),
+    };
     if !meta.is_dir() {
         return Err(SourceError::NotADirectory {
             path: dir.to_path_buf(),
@@ -871,10 +882,9 @@ mod tests {
             read_consistent(&f),
             Err(SourceError::NotADirectory { .. })
         ));
-        assert!(matches!(
-            read_consistent(&tmp.path().join("nope")),
-            Err(SourceError::Io { .. })
-        ));
+        let err = read_consistent(&tmp.path().join("nope")).unwrap_err();
+        assert!(matches!(err, SourceError::NoSuchDir { .. }), "{err}");
+        assert!(err.to_string().contains("nope does not exist"), "{err}");
         fs::write(
             tmp.path().join("fullchain.pem"),
             vec![b'a'; MAX_PEM_BYTES as usize + 1],
