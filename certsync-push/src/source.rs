@@ -513,6 +513,15 @@ fn inconsistent(dir: &Path, problems: Vec<Problem>) -> SourceError {
 /// Read a consistent pair from a certbot live dir (or a plain copy of one).
 /// See the module docs for every rule.
 pub fn read_consistent(dir: &Path) -> Result<SourcePair, SourceError> {
+    read_consistent_inner(dir, &mut || {})
+}
+
+/// [`read_consistent`] with a hook run between reading and resolving
+/// again, so tests can change the dir at exactly that instant.
+fn read_consistent_inner(
+    dir: &Path,
+    after_read: &mut dyn FnMut(),
+) -> Result<SourcePair, SourceError> {
     let meta = match fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -559,6 +568,8 @@ pub fn read_consistent(dir: &Path) -> Result<SourcePair, SourceError> {
     if !problems.is_empty() {
         return Err(inconsistent(dir, problems));
     }
+
+    after_read();
 
     // 3. Resolve again: the same links (or the same files), still no
     //    previous_*. A renewal that started or finished meanwhile shows here.
@@ -870,6 +881,66 @@ mod tests {
         assert!(
             msg.contains("cert.pem points at ../../archive/x/cert1.pem which does not exist"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_renewal_between_read_and_second_resolve_is_caught() {
+        let ca = TestCa::new();
+        let old = ca.leaf(KeyKind::P384, &["a.example"]);
+        let new = ca.leaf(KeyKind::P384, &["a.example"]);
+        let (tmp, live) = certbot_dir(&old);
+        // A whole renewal (archive N+1, all four links moved) lands while
+        // the old bytes are in hand: they are consistent, but no longer
+        // current, so the read is refused and the caller re-reads.
+        let err = read_consistent_inner(&live, &mut || {
+            write_gen(tmp.path(), 2, &new);
+            for name in LIVE_FILES {
+                link(tmp.path(), name, 2);
+            }
+        })
+        .unwrap_err();
+        let ps = err.problems().unwrap();
+        assert_eq!(ps.len(), 4, "{err}");
+        assert!(
+            ps.iter().all(|p| matches!(p, Problem::Changed { .. })),
+            "{err}"
+        );
+        let pair = read_consistent(&live).unwrap();
+        assert_eq!(pair.bundle.chain, new.chain_pem);
+        assert_eq!(pair.generation, Some(2));
+    }
+
+    #[test]
+    fn a_plain_file_replaced_meanwhile_is_caught() {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(KeyKind::P256, &["a.example"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("fullchain.pem"), &leaf.chain_pem).unwrap();
+        fs::write(dir.join("privkey.pem"), leaf.key_pem.expose()).unwrap();
+        let err = read_consistent_inner(dir, &mut || {
+            fs::write(dir.join("privkey.pem.new"), leaf.key_pem.expose()).unwrap();
+            fs::rename(dir.join("privkey.pem.new"), dir.join("privkey.pem")).unwrap();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err.problems(),
+                Some([Problem::Changed {
+                    file: "privkey.pem"
+                }])
+            ),
+            "{err}"
+        );
+        // previous_* appearing after the read is caught too.
+        let err = read_consistent_inner(dir, &mut || {
+            symlink("fullchain.pem", dir.join("previous_fullchain.pem")).unwrap();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err.problems(), Some([Problem::PreviousPresent { .. }])),
+            "{err}"
         );
     }
 
