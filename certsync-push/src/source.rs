@@ -1,1 +1,1021 @@
-//! (to be written)
+//! The source: reading a consistent pair out of a certbot live dir.
+//!
+//! certbot keeps every generation of a certificate in
+//! `archive/<name>/{cert,privkey,chain,fullchain}N.pem` and points
+//! `live/<name>/{cert,privkey,chain,fullchain}.pem` at the current one with
+//! *relative* symlinks (`../../archive/<name>/cert3.pem`). A renewal
+//! (certbot's `storage.RenewableCert.update_all_links_to`) is not atomic:
+//!
+//! 1. write the archive files for N+1;
+//! 2. create `previous_{cert,privkey,chain,fullchain}.pem` pointing at N;
+//! 3. for cert, privkey, chain, fullchain *in that order*: unlink the link,
+//!    then create it again pointing at N+1;
+//! 4. remove the `previous_*` links.
+//!
+//! A reader in the middle of step 3 sees the new key next to the old
+//! fullchain, or no link at all. [`read_consistent`] therefore accepts a pair
+//! only when all of these hold, and otherwise returns
+//! [`SourceError::Inconsistent`] listing every [`Problem`] it saw:
+//!
+//! - no `previous_*.pem` is present (before *and* after reading);
+//! - all four links exist and resolve, into the same archive directory and
+//!   the same generation N;
+//! - the bytes are the real file contents: each resolved target is opened
+//!   with `O_NOFOLLOW` (the link text itself is never read as a certificate)
+//!   and must be a regular file of bounded size;
+//! - the links did not change while we read: resolve, read, resolve again,
+//!   compare;
+//! - the private key matches the leaf of `fullchain.pem` (compared as keys,
+//!   so RSA, ECDSA and Ed25519 alike), and `cert.pem` / `chain.pem` agree
+//!   with `fullchain.pem`.
+//!
+//! A plain directory of regular files (someone copied the pair) is accepted
+//! too, under the same rules minus the generation: `fullchain.pem` and
+//! `privkey.pem` must exist, `cert.pem` and `chain.pem` are checked if
+//! present. A directory that mixes links and regular files is refused.
+//!
+//! [`read_consistent_retry`] re-reads for a bounded window while the dir is
+//! inconsistent (a renewal takes milliseconds) and then gives up with the
+//! last list of problems. No error ever carries key bytes.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use certsync_core::bundle::{parse_chain, parse_key, BundleError, CertInfo};
+use certsync_core::{Bundle, Fingerprint, SecretBytes};
+use openssl::x509::X509;
+use zeroize::Zeroizing;
+
+/// The four names certbot keeps in a live dir, in the order a renewal
+/// relinks them (certbot's `ALL_FOUR`).
+pub const LIVE_FILES: [&str; 4] = ["cert.pem", "privkey.pem", "chain.pem", "fullchain.pem"];
+
+const CERT: usize = 0;
+const PRIVKEY: usize = 1;
+const CHAIN: usize = 2;
+const FULLCHAIN: usize = 3;
+
+/// The largest file read from a live dir. A full chain of 8 RSA-4096
+/// certificates is under 20 KiB; anything far bigger is not a certbot file.
+pub const MAX_PEM_BYTES: u64 = 256 * 1024;
+
+/// A consistent pair, read from one live dir.
+#[derive(Debug, Clone)]
+pub struct SourcePair {
+    /// The live dir it was read from, as given.
+    pub dir: PathBuf,
+    /// `fullchain.pem` bytes and `privkey.pem` bytes, exactly as on disk.
+    pub bundle: Bundle,
+    /// certbot's archive generation N, or `None` for a plain directory.
+    pub generation: Option<u32>,
+    /// The leaf of `fullchain.pem`.
+    pub info: CertInfo,
+}
+
+/// One thing that makes a live dir inconsistent. Each one can be transient
+/// (certbot is renewing) or lasting (a broken dir); [`read_consistent_retry`]
+/// tells them apart by waiting.
+#[derive(Debug)]
+pub enum Problem {
+    /// `previous_*.pem` links exist: certbot is in the middle of a renewal
+    /// (or crashed in one).
+    PreviousPresent { files: Vec<String> },
+    /// A file or link is not there.
+    Missing { file: &'static str },
+    /// A link points at nothing.
+    Dangling { file: &'static str, target: PathBuf },
+    /// A link's target is not named like certbot's `<kind>N.pem`.
+    NotCertbotTarget { file: &'static str, target: PathBuf },
+    /// The links point at different generations.
+    MixedGenerations { links: Vec<(&'static str, u32)> },
+    /// The links point into different archive directories.
+    MixedArchiveDirs { dirs: Vec<PathBuf> },
+    /// Some names are links and others regular files.
+    MixedLinksAndFiles {
+        links: Vec<&'static str>,
+        files: Vec<&'static str>,
+    },
+    /// The name (or its target) is a directory, a device, …
+    NotRegularFile { file: &'static str },
+    /// The link or file changed while we read it.
+    Changed { file: &'static str },
+    /// The file does not parse as what it should hold.
+    Unparsable {
+        file: &'static str,
+        reason: BundleError,
+    },
+    /// The private key is not the key of fullchain.pem's leaf.
+    KeyMismatch { leaf: Fingerprint },
+    /// `cert.pem` is not the leaf of `fullchain.pem`.
+    CertNotLeaf,
+    /// `chain.pem` is not the rest of `fullchain.pem`.
+    ChainDiffers,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::PreviousPresent { files } => write!(
+                f,
+                "{} present (certbot is renewing, or a renewal was interrupted)",
+                files.join(", ")
+            ),
+            Problem::Missing { file } => write!(f, "{file} is missing"),
+            Problem::Dangling { file, target } => {
+                write!(
+                    f,
+                    "{file} points at {} which does not exist",
+                    target.display()
+                )
+            }
+            Problem::NotCertbotTarget { file, target } => write!(
+                f,
+                "{file} points at {}, not at a certbot archive file named like {}N.pem",
+                target.display(),
+                file.trim_end_matches(".pem")
+            ),
+            Problem::MixedGenerations { links } => {
+                let list: Vec<String> = links
+                    .iter()
+                    .map(|(file, n)| format!("{file}→{n}"))
+                    .collect();
+                write!(f, "links point at mixed generations ({})", list.join(", "))
+            }
+            Problem::MixedArchiveDirs { dirs } => {
+                let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+                write!(
+                    f,
+                    "links point into different archive dirs ({})",
+                    list.join(", ")
+                )
+            }
+            Problem::MixedLinksAndFiles { links, files } => write!(
+                f,
+                "{} are symlinks but {} are regular files",
+                links.join(", "),
+                files.join(", ")
+            ),
+            Problem::NotRegularFile { file } => write!(f, "{file} is not a regular file"),
+            Problem::Changed { file } => write!(f, "{file} changed while it was being read"),
+            Problem::Unparsable { file, reason } => write!(f, "{file} does not parse: {reason}"),
+            Problem::KeyMismatch { leaf } => write!(
+                f,
+                "privkey.pem does not belong to the leaf of fullchain.pem ({})",
+                leaf.short()
+            ),
+            Problem::CertNotLeaf => write!(f, "cert.pem is not the leaf of fullchain.pem"),
+            Problem::ChainDiffers => {
+                write!(
+                    f,
+                    "chain.pem is not the rest of fullchain.pem after the leaf"
+                )
+            }
+        }
+    }
+}
+
+/// The problems found in one read, displayed `; `-separated.
+#[derive(Debug)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why no pair (or no live dir) could be read. Messages name the dir.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("the live dir {} is inconsistent: {problems}", dir.display())]
+    Inconsistent { dir: PathBuf, problems: Problems },
+    #[error(
+        "the live dir {} stayed inconsistent for {:.1}s ({attempts} reads): {problems}; \
+         if certbot is not renewing it, repair it (`certbot update_symlinks`, or copy the files again)",
+        dir.display(), waited.as_secs_f64()
+    )]
+    StillInconsistent {
+        dir: PathBuf,
+        waited: Duration,
+        attempts: u32,
+        problems: Problems,
+    },
+    #[error("{} does not exist; {hint}", path.display())]
+    NoSuchDir { path: PathBuf, hint: &'static str },
+    #[error("{} is not a directory; `source` must be a certbot live dir such as /opt/npm/letsencrypt/live/npm-5", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("{} is larger than {limit} bytes; it is not a certificate or key file", path.display())]
+    TooLarge { path: PathBuf, limit: u64 },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no consistent live dir under {} holds a certificate covering {domain:?}; found: {found}. Check `domain` in push.toml, or run `certsync-push discover --live-root {}`", live_root.display(), live_root.display())]
+    NoMatch {
+        live_root: PathBuf,
+        domain: String,
+        found: String,
+    },
+    #[error("the newest certificate covering {domain:?} is in {}, which is inconsistent: {reason}", dir.display())]
+    NewestInconsistent {
+        domain: String,
+        dir: PathBuf,
+        reason: String,
+    },
+    #[error("cannot {action} the state file {}: {source}; check that state_dir is writable", path.display())]
+    State {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SourceError {
+    /// Could waiting help? True for an inconsistent dir (a renewal may be
+    /// in progress), false for I/O and usage errors.
+    pub fn is_inconsistent(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Inconsistent { .. }
+                | SourceError::StillInconsistent { .. }
+                | SourceError::NewestInconsistent { .. }
+        )
+    }
+
+    /// The problems, when the dir was inconsistent.
+    pub fn problems(&self) -> Option<&[Problem]> {
+        match self {
+            SourceError::Inconsistent { problems, .. }
+            | SourceError::StillInconsistent { problems, .. } => Some(&problems.0),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SourceError {
+    let path = path.to_path_buf();
+    move |source| SourceError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// What one of the four names is, at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Missing,
+    /// A symlink: its text, and the fully resolved target.
+    Link {
+        text: PathBuf,
+        target: PathBuf,
+    },
+    Dangling {
+        text: PathBuf,
+    },
+    /// A regular file (not a link), by identity.
+    File {
+        dev: u64,
+        ino: u64,
+    },
+    Other,
+}
+
+fn stat_entry(dir: &Path, name: &str) -> Result<Entry, SourceError> {
+    let path = dir.join(name);
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Entry::Missing),
+        Err(e) => return Err(io_err("inspect", &path)(e)),
+    };
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let text = match fs::read_link(&path) {
+            Ok(t) => t,
+            // Unlinked between the stat and the readlink: certbot is relinking.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Entry::Missing),
+            Err(e) => return Err(io_err("read the link", &path)(e)),
+        };
+        // Relative link text is relative to the link's own directory;
+        // canonicalize resolves it the way the kernel does.
+        match fs::canonicalize(dir.join(&text)) {
+            Ok(target) => Ok(Entry::Link { text, target }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Entry::Dangling { text }),
+            Err(e) => Err(io_err("resolve the link", &path)(e)),
+        }
+    } else if ft.is_file() {
+        Ok(Entry::File {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    } else {
+        Ok(Entry::Other)
+    }
+}
+
+/// Names of `previous_*.pem` entries in `dir`, sorted.
+fn previous_links(dir: &Path) -> Result<Vec<String>, SourceError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("previous_") && name.ends_with(".pem") {
+            found.push(name.into_owned());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The N in `cert12.pem` for the live name `cert.pem`.
+fn generation_of(live_name: &str, target_text: &Path) -> Option<u32> {
+    let stem = live_name.strip_suffix(".pem")?;
+    let file = target_text.file_name()?.to_str()?;
+    let digits = file.strip_prefix(stem)?.strip_suffix(".pem")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// How the dir is laid out, once checked: where to read each name from.
+struct Layout {
+    /// For each of [`LIVE_FILES`]: the path to open, if present.
+    paths: [Option<PathBuf>; 4],
+    generation: Option<u32>,
+}
+
+/// Check the shape of the dir (links, generations, previous_*). Pushes
+/// problems; returns the layout only when there are none.
+fn check_layout(entries: &[Entry; 4], dir: &Path, problems: &mut Vec<Problem>) -> Option<Layout> {
+    let links: Vec<&'static str> = LIVE_FILES
+        .iter()
+        .zip(entries)
+        .filter(|(_, e)| matches!(e, Entry::Link { .. } | Entry::Dangling { .. }))
+        .map(|(n, _)| *n)
+        .collect();
+    let files: Vec<&'static str> = LIVE_FILES
+        .iter()
+        .zip(entries)
+        .filter(|(_, e)| matches!(e, Entry::File { .. }))
+        .map(|(n, _)| *n)
+        .collect();
+    for (name, entry) in LIVE_FILES.iter().zip(entries) {
+        if matches!(entry, Entry::Other) {
+            problems.push(Problem::NotRegularFile { file: name });
+        }
+    }
+
+    if links.is_empty() {
+        // A plain directory: someone copied the files.
+        for idx in [PRIVKEY, FULLCHAIN] {
+            if matches!(entries[idx], Entry::Missing) {
+                problems.push(Problem::Missing {
+                    file: LIVE_FILES[idx],
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return None;
+        }
+        let paths = std::array::from_fn(|i| match entries[i] {
+            Entry::File { .. } => Some(dir.join(LIVE_FILES[i])),
+            _ => None,
+        });
+        return Some(Layout {
+            paths,
+            generation: None,
+        });
+    }
+
+    // certbot style: all four must be links into one archive generation.
+    if !files.is_empty() {
+        problems.push(Problem::MixedLinksAndFiles {
+            links: links.clone(),
+            files,
+        });
+    }
+    let mut generations = Vec::new();
+    let mut archive_dirs = BTreeSet::new();
+    for (name, entry) in LIVE_FILES.iter().zip(entries) {
+        match entry {
+            Entry::Missing => problems.push(Problem::Missing { file: name }),
+            Entry::Dangling { text } => problems.push(Problem::Dangling {
+                file: name,
+                target: text.clone(),
+            }),
+            Entry::Link { text, target } => match generation_of(name, text) {
+                Some(n) => {
+                    generations.push((*name, n));
+                    if let Some(parent) = target.parent() {
+                        archive_dirs.insert(parent.to_path_buf());
+                    }
+                }
+                None => problems.push(Problem::NotCertbotTarget {
+                    file: name,
+                    target: text.clone(),
+                }),
+            },
+            Entry::File { .. } | Entry::Other => {}
+        }
+    }
+    let distinct: BTreeSet<u32> = generations.iter().map(|(_, n)| *n).collect();
+    if distinct.len() > 1 {
+        problems.push(Problem::MixedGenerations { links: generations });
+    }
+    if archive_dirs.len() > 1 {
+        problems.push(Problem::MixedArchiveDirs {
+            dirs: archive_dirs.into_iter().collect(),
+        });
+    }
+    if !problems.is_empty() {
+        return None;
+    }
+    let paths = std::array::from_fn(|i| match &entries[i] {
+        Entry::Link { target, .. } => Some(target.clone()),
+        _ => None,
+    });
+    Some(Layout {
+        paths,
+        generation: distinct.into_iter().next(),
+    })
+}
+
+/// Read one file's real contents: the (already resolved) path is opened
+/// with `O_NOFOLLOW`, so a link swapped in meanwhile is refused, not read.
+fn read_file(
+    path: &Path,
+    name: &'static str,
+    problems: &mut Vec<Problem>,
+) -> Result<Option<Zeroizing<Vec<u8>>>, SourceError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    let mut file: File = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => {
+            problems.push(Problem::Changed { file: name });
+            return Ok(None);
+        }
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    let meta = file.metadata().map_err(io_err("inspect", path))?;
+    if !meta.is_file() {
+        problems.push(Problem::NotRegularFile { file: name });
+        return Ok(None);
+    }
+    if meta.len() > MAX_PEM_BYTES {
+        return Err(SourceError::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_PEM_BYTES,
+        });
+    }
+    // Capacity up front so the key bytes are not reallocated (and left
+    // behind unzeroed) while reading.
+    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    (&mut file)
+        .take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err("read", path))?;
+    if buf.len() as u64 > MAX_PEM_BYTES {
+        return Err(SourceError::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_PEM_BYTES,
+        });
+    }
+    Ok(Some(buf))
+}
+
+fn inconsistent(dir: &Path, problems: Vec<Problem>) -> SourceError {
+    SourceError::Inconsistent {
+        dir: dir.to_path_buf(),
+        problems: Problems(problems),
+    }
+}
+
+/// Read a consistent pair from a certbot live dir (or a plain copy of one).
+/// See the module docs for every rule.
+pub fn read_consistent(dir: &Path) -> Result<SourcePair, SourceError> {
+    read_consistent_inner(dir, &mut || {})
+}
+
+/// [`read_consistent`] with a hook run between reading and resolving
+/// again, so tests can change the dir at exactly that instant.
+fn read_consistent_inner(
+    dir: &Path,
+    after_read: &mut dyn FnMut(),
+) -> Result<SourcePair, SourceError> {
+    let meta = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SourceError::NoSuchDir {
+                path: dir.to_path_buf(),
+                hint: "check `source` in push.toml; `certsync-push discover` lists the live dirs",
+            })
+        }
+        Err(e) => return Err(io_err("open the live dir", dir)(e)),
+    };
+    if !meta.is_dir() {
+        return Err(SourceError::NotADirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+
+    // 1. Resolve.
+    let mut problems = Vec::new();
+    let previous = previous_links(dir)?;
+    if !previous.is_empty() {
+        problems.push(Problem::PreviousPresent { files: previous });
+    }
+    let mut entries = [
+        Entry::Missing,
+        Entry::Missing,
+        Entry::Missing,
+        Entry::Missing,
+    ];
+    for (i, name) in LIVE_FILES.iter().enumerate() {
+        entries[i] = stat_entry(dir, name)?;
+    }
+    let layout = match check_layout(&entries, dir, &mut problems) {
+        Some(layout) if problems.is_empty() => layout,
+        _ => return Err(inconsistent(dir, problems)),
+    };
+
+    // 2. Read the real bytes.
+    let mut contents: [Option<Zeroizing<Vec<u8>>>; 4] = [None, None, None, None];
+    for (i, path) in layout.paths.iter().enumerate() {
+        if let Some(path) = path {
+            contents[i] = read_file(path, LIVE_FILES[i], &mut problems)?;
+        }
+    }
+    if !problems.is_empty() {
+        return Err(inconsistent(dir, problems));
+    }
+
+    after_read();
+
+    // 3. Resolve again: the same links (or the same files), still no
+    //    previous_*. A renewal that started or finished meanwhile shows here.
+    if !previous_links(dir)?.is_empty() {
+        problems.push(Problem::PreviousPresent {
+            files: previous_links(dir)?,
+        });
+    }
+    for (i, name) in LIVE_FILES.iter().enumerate() {
+        if stat_entry(dir, name)? != entries[i] {
+            problems.push(Problem::Changed { file: name });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(inconsistent(dir, problems));
+    }
+
+    // 4. The contents agree with each other.
+    let [cert, key, chain, fullchain] = contents;
+    let (Some(key), Some(fullchain)) = (key, fullchain) else {
+        // check_layout guarantees both paths; keep a defined error anyway.
+        return Err(inconsistent(
+            dir,
+            vec![Problem::Missing {
+                file: "fullchain.pem",
+            }],
+        ));
+    };
+    let certs = match parse_chain(&fullchain) {
+        Ok(c) => c,
+        Err(reason) => {
+            problems.push(Problem::Unparsable {
+                file: LIVE_FILES[FULLCHAIN],
+                reason,
+            });
+            Vec::new()
+        }
+    };
+    let pkey = match parse_key(&key) {
+        Ok(k) => Some(k),
+        Err(reason) => {
+            problems.push(Problem::Unparsable {
+                file: LIVE_FILES[PRIVKEY],
+                reason,
+            });
+            None
+        }
+    };
+    let (Some(leaf), Some(pkey)) = (certs.first(), pkey) else {
+        return Err(inconsistent(dir, problems));
+    };
+    let info = CertInfo::of(leaf);
+    let matches = leaf
+        .public_key()
+        .map(|pk| pk.public_eq(&pkey))
+        .unwrap_or(false);
+    if !matches {
+        problems.push(Problem::KeyMismatch {
+            leaf: info.fingerprint,
+        });
+    }
+    if let Some(cert) = cert {
+        check_cert_is_leaf(&cert, leaf, &mut problems);
+    }
+    if let Some(chain) = chain {
+        check_chain_is_rest(&chain, &certs[1..], &mut problems);
+    }
+    if !problems.is_empty() {
+        return Err(inconsistent(dir, problems));
+    }
+
+    Ok(SourcePair {
+        dir: dir.to_path_buf(),
+        bundle: Bundle::new(fullchain.to_vec(), SecretBytes::from(key)),
+        generation: layout.generation,
+        info,
+    })
+}
+
+fn der_of(certs: &[X509]) -> Option<Vec<Vec<u8>>> {
+    certs.iter().map(|c| c.to_der().ok()).collect()
+}
+
+fn check_cert_is_leaf(cert_pem: &[u8], leaf: &X509, problems: &mut Vec<Problem>) {
+    match parse_chain(cert_pem) {
+        Ok(certs) => {
+            if certs.len() != 1 || der_of(&certs) != der_of(std::slice::from_ref(leaf)) {
+                problems.push(Problem::CertNotLeaf);
+            }
+        }
+        Err(reason) => problems.push(Problem::Unparsable {
+            file: LIVE_FILES[CERT],
+            reason,
+        }),
+    }
+}
+
+fn check_chain_is_rest(chain_pem: &[u8], rest: &[X509], problems: &mut Vec<Problem>) {
+    match parse_chain(chain_pem) {
+        Ok(certs) => {
+            if der_of(&certs) != der_of(rest) {
+                problems.push(Problem::ChainDiffers);
+            }
+        }
+        // A leaf-only fullchain goes with an empty chain.pem.
+        Err(BundleError::NoCertificate) if rest.is_empty() => {}
+        Err(reason) => problems.push(Problem::Unparsable {
+            file: LIVE_FILES[CHAIN],
+            reason,
+        }),
+    }
+}
+
+/// How long [`read_consistent_retry`] waits for an inconsistent dir to
+/// settle, and how often it looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Give up once this much time has passed since the first read.
+    pub window: Duration,
+    /// Pause between reads.
+    pub interval: Duration,
+}
+
+impl Default for Retry {
+    /// certbot relinks within milliseconds; 10 s covers a slow disk and a
+    /// busy host without hiding a dir that is broken for good.
+    fn default() -> Self {
+        Retry {
+            window: Duration::from_secs(10),
+            interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// [`read_consistent`], re-read every `retry.interval` while the dir is
+/// inconsistent, for at most `retry.window`. Other errors (I/O, not a
+/// directory, too large) return at once. Blocks the thread: from async
+/// code use [`read_consistent_retry_async`].
+pub fn read_consistent_retry(dir: &Path, retry: Retry) -> Result<SourcePair, SourceError> {
+    let start = Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match read_consistent(dir) {
+            Err(SourceError::Inconsistent { dir, problems }) => {
+                let waited = start.elapsed();
+                if waited + retry.interval > retry.window {
+                    return Err(SourceError::StillInconsistent {
+                        dir,
+                        waited,
+                        attempts,
+                        problems,
+                    });
+                }
+                std::thread::sleep(retry.interval);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// [`read_consistent_retry`] on tokio's blocking pool.
+pub async fn read_consistent_retry_async(
+    dir: &Path,
+    retry: Retry,
+) -> Result<SourcePair, SourceError> {
+    let owned = dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || read_consistent_retry(&owned, retry)).await {
+        Ok(result) => result,
+        Err(join) => Err(SourceError::Io {
+            action: "read (the reader task failed)",
+            path: dir.to_path_buf(),
+            source: io::Error::other(join.to_string()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Inline tests build small dirs by hand; the certbot-style scenarios
+    //! (renewal steps, concurrent readers) are in tests/tests/source.rs.
+    use super::*;
+    use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
+    use std::os::unix::fs::symlink;
+
+    fn write_gen(root: &Path, n: u32, leaf: &TestLeaf) {
+        let archive = root.join("archive/x");
+        fs::create_dir_all(&archive).unwrap();
+        fs::write(archive.join(format!("cert{n}.pem")), &leaf.cert_pem).unwrap();
+        fs::write(
+            archive.join(format!("chain{n}.pem")),
+            &leaf.intermediates_pem,
+        )
+        .unwrap();
+        fs::write(archive.join(format!("fullchain{n}.pem")), &leaf.chain_pem).unwrap();
+        fs::write(
+            archive.join(format!("privkey{n}.pem")),
+            leaf.key_pem.expose(),
+        )
+        .unwrap();
+    }
+
+    fn link(root: &Path, name: &str, n: u32) {
+        let live = root.join("live/x");
+        fs::create_dir_all(&live).unwrap();
+        let _ = fs::remove_file(live.join(name));
+        let stem = name.trim_end_matches(".pem");
+        symlink(format!("../../archive/x/{stem}{n}.pem"), live.join(name)).unwrap();
+    }
+
+    fn certbot_dir(leaf: &TestLeaf) -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        write_gen(tmp.path(), 1, leaf);
+        for name in LIVE_FILES {
+            link(tmp.path(), name, 1);
+        }
+        let live = tmp.path().join("live/x");
+        (tmp, live)
+    }
+
+    #[test]
+    fn generation_parsing() {
+        assert_eq!(
+            generation_of("cert.pem", Path::new("../../archive/x/cert12.pem")),
+            Some(12)
+        );
+        assert_eq!(generation_of("chain.pem", Path::new("chain3.pem")), Some(3));
+        assert_eq!(
+            generation_of("chain.pem", Path::new("fullchain3.pem")),
+            None
+        );
+        assert_eq!(generation_of("cert.pem", Path::new("cert.pem")), None);
+        assert_eq!(generation_of("cert.pem", Path::new("cert+1.pem")), None);
+        assert_eq!(generation_of("cert.pem", Path::new("certx.pem")), None);
+    }
+
+    #[test]
+    fn reads_real_bytes_of_every_key_kind() {
+        let ca = TestCa::new();
+        for kind in KeyKind::ALL {
+            let leaf = ca.leaf(kind, &["mail.example.com"]);
+            let (_tmp, live) = certbot_dir(&leaf);
+            let pair = read_consistent(&live).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            assert_eq!(pair.bundle.chain, leaf.chain_pem);
+            assert_eq!(pair.bundle.key.expose(), leaf.key_pem.expose());
+            assert_eq!(pair.generation, Some(1));
+            assert_eq!(pair.info.fingerprint, leaf.fingerprint());
+        }
+    }
+
+    #[test]
+    fn refuses_a_foreign_key_and_never_shows_it() {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(KeyKind::P384, &["mail.example.com"]);
+        let other = ca.leaf(KeyKind::P384, &["mail.example.com"]);
+        let (tmp, live) = certbot_dir(&leaf);
+        fs::write(
+            tmp.path().join("archive/x/privkey1.pem"),
+            other.key_pem.expose(),
+        )
+        .unwrap();
+        let err = read_consistent(&live).unwrap_err();
+        assert!(
+            matches!(err.problems(), Some([Problem::KeyMismatch { .. }])),
+            "{err}"
+        );
+        let msg = format!("{err} {err:?}");
+        assert!(msg.contains("does not belong"), "{msg}");
+        assert!(msg.contains(&live.display().to_string()), "{msg}");
+        assert!(!msg.contains("PRIVATE KEY"), "{msg}");
+    }
+
+    #[test]
+    fn refuses_links_that_do_not_look_like_certbot() {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(KeyKind::P256, &["a.example"]);
+        let (tmp, live) = certbot_dir(&leaf);
+        fs::copy(
+            tmp.path().join("archive/x/cert1.pem"),
+            tmp.path().join("archive/x/mycert.pem"),
+        )
+        .unwrap();
+        fs::remove_file(live.join("cert.pem")).unwrap();
+        symlink("../../archive/x/mycert.pem", live.join("cert.pem")).unwrap();
+        let err = read_consistent(&live).unwrap_err();
+        assert!(
+            matches!(
+                err.problems(),
+                Some([Problem::NotCertbotTarget {
+                    file: "cert.pem",
+                    ..
+                }])
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_mixed_links_and_files_and_dangling_links() {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(KeyKind::P256, &["a.example"]);
+        let (tmp, live) = certbot_dir(&leaf);
+        fs::remove_file(live.join("chain.pem")).unwrap();
+        fs::write(live.join("chain.pem"), &leaf.intermediates_pem).unwrap();
+        fs::remove_file(tmp.path().join("archive/x/cert1.pem")).unwrap();
+        let err = read_consistent(&live).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("chain.pem are regular files"), "{msg}");
+        assert!(
+            msg.contains("cert.pem points at ../../archive/x/cert1.pem which does not exist"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_renewal_between_read_and_second_resolve_is_caught() {
+        let ca = TestCa::new();
+        let old = ca.leaf(KeyKind::P384, &["a.example"]);
+        let new = ca.leaf(KeyKind::P384, &["a.example"]);
+        let (tmp, live) = certbot_dir(&old);
+        // A whole renewal (archive N+1, all four links moved) lands while
+        // the old bytes are in hand: they are consistent, but no longer
+        // current, so the read is refused and the caller re-reads.
+        let err = read_consistent_inner(&live, &mut || {
+            write_gen(tmp.path(), 2, &new);
+            for name in LIVE_FILES {
+                link(tmp.path(), name, 2);
+            }
+        })
+        .unwrap_err();
+        let ps = err.problems().unwrap();
+        assert_eq!(ps.len(), 4, "{err}");
+        assert!(
+            ps.iter().all(|p| matches!(p, Problem::Changed { .. })),
+            "{err}"
+        );
+        let pair = read_consistent(&live).unwrap();
+        assert_eq!(pair.bundle.chain, new.chain_pem);
+        assert_eq!(pair.generation, Some(2));
+    }
+
+    #[test]
+    fn a_plain_file_replaced_meanwhile_is_caught() {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(KeyKind::P256, &["a.example"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("fullchain.pem"), &leaf.chain_pem).unwrap();
+        fs::write(dir.join("privkey.pem"), leaf.key_pem.expose()).unwrap();
+        let err = read_consistent_inner(dir, &mut || {
+            fs::write(dir.join("privkey.pem.new"), leaf.key_pem.expose()).unwrap();
+            fs::rename(dir.join("privkey.pem.new"), dir.join("privkey.pem")).unwrap();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err.problems(),
+                Some([Problem::Changed {
+                    file: "privkey.pem"
+                }])
+            ),
+            "{err}"
+        );
+        // previous_* appearing after the read is caught too.
+        let err = read_consistent_inner(dir, &mut || {
+            symlink("fullchain.pem", dir.join("previous_fullchain.pem")).unwrap();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err.problems(), Some([Problem::PreviousPresent { .. }])),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_file_that_is_not_a_directory_or_too_large() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        fs::write(&f, b"x").unwrap();
+        assert!(matches!(
+            read_consistent(&f),
+            Err(SourceError::NotADirectory { .. })
+        ));
+        let err = read_consistent(&tmp.path().join("nope")).unwrap_err();
+        assert!(matches!(err, SourceError::NoSuchDir { .. }), "{err}");
+        assert!(err.to_string().contains("nope does not exist"), "{err}");
+        fs::write(
+            tmp.path().join("fullchain.pem"),
+            vec![b'a'; MAX_PEM_BYTES as usize + 1],
+        )
+        .unwrap();
+        fs::write(tmp.path().join("privkey.pem"), b"k").unwrap();
+        assert!(matches!(
+            read_consistent(tmp.path()),
+            Err(SourceError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_plain_copy_needs_only_fullchain_and_key() {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(KeyKind::Ed25519, &["a.example"]);
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("fullchain.pem"), &leaf.chain_pem).unwrap();
+        let err = read_consistent(tmp.path()).unwrap_err();
+        assert!(err.to_string().contains("privkey.pem is missing"), "{err}");
+        fs::write(tmp.path().join("privkey.pem"), leaf.key_pem.expose()).unwrap();
+        let pair = read_consistent(tmp.path()).unwrap();
+        assert_eq!(pair.generation, None);
+        // A cert.pem from another pair is caught.
+        let other = ca.leaf(KeyKind::Ed25519, &["a.example"]);
+        fs::write(tmp.path().join("cert.pem"), &other.cert_pem).unwrap();
+        let err = read_consistent(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err.problems(), Some([Problem::CertNotLeaf])),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn retry_gives_up_with_the_problems_and_the_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        let retry = Retry {
+            window: Duration::from_millis(100),
+            interval: Duration::from_millis(20),
+        };
+        let err = read_consistent_retry(tmp.path(), retry).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, SourceError::StillInconsistent { attempts, .. } if attempts >= 2),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("fullchain.pem is missing") && msg.contains("update_symlinks"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn async_retry_reads_a_good_dir() {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(KeyKind::P256, &["a.example"]);
+        let (_tmp, live) = certbot_dir(&leaf);
+        let pair = read_consistent_retry_async(&live, Retry::default())
+            .await
+            .unwrap();
+        assert_eq!(pair.bundle.chain, leaf.chain_pem);
+    }
+}
