@@ -564,3 +564,16 @@ fn example_receive_config_loads() {
     let cfg = ReceiveConfig::from_toml(&preset, &path).unwrap_or_else(|e| panic!("{e}"));
     assert!(cfg.mailcow.is_some());
 }
+
+#[test]
+fn docs_name_every_unit() {
+    let path = workspace().join("docs/systemd.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for unit in UNITS {
+        assert!(
+            text.contains(&format!("`{unit}`")),
+            "{} does not describe {unit}",
+            path.display()
+        );
+    }
+}
