@@ -1,21 +1,85 @@
 //! `certsync-receive authorized-key`: the restricted authorized_keys line
-//! for a pusher's public key.
+//! for a pusher's public key, made by the same function `certsync-push
+//! keygen` uses (`certsync_core::authorized_keys`), so the two agree.
 
 use std::path::Path;
 
+use certsync_core::authorized_keys::authorized_keys_line;
+use certsync_core::config::DEFAULT_RECEIVE_CONFIG;
+
 use crate::error::ReceiveError;
 
-/// The forced command the line carries.
-pub const FORCED_COMMAND: &str = "certsync-receive serve";
+/// The forced command the line carries, for a receiver using `config`.
+pub fn forced_command(config: &Path) -> String {
+    if config == Path::new(DEFAULT_RECEIVE_CONFIG) {
+        "certsync-receive serve".to_string()
+    } else {
+        format!("certsync-receive --config {} serve", config.display())
+    }
+}
 
 /// Read the public key file and build the line.
-pub fn print(pubkey: &Path, from: Option<&str>) -> Result<String, ReceiveError> {
+pub fn line(pubkey: &Path, from: Option<&str>, config: &Path) -> Result<String, ReceiveError> {
+    let meta = std::fs::metadata(pubkey).map_err(|source| ReceiveError::ReadInput {
+        path: pubkey.to_path_buf(),
+        source,
+    })?;
+    if meta.len() > 16 * 1024 {
+        return Err(ReceiveError::Usage(format!(
+            "{} is {} bytes: that is not a public key file (give the .pub file)",
+            pubkey.display(),
+            meta.len()
+        )));
+    }
     let text = std::fs::read_to_string(pubkey).map_err(|source| ReceiveError::ReadInput {
         path: pubkey.to_path_buf(),
         source,
     })?;
-    let _ = (text, from);
-    Err(ReceiveError::Runtime(
-        "authorized-key is not wired in yet".into(),
-    ))
+    if text.contains("PRIVATE KEY") {
+        return Err(ReceiveError::Usage(format!(
+            "{} is a private key; give the public key ({}.pub) and keep the private key on the NPM host",
+            pubkey.display(),
+            pubkey.display()
+        )));
+    }
+    authorized_keys_line(&text, from, &forced_command(config))
+        .map_err(|e| ReceiveError::Usage(format!("{}: {e}", pubkey.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl certsync-push@npm\n";
+
+    #[test]
+    fn builds_a_restricted_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("id.pub");
+        std::fs::write(&p, KEY).unwrap();
+        let l = line(&p, Some("192.0.2.10/32"), Path::new(DEFAULT_RECEIVE_CONFIG)).unwrap();
+        assert!(
+            l.starts_with(
+                "command=\"certsync-receive serve\",restrict,from=\"192.0.2.10/32\" ssh-ed25519 "
+            ),
+            "{l}"
+        );
+        let l = line(&p, None, Path::new("/etc/x.toml")).unwrap();
+        assert!(l.contains("--config /etc/x.toml serve"), "{l}");
+    }
+
+    #[test]
+    fn refuses_private_keys_and_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("id");
+        std::fs::write(&p, "-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n").unwrap();
+        let e = line(&p, None, Path::new(DEFAULT_RECEIVE_CONFIG))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("private key") && !e.contains("xx"), "{e}");
+        std::fs::write(&p, "hello").unwrap();
+        assert!(line(&p, None, Path::new(DEFAULT_RECEIVE_CONFIG)).is_err());
+        std::fs::write(&p, KEY).unwrap();
+        assert!(line(&p, Some("\"evil\""), Path::new(DEFAULT_RECEIVE_CONFIG)).is_err());
+    }
 }

@@ -130,7 +130,7 @@ fn main() -> ProcessExit {
 async fn run(cli: Cli) -> ExitCode {
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::AuthorizedKey { pubkey, from } = &command {
-        return match certsync_receive::authorized_key::print(pubkey, from.as_deref()) {
+        return match certsync_receive::authorized_key::line(pubkey, from.as_deref(), &cli.config) {
             Ok(line) => {
                 println!("{line}");
                 ExitCode::Success
