@@ -23,6 +23,7 @@ pub mod bundle;
 pub mod config;
 pub mod exit;
 pub mod fingerprint;
+pub mod logging;
 pub mod protocol;
 pub mod report;
 pub mod validate;

@@ -90,7 +90,8 @@ pub fn sd_notify(state: &str) {
     let bytes = path.as_encoded_bytes();
     let res = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name).and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
     } else {
         sock.send_to(state.as_bytes(), Path::new(&path))
     };
@@ -119,7 +120,10 @@ enum Wake {
 }
 
 /// Set up inotify watches; events arrive on `tx`.
-fn watch(cfg: &PushConfig, tx: mpsc::UnboundedSender<()>) -> Result<notify::RecommendedWatcher, String> {
+fn watch(
+    cfg: &PushConfig,
+    tx: mpsc::UnboundedSender<()>,
+) -> Result<notify::RecommendedWatcher, String> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if !matches!(ev.kind, notify::EventKind::Access(_)) {
@@ -154,7 +158,10 @@ where
             return ExitCode::Usage;
         }
     };
-    let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
         (Ok(t), Ok(h)) => (t, h),
         _ => {
             tracing::error!("cannot install the SIGTERM/SIGHUP handlers");
@@ -187,7 +194,10 @@ where
             if code == ExitCode::Runtime {
                 failures += 1;
                 let wait = backoff(failures);
-                tracing::warn!("push failed ({failures} in a row); retrying in {:.1}s", wait.as_secs_f64());
+                tracing::warn!(
+                    "push failed ({failures} in a row); retrying in {:.1}s",
+                    wait.as_secs_f64()
+                );
                 due = Some(Instant::now() + wait);
             } else {
                 failures = 0;
@@ -310,7 +320,10 @@ transport = "local"
         let dirs: Vec<_> = watch_dirs(&cfg).into_iter().map(|(d, _)| d).collect();
         assert_eq!(
             dirs,
-            [PathBuf::from("/opt/npm/letsencrypt/live"), PathBuf::from("/opt/npm/letsencrypt/live/npm-5")]
+            [
+                PathBuf::from("/opt/npm/letsencrypt/live"),
+                PathBuf::from("/opt/npm/letsencrypt/live/npm-5")
+            ]
         );
         assert_eq!(recheck_interval(&cfg), DEFAULT_RECHECK);
     }

@@ -7,6 +7,7 @@ use std::process::ExitCode as ProcessExit;
 use clap::{Parser, Subcommand};
 
 use certsync_core::config::DEFAULT_RECEIVE_CONFIG;
+use certsync_core::logging::LogFormat;
 use certsync_core::protocol::Limits;
 use certsync_core::report::Report;
 use certsync_core::ExitCode;
@@ -35,6 +36,10 @@ struct Cli {
     /// The config file.
     #[arg(long, short, global = true, default_value = DEFAULT_RECEIVE_CONFIG, env = "CERTSYNC_RECEIVE_CONFIG")]
     config: PathBuf,
+
+    /// Log format: auto (journald under systemd, else text), text, json, journald.
+    #[arg(long, global = true, default_value = "auto", value_name = "FORMAT")]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -92,16 +97,6 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CERTSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 fn print_report(report: &Report) {
     for cr in &report.certs {
         println!("{cr}");
@@ -110,7 +105,7 @@ fn print_report(report: &Report) {
 
 fn main() -> ProcessExit {
     let cli = Cli::parse();
-    init_logging();
+    certsync_core::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
