@@ -11,6 +11,7 @@
 pub mod bins;
 pub mod docker;
 pub mod livedir;
+pub mod netns;
 pub mod receiver;
 pub mod sshd;
 
