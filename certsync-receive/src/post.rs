@@ -89,8 +89,15 @@ impl PostInstall for Post<'_> {
             );
             return;
         };
-        for text in &spec.verify {
-            match verify_endpoint(text, &sni, leaf, VERIFY_RETRY).await {
+        // Concurrently: each endpoint waits for its daemon and settles on
+        // its own, so the step takes as long as the slowest, not the sum.
+        let probes = spec
+            .verify
+            .iter()
+            .map(|text| verify_endpoint(text, &sni, leaf, VERIFY_RETRY));
+        let results = futures_util::future::join_all(probes).await;
+        for (text, result) in spec.verify.iter().zip(results) {
+            match result {
                 Ok(served) => {
                     tracing::info!(cert = %spec.name, endpoint = %text, "verified: serves {}", served.short());
                     report.done(

@@ -359,3 +359,121 @@ fn real_nginx_serves_the_installed_certificate_and_check_sees_when_it_does_not()
         "{prom}"
     );
 }
+
+/// Write a pair where nginx, postfix and dovecot find it at start.
+fn put_pair(host: &Mailhost, leaf: &TestLeaf) {
+    std::fs::write(host.cert_path(), &leaf.chain_pem).unwrap();
+    std::fs::write(host.key_path(), leaf.key_pem.expose()).unwrap();
+}
+
+#[test]
+fn real_postfix_dovecot_and_nginx_all_serve_the_pair_after_install() {
+    let Some(d) = engine() else { return };
+    let installed = Path::new("/usr/sbin/nginx").exists()
+        && Path::new("/usr/sbin/postfix").exists()
+        && Path::new("/usr/sbin/dovecot").exists()
+        && Path::new("/usr/lib/dovecot/managesieve-login").exists()
+        && Path::new("/usr/lib/dovecot/pop3-login").exists();
+    if !require(
+        "nginx-light, postfix and dovecot (apt-get install nginx-light postfix dovecot-imapd dovecot-pop3d dovecot-managesieved)",
+        installed,
+    ) {
+        return;
+    }
+    let ca = TestCa::new();
+    let host = mailhost(d.socket(), "mc", &MAILCOW, &[]);
+    put_pair(&host, &ca.leaf(KeyKind::P384, &[HOST]));
+    let postfix = d.postfix_mailcow("mc-postfix-mailcow-1", "mc", &host.ssl);
+    let dovecot = d.dovecot_mailcow("mc-dovecot-mailcow-1", "mc", &host.ssl);
+    let nginx = d.nginx_mailcow("mc-nginx-mailcow-1", "mc", &host.ssl, HOST);
+    let mut endpoints = postfix.endpoints();
+    endpoints.extend(dovecot.endpoints());
+    endpoints.push(format!("127.0.0.1:{}", nginx.port));
+    assert_eq!(endpoints.len(), 6, "{endpoints:?}");
+    let cfg = std::fs::read_to_string(&host.config).unwrap();
+    std::fs::write(
+        &host.config,
+        cfg.replace("verify = []", &format!("verify = {endpoints:?}")),
+    )
+    .unwrap();
+
+    let new = ca.leaf(KeyKind::Rsa2048, &[HOST]);
+    let (chain, key) = host.files_for(&new);
+    let t = Instant::now();
+    let out = host.install(&chain, &key, &[]);
+    eprintln!(
+        "install + reload of 3 services + verify of {} endpoints took {:?}",
+        endpoints.len(),
+        t.elapsed()
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for e in &endpoints {
+        assert!(
+            all.contains(&format!(
+                "verify done: {e} serves {}",
+                new.fingerprint().short()
+            )),
+            "{e}: {all}"
+        );
+    }
+
+    let out = host.cmd().args(["check", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let served = v["certs"][0]["endpoints"].as_array().unwrap();
+    assert_eq!(served.len(), 6, "{v}");
+    assert!(served.iter().all(|e| e["matches"] == true), "{v}");
+}
+
+#[test]
+fn check_warns_before_expiry_and_refuses_a_broken_pair() {
+    // No Docker needed: nothing to reload or verify.
+    let host = Mailhost::new(&[HOST]);
+    let out = host.cmd().arg("check").output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(3), "nothing installed: {all}");
+    assert!(all.contains("no pair installed at"), "{all}");
+
+    let ca = TestCa::new();
+    let short = ca.leaf_with(
+        KeyKind::P256,
+        &[HOST],
+        certsync_core::testutil::Validity {
+            not_before: -3600,
+            not_after: 10 * 86_400 + 3600,
+        },
+    );
+    let out = host.install_leaf(&short, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = host.cmd().arg("check").output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(3), "10 days < 14: {all}");
+    assert!(
+        all.contains("expires in 10 days (warning below 14)"),
+        "{all}"
+    );
+
+    let out = host
+        .cmd()
+        .args(["check", "--json", "--warn-days", "7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["certs"][0]["days_left"], 10, "{v}");
+    assert_eq!(v["certs"][0]["valid"], true, "{v}");
+
+    // Another key under the same certificate: installed but not matching.
+    let other = ca.leaf(KeyKind::P256, &[HOST]);
+    std::fs::write(host.key_path(), other.key_pem.expose()).unwrap();
+    let out = host
+        .cmd()
+        .args(["check", "--warn-days", "7"])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{all}");
+    assert!(all.contains("is not valid"), "{all}");
+}
