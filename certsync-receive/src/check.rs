@@ -471,3 +471,71 @@ fn unix(t: SystemTime) -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(name: &str, endpoint: &str, matches: bool) -> CertCheck {
+        CertCheck {
+            name: name.into(),
+            cert_path: "/ssl/cert.pem".into(),
+            installed: true,
+            fingerprint: None,
+            subject: None,
+            not_after: Some(1_900_000_000),
+            days_left: Some(30),
+            valid: true,
+            key_matches: true,
+            last_install: None,
+            reload_owed: false,
+            endpoints: vec![EndpointCheck {
+                endpoint: endpoint.into(),
+                served: None,
+                matches,
+                error: None,
+            }],
+            problems: vec![],
+            exit: ExitCode::Success,
+        }
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text_with_escaped_labels() {
+        let report = CheckReport {
+            checked_at: 1_800_000_000,
+            warn_days: 14,
+            certs: vec![cert("ma\"il", "127.0.0.1:25 smtp", false)],
+            exit: ExitCode::Unverified,
+        };
+        let text = metrics_text(&report);
+        assert!(text
+            .contains("certsync_cert_not_after_timestamp_seconds{name=\"ma\\\"il\"} 1900000000\n"));
+        assert!(text.contains(
+            "certsync_served_matches{name=\"ma\\\"il\",endpoint=\"127.0.0.1:25 smtp\"} 0\n"
+        ));
+        // No install time recorded: no sample, but the family is declared.
+        assert!(text.contains("# TYPE certsync_cert_last_install_timestamp_seconds gauge\n"));
+        assert!(!text.contains("certsync_cert_last_install_timestamp_seconds{"));
+        assert!(text.ends_with("certsync_check_timestamp_seconds 1800000000\n"));
+    }
+
+    #[test]
+    fn metrics_replace_the_file_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certsync.prom");
+        std::fs::write(&path, "old").unwrap();
+        let report = CheckReport {
+            checked_at: 1,
+            warn_days: 14,
+            certs: vec![cert("mail", "127.0.0.1:443", true)],
+            exit: ExitCode::Success,
+        };
+        write_metrics(&path, &report).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("endpoint=\"127.0.0.1:443\"} 1\n"), "{text}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temp file left behind");
+        assert!(write_metrics(&dir.path().join("missing/x.prom"), &report).is_err());
+    }
+}

@@ -449,3 +449,148 @@ pub fn installed_at(settings: &Settings, name: &str) -> Option<i64> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    use certsync_core::config::{DeployMode, DockerConfig};
+    use certsync_core::testutil::{KeyKind, TestCa};
+
+    /// Reloads fail while `fail` is set; counts the calls.
+    struct Flaky {
+        fail: Cell<bool>,
+        reloads: Cell<usize>,
+        verifies: Cell<usize>,
+    }
+
+    impl PostInstall for Flaky {
+        async fn reload(&self, _spec: &CertSpec, _dry_run: bool, report: &mut CertReport) {
+            self.reloads.set(self.reloads.get() + 1);
+            if self.fail.get() {
+                report.failed(
+                    Step::Reload,
+                    "postfix-mailcow stopped",
+                    ExitCode::Unverified,
+                );
+            } else {
+                report.done(Step::Reload, "postfix-mailcow reloaded");
+            }
+        }
+        async fn verify(&self, _spec: &CertSpec, _leaf: Fingerprint, report: &mut CertReport) {
+            self.verifies.set(self.verifies.get() + 1);
+            report.skipped(Step::Verify, "none configured");
+        }
+    }
+
+    fn settings(dir: &std::path::Path) -> Settings {
+        let ssl = dir.join("ssl");
+        std::fs::create_dir_all(&ssl).unwrap();
+        Settings {
+            config_path: dir.join("receive.toml"),
+            staging_dir: dir.join("staging"),
+            deploy: DeployMode::Inline,
+            handoff_timeout: std::time::Duration::from_secs(1),
+            read_timeout: std::time::Duration::from_secs(1),
+            certs: vec![CertSpec {
+                name: "mail".into(),
+                hostnames: vec!["mail.example.com".into()],
+                cert_path: ssl.join("cert.pem"),
+                key_path: ssl.join("key.pem"),
+                reload: vec!["postfix-mailcow".into()],
+                verify: vec![],
+                sni_dirs: vec![],
+            }],
+            docker: DockerConfig::default(),
+            mailcow: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_is_owed_until_a_later_run_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        crate::stage::ensure_dir(&s.staging_dir).unwrap();
+        let spec = &s.certs[0];
+        let run = Run {
+            settings: &s,
+            now: SystemTime::now(),
+            dry_run: false,
+            force: false,
+        };
+        let post = Flaky {
+            fail: Cell::new(true),
+            reloads: Cell::new(0),
+            verifies: Cell::new(0),
+        };
+        let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+
+        let mut cr = CertReport::new("mail", None);
+        let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
+        finish(&run, spec, &pair, &post, &mut cr).await;
+        assert_eq!(cr.exit, ExitCode::Unverified, "{cr}");
+        assert!(reload_owed(&s, "mail"));
+        assert!(
+            installed_at(&s, "mail").is_some(),
+            "the install is recorded"
+        );
+        assert_eq!(post.verifies.get(), 1, "verify still runs");
+        assert!(retry_owed(&run, spec, &post)
+            .await
+            .is_some_and(|r| r.exit == ExitCode::Unverified));
+        assert!(reload_owed(&s, "mail"), "still failing: still owed");
+
+        // The same pair again: nothing to install, but the owed reload runs.
+        post.fail.set(false);
+        let (wanted, _) = decide_owed(&s, spec, &offered(&leaf));
+        assert_eq!(wanted, Wanted::Send, "a push is asked to deliver it again");
+        let mut cr = CertReport::new("mail", None);
+        let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
+        finish(&run, spec, &pair, &post, &mut cr).await;
+        assert_eq!(cr.exit, ExitCode::Success, "{cr}");
+        assert!(cr.nothing_to_do);
+        assert!(!reload_owed(&s, "mail"));
+        assert_eq!(post.reloads.get(), 3);
+        assert!(retry_owed(&run, spec, &post).await.is_none());
+        let (wanted, _) = decide_owed(&s, spec, &offered(&leaf));
+        assert_eq!(wanted, Wanted::Have);
+    }
+
+    fn offered(leaf: &certsync_core::testutil::TestLeaf) -> OfferedCert {
+        let b = leaf.bundle();
+        OfferedCert {
+            name: "mail".into(),
+            leaf: leaf.fingerprint(),
+            chain_sha256: b.chain_sha256(),
+            key_sha256: b.key_sha256(),
+            not_after: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_writes_no_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        crate::stage::ensure_dir(&s.staging_dir).unwrap();
+        let run = Run {
+            settings: &s,
+            now: SystemTime::now(),
+            dry_run: true,
+            force: false,
+        };
+        let post = Flaky {
+            fail: Cell::new(true),
+            reloads: Cell::new(0),
+            verifies: Cell::new(0),
+        };
+        let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+        let mut cr = CertReport::new("mail", None);
+        let pair = validate_step(&run, &s.certs[0], leaf.bundle(), &mut cr).unwrap();
+        finish(&run, &s.certs[0], &pair, &post, &mut cr).await;
+        assert_eq!(post.reloads.get(), 1);
+        assert_eq!(post.verifies.get(), 0);
+        assert!(!reload_owed(&s, "mail"));
+        assert!(installed_at(&s, "mail").is_none());
+    }
+}

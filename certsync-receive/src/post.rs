@@ -206,3 +206,54 @@ fn sni_hint(ssl_dir: &Path, spec: &CertSpec, served: Fingerprint) -> String {
         format!(". {}", hints.join("; "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certsync_core::testutil::{KeyKind, TestCa};
+
+    #[test]
+    fn a_mismatch_names_the_per_domain_folder_that_serves_it() {
+        let ssl = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let served = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+        let folder = ssl.path().join("mail.example.com");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("cert.pem"), &served.chain_pem).unwrap();
+        let other = ssl.path().join("other.example.org");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("cert.pem"), &served.chain_pem).unwrap();
+        let spec = CertSpec {
+            name: "mail".into(),
+            hostnames: vec!["mail.example.com".into()],
+            cert_path: ssl.path().join("cert.pem"),
+            key_path: ssl.path().join("key.pem"),
+            reload: vec![],
+            verify: vec![],
+            sni_dirs: vec![folder.clone()],
+        };
+        let hint = sni_hint(ssl.path(), &spec, served.fingerprint());
+        assert!(
+            hint.contains(&format!(
+                "{} holds the served certificate",
+                folder.join("cert.pem").display()
+            )),
+            "{hint}"
+        );
+
+        // A folder covering our name with another cert: named as suspect.
+        let unrelated = ca.leaf(KeyKind::P256, &["x.example.net"]).fingerprint();
+        let hint = sni_hint(ssl.path(), &spec, unrelated);
+        assert!(
+            hint.contains(&format!(
+                "per-domain folder {} covers mail.example.com",
+                folder.display()
+            )),
+            "{hint}"
+        );
+        assert!(!hint.contains("other.example.org"), "{hint}");
+
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(sni_hint(empty.path(), &spec, unrelated), "");
+    }
+}
