@@ -368,10 +368,15 @@ async fn settle_owed<P: PostInstall>(
 ) {
     let marker = owed_reload_marker(run.settings, &spec.name);
     tracing::info!(cert = %spec.name, marker = %marker.display(), "retrying the reload owed since an earlier install");
+    let what = if run.dry_run {
+        "would retry it"
+    } else {
+        "retrying it"
+    };
     report.done(
         Step::Compare,
         format!(
-            "a reload is owed since an earlier install ({}); retrying it",
+            "a reload is owed since an earlier install ({}); {what}",
             marker.display()
         ),
     );
