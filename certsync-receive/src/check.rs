@@ -1,19 +1,541 @@
 //! `certsync-receive check`: is the installed pair valid and matching, how
 //! many days are left, and does every endpoint serve it?
+//!
+//! Made for a timer or a monitoring agent: the exit code says whether
+//! anything is wrong, `--json` gives the details to a machine, and
+//! `--metrics FILE` writes a Prometheus textfile (node_exporter's textfile
+//! collector) atomically, so a scrape never reads half a file.
+//!
+//! Exit codes (the worst over all certificates, ordered as
+//! [`ExitCode::worst`]):
+//! - 0: every pair valid, more than `--warn-days` left, served everywhere;
+//! - 3: an installed pair is missing, invalid (key mismatch, names not
+//!   covered, chain out of order, expired) or expires within `--warn-days`;
+//! - 4: an endpoint serves another certificate or cannot be probed, or a
+//!   reload is still owed after retrying it;
+//! - 1: a runtime failure (a file that cannot be read, the metrics file
+//!   cannot be written).
+//!
+//! A reload owed since an earlier install is retried first (under the
+//! receiver's lock), so `check` from a timer also repairs that.
 
+use std::io::{Read, Write};
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
-use certsync_core::ExitCode;
+use serde::Serialize;
 
-use crate::settings::Settings;
+use certsync_core::bundle::{Bundle, SecretBytes};
+use certsync_core::protocol::{MAX_CHAIN_BYTES, MAX_KEY_BYTES};
+use certsync_core::validate::{validate, Policy};
+use certsync_core::{ExitCode, Fingerprint};
 
+use crate::install::{self, Dest};
+use crate::pipeline::{self, Run};
+use crate::post::Post;
+use crate::probe::{self, Endpoint};
+use crate::settings::{CertSpec, Settings};
+
+/// What `check` found for one certificate.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertCheck {
+    pub name: String,
+    pub cert_path: String,
+    pub installed: bool,
+    /// SHA-256 of the installed leaf (DER).
+    pub fingerprint: Option<Fingerprint>,
+    pub subject: Option<String>,
+    /// Unix seconds.
+    pub not_after: Option<i64>,
+    pub days_left: Option<i64>,
+    /// Key matches, names covered, chain in order, inside its validity.
+    pub valid: bool,
+    pub key_matches: bool,
+    /// Unix seconds of the last successful install, if recorded.
+    pub last_install: Option<i64>,
+    pub reload_owed: bool,
+    pub endpoints: Vec<EndpointCheck>,
+    /// Each thing that is wrong, for the operator.
+    pub problems: Vec<String>,
+    pub exit: ExitCode,
+}
+
+/// What one verify endpoint serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointCheck {
+    pub endpoint: String,
+    pub served: Option<Fingerprint>,
+    pub matches: bool,
+    pub error: Option<String>,
+}
+
+/// The whole `check` result.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub checked_at: i64,
+    pub warn_days: i64,
+    pub certs: Vec<CertCheck>,
+    pub exit: ExitCode,
+}
+
+impl CertCheck {
+    fn problem(&mut self, message: String, exit: ExitCode) {
+        self.problems.push(message);
+        self.exit = self.exit.worst(exit);
+    }
+}
+
+/// Run `check` and print its result; returns the exit code.
 pub async fn run(
     settings: &Settings,
     json: bool,
     warn_days: i64,
     metrics: Option<&Path>,
 ) -> ExitCode {
-    let _ = (settings, json, warn_days, metrics);
-    tracing::error!("check is not wired in yet");
-    ExitCode::Runtime
+    let report = check(settings, warn_days, SystemTime::now()).await;
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                tracing::error!("cannot print the check as JSON: {e}");
+                return ExitCode::Runtime;
+            }
+        }
+    } else {
+        print_text(&report);
+    }
+    let mut exit = report.exit;
+    if let Some(path) = metrics {
+        if let Err(e) = write_metrics(path, &report) {
+            tracing::error!(
+                "cannot write the metrics file {}: {e}; check the directory exists and is writable",
+                path.display()
+            );
+            exit = exit.worst(ExitCode::Runtime);
+        }
+    }
+    exit
+}
+
+/// Check every configured certificate at `now`.
+pub async fn check(settings: &Settings, warn_days: i64, now: SystemTime) -> CheckReport {
+    let post = Post { settings };
+    let mut certs = Vec::new();
+    for spec in &settings.certs {
+        certs.push(check_cert(settings, spec, &post, warn_days, now).await);
+    }
+    CheckReport {
+        checked_at: unix(now),
+        warn_days,
+        exit: certs
+            .iter()
+            .fold(ExitCode::Success, |acc, c| acc.worst(c.exit)),
+        certs,
+    }
+}
+
+async fn check_cert(
+    settings: &Settings,
+    spec: &CertSpec,
+    post: &Post<'_>,
+    warn_days: i64,
+    now: SystemTime,
+) -> CertCheck {
+    let mut c = CertCheck {
+        name: spec.name.clone(),
+        cert_path: spec.cert_path.display().to_string(),
+        installed: false,
+        fingerprint: None,
+        subject: None,
+        not_after: None,
+        days_left: None,
+        valid: false,
+        key_matches: false,
+        last_install: pipeline::installed_at(settings, &spec.name),
+        reload_owed: false,
+        endpoints: Vec::new(),
+        problems: Vec::new(),
+        exit: ExitCode::Success,
+    };
+    retry_owed_reload(settings, spec, post, now, &mut c).await;
+
+    match install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path)) {
+        Ok(None) => c.problem(
+            format!(
+                "no pair installed at {} and {}",
+                spec.cert_path.display(),
+                spec.key_path.display()
+            ),
+            ExitCode::Refused,
+        ),
+        Ok(Some(i)) => {
+            c.installed = true;
+            c.key_matches = i.matching;
+            if let Some(info) = &i.info {
+                c.fingerprint = Some(info.fingerprint);
+                c.subject = Some(info.subject.clone());
+                c.not_after = Some(info.not_after);
+                let days = info.days_left(unix(now));
+                c.days_left = Some(days);
+                if days >= 0 && days < warn_days {
+                    c.problem(
+                        format!(
+                            "{} expires in {days} days (warning below {warn_days}): is the pusher running? `certsync-push status` on the NPM host",
+                            spec.cert_path.display()
+                        ),
+                        ExitCode::Refused,
+                    );
+                }
+            }
+            match validate_installed(spec, now) {
+                Ok(()) => c.valid = true,
+                Err(msg) => c.problem(msg, ExitCode::Refused),
+            }
+        }
+        Err(e) => c.problem(e.to_string(), ExitCode::Runtime),
+    }
+
+    let sni = spec.hostnames.first().cloned().unwrap_or_default();
+    for text in &spec.verify {
+        let e = probe_endpoint(text, &sni, c.fingerprint).await;
+        if let Some(err) = &e.error {
+            c.problem(err.clone(), ExitCode::Unverified);
+        } else if !e.matches {
+            let served = e.served.map(|f| f.to_string()).unwrap_or_default();
+            let installed = c
+                .fingerprint
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| "nothing".into());
+            c.problem(
+                format!(
+                    "{text} (SNI {sni}) serves {served}, not the installed {installed}: reload that service (`certsync-receive deploy`) or check which file it reads"
+                ),
+                ExitCode::Unverified,
+            );
+        }
+        c.endpoints.push(e);
+    }
+    c
+}
+
+/// Retry a reload owed since an earlier install; record what remains.
+async fn retry_owed_reload(
+    settings: &Settings,
+    spec: &CertSpec,
+    post: &Post<'_>,
+    now: SystemTime,
+    c: &mut CertCheck,
+) {
+    if !pipeline::reload_owed(settings, &spec.name) {
+        return;
+    }
+    // Under the receiver's lock, so an install in progress is not raced.
+    let dir = settings.staging_dir.clone();
+    let lock = tokio::task::spawn_blocking(move || {
+        crate::lock::acquire(&dir, Duration::from_secs(60), || {
+            tracing::info!("waiting for another certsync-receive to finish")
+        })
+    })
+    .await;
+    let _lock = match lock {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            c.reload_owed = true;
+            c.problem(
+                format!("a reload is owed and could not be retried: {e}"),
+                ExitCode::Unverified,
+            );
+            return;
+        }
+        Err(e) => {
+            c.problem(format!("lock task failed: {e}"), ExitCode::Runtime);
+            return;
+        }
+    };
+    let run = Run {
+        settings,
+        now,
+        dry_run: false,
+        force: false,
+    };
+    if let Some(cr) = pipeline::retry_owed(&run, spec, post).await {
+        for line in cr.to_string().lines() {
+            tracing::info!("{line}");
+        }
+    }
+    if pipeline::reload_owed(settings, &spec.name) {
+        c.reload_owed = true;
+        c.problem(
+            format!(
+                "a reload of {} is owed since an earlier install and failed again (see the log above); fix it and run `certsync-receive deploy`",
+                spec.reload.join(", ")
+            ),
+            ExitCode::Unverified,
+        );
+    }
+}
+
+/// Full validation of the installed bytes, as if they had just arrived
+/// (without the rollback rule: there is nothing to compare against).
+fn validate_installed(spec: &CertSpec, now: SystemTime) -> Result<(), String> {
+    let chain = read_limited(&spec.cert_path, MAX_CHAIN_BYTES)?;
+    let key = SecretBytes::new(read_limited(&spec.key_path, MAX_KEY_BYTES)?);
+    let policy = Policy {
+        hostnames: &spec.hostnames,
+        now,
+        installed_not_after: None,
+        force: false,
+    };
+    validate(Bundle::new(chain, key), &policy)
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "the installed pair at {} is not valid: {e}",
+                spec.cert_path.display()
+            )
+        })
+}
+
+fn read_limited(path: &Path, max: usize) -> Result<Vec<u8>, String> {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        std::fs::File::open(path)?
+            .take(max as u64 + 1)
+            .read_to_end(&mut buf)?;
+        Ok(buf)
+    };
+    let buf = read().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if buf.len() > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    Ok(buf)
+}
+
+/// One probe, no retries: `check` reports the state now.
+async fn probe_endpoint(text: &str, sni: &str, expected: Option<Fingerprint>) -> EndpointCheck {
+    let mut e = EndpointCheck {
+        endpoint: text.to_string(),
+        served: None,
+        matches: false,
+        error: None,
+    };
+    let endpoint = match Endpoint::parse(text) {
+        Ok(ep) => ep,
+        Err(err) => {
+            e.error = Some(err.to_string());
+            return e;
+        }
+    };
+    let sni = sni.to_string();
+    let served = tokio::task::spawn_blocking(move || {
+        probe::served_leaf(&endpoint, &sni, probe::PROBE_TIMEOUT)
+    })
+    .await;
+    match served {
+        Ok(Ok(info)) => {
+            e.served = Some(info.fingerprint);
+            e.matches = expected == Some(info.fingerprint);
+        }
+        Ok(Err(err)) => e.error = Some(err.to_string()),
+        Err(err) => e.error = Some(format!("{text}: the probe task failed: {err}")),
+    }
+    e
+}
+
+fn print_text(report: &CheckReport) {
+    for c in &report.certs {
+        match (&c.fingerprint, c.days_left) {
+            (Some(fp), Some(days)) => println!(
+                "{}: installed {} {} ({}), {}, {days} days left",
+                c.name,
+                c.cert_path,
+                fp.short(),
+                c.subject.as_deref().unwrap_or(""),
+                if c.valid { "valid" } else { "NOT valid" },
+            ),
+            _ => println!("{}: nothing readable installed at {}", c.name, c.cert_path),
+        }
+        for e in &c.endpoints {
+            let state = match (&e.error, e.matches, &e.served) {
+                (Some(err), _, _) => format!("cannot probe: {err}"),
+                (None, true, _) => "serves the installed certificate".to_string(),
+                (None, false, Some(fp)) => format!("serves {} instead", fp.short()),
+                (None, false, None) => "serves nothing".to_string(),
+            };
+            println!("{}: {} {state}", c.name, e.endpoint);
+        }
+        if c.reload_owed {
+            println!("{}: a reload is still owed", c.name);
+        }
+        for p in &c.problems {
+            println!("{}: PROBLEM: {p}", c.name);
+        }
+        if c.problems.is_empty() {
+            println!("{}: ok", c.name);
+        }
+    }
+}
+
+/// Escape a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition of `report`.
+pub fn metrics_text(report: &CheckReport) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (labels, v) in samples {
+            out.push_str(&format!("{name}{{{labels}}} {v}\n"));
+        }
+    };
+    let per_cert = |f: &dyn Fn(&CertCheck) -> Option<f64>| -> Vec<(String, f64)> {
+        report
+            .certs
+            .iter()
+            .filter_map(|c| f(c).map(|v| (format!("name=\"{}\"", label(&c.name)), v)))
+            .collect()
+    };
+    family(
+        "certsync_cert_not_after_timestamp_seconds",
+        "notAfter of the installed certificate (Unix seconds).",
+        per_cert(&|c| c.not_after.map(|t| t as f64)),
+    );
+    family(
+        "certsync_cert_last_install_timestamp_seconds",
+        "When the certificate was last installed successfully (Unix seconds).",
+        per_cert(&|c| c.last_install.map(|t| t as f64)),
+    );
+    family(
+        "certsync_cert_valid",
+        "1 when the installed pair is valid and matching.",
+        per_cert(&|c| Some(if c.valid { 1.0 } else { 0.0 })),
+    );
+    family(
+        "certsync_cert_reload_owed",
+        "1 when a reload after an install is still owed.",
+        per_cert(&|c| Some(if c.reload_owed { 1.0 } else { 0.0 })),
+    );
+    let served: Vec<(String, f64)> = report
+        .certs
+        .iter()
+        .flat_map(|c| {
+            c.endpoints.iter().map(|e| {
+                (
+                    format!(
+                        "name=\"{}\",endpoint=\"{}\"",
+                        label(&c.name),
+                        label(&e.endpoint)
+                    ),
+                    if e.matches { 1.0 } else { 0.0 },
+                )
+            })
+        })
+        .collect();
+    family(
+        "certsync_served_matches",
+        "1 when the endpoint serves the installed certificate.",
+        served,
+    );
+    out.push_str(&format!(
+        "# HELP certsync_check_timestamp_seconds When check ran (Unix seconds).\n# TYPE certsync_check_timestamp_seconds gauge\ncertsync_check_timestamp_seconds {}\n",
+        report.checked_at
+    ));
+    out
+}
+
+/// Write the textfile atomically: a temp file beside it, then rename.
+pub fn write_metrics(path: &Path, report: &CheckReport) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "metrics".into());
+    let tmp = path.with_file_name(format!(".{name}.certsync-tmp"));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(metrics_text(report).as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(name: &str, endpoint: &str, matches: bool) -> CertCheck {
+        CertCheck {
+            name: name.into(),
+            cert_path: "/ssl/cert.pem".into(),
+            installed: true,
+            fingerprint: None,
+            subject: None,
+            not_after: Some(1_900_000_000),
+            days_left: Some(30),
+            valid: true,
+            key_matches: true,
+            last_install: None,
+            reload_owed: false,
+            endpoints: vec![EndpointCheck {
+                endpoint: endpoint.into(),
+                served: None,
+                matches,
+                error: None,
+            }],
+            problems: vec![],
+            exit: ExitCode::Success,
+        }
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text_with_escaped_labels() {
+        let report = CheckReport {
+            checked_at: 1_800_000_000,
+            warn_days: 14,
+            certs: vec![cert("ma\"il", "127.0.0.1:25 smtp", false)],
+            exit: ExitCode::Unverified,
+        };
+        let text = metrics_text(&report);
+        assert!(text
+            .contains("certsync_cert_not_after_timestamp_seconds{name=\"ma\\\"il\"} 1900000000\n"));
+        assert!(text.contains(
+            "certsync_served_matches{name=\"ma\\\"il\",endpoint=\"127.0.0.1:25 smtp\"} 0\n"
+        ));
+        // No install time recorded: no sample, but the family is declared.
+        assert!(text.contains("# TYPE certsync_cert_last_install_timestamp_seconds gauge\n"));
+        assert!(!text.contains("certsync_cert_last_install_timestamp_seconds{"));
+        assert!(text.ends_with("certsync_check_timestamp_seconds 1800000000\n"));
+    }
+
+    #[test]
+    fn metrics_replace_the_file_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certsync.prom");
+        std::fs::write(&path, "old").unwrap();
+        let report = CheckReport {
+            checked_at: 1,
+            warn_days: 14,
+            certs: vec![cert("mail", "127.0.0.1:443", true)],
+            exit: ExitCode::Success,
+        };
+        write_metrics(&path, &report).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("endpoint=\"127.0.0.1:443\"} 1\n"), "{text}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temp file left behind");
+        assert!(write_metrics(&dir.path().join("missing/x.prom"), &report).is_err());
+    }
 }

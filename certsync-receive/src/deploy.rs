@@ -164,6 +164,10 @@ pub async fn deploy<P: PostInstall>(
                         ExitCode::Runtime,
                     );
                     report.certs.push(cr);
+                } else if let Some(cr) = pipeline::retry_owed(&run, spec, post).await {
+                    // The catch-up run: a reload that failed after an
+                    // earlier install is still owed.
+                    report.certs.push(cr);
                 }
                 continue;
             }

@@ -75,6 +75,12 @@ enum Command {
         force: bool,
     },
     /// Is the installed pair valid and matching, not expiring, served on the wire?
+    ///
+    /// Retries a reload still owed from an earlier install first. Exit codes:
+    /// 0 all well; 3 a pair missing, invalid, not matching, expired or
+    /// expiring within --warn-days; 4 an endpoint serves another certificate
+    /// or cannot be probed, or a reload is still owed; 1 a runtime failure
+    /// (e.g. the metrics file cannot be written). The worst one wins.
     Check {
         /// Print JSON instead of text.
         #[arg(long)]

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use certsync_core::bundle::Bundle;
 use certsync_core::protocol::{OfferedCert, Wanted};
-use certsync_core::report::{CertReport, Step};
+use certsync_core::report::{CertReport, Step, StepStatus};
 use certsync_core::validate::{validate, Policy, ValidatedBundle};
 use certsync_core::{ExitCode, Fingerprint};
 
@@ -33,6 +33,10 @@ pub struct Run<'a> {
     pub dry_run: bool,
     pub force: bool,
 }
+
+/// A step failed; what failed and why is already in the [`CertReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepFailed;
 
 /// Steps 6 and 7, after an install: reload the services and check what is
 /// served. The Docker- and TLS-backed implementation lives in
@@ -103,6 +107,23 @@ pub fn decide(spec: &CertSpec, offered: &OfferedCert) -> (Wanted, String) {
     }
 }
 
+/// [`decide`], and a pair already installed whose reload is still owed is
+/// asked for anyway: delivering it runs [`finish`], which retries that
+/// reload, so the next push settles it.
+pub fn decide_owed(
+    settings: &Settings,
+    spec: &CertSpec,
+    offered: &OfferedCert,
+) -> (Wanted, String) {
+    match decide(spec, offered) {
+        (Wanted::Have, _) if reload_owed(settings, &spec.name) => (
+            Wanted::Send,
+            "already installed, but a reload is owed; send it to retry the reload".into(),
+        ),
+        other => other,
+    }
+}
+
 /// The notAfter of what is installed, for the rollback rule.
 fn installed_not_after(spec: &CertSpec) -> Option<i64> {
     install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path))
@@ -118,7 +139,7 @@ pub fn stage_step(
     spec: &CertSpec,
     bundle: &Bundle,
     report: &mut CertReport,
-) -> Result<(), ()> {
+) -> Result<(), StepFailed> {
     if run.dry_run {
         report.skipped(Step::Stage, "dry run: the bytes stay in memory");
         return Ok(());
@@ -132,7 +153,7 @@ pub fn stage_step(
         Err(e) => {
             tracing::error!(cert = %spec.name, "stage failed: {e}");
             report.failed(Step::Stage, e.to_string(), ExitCode::Runtime);
-            Err(())
+            Err(StepFailed)
         }
     }
 }
@@ -184,7 +205,7 @@ pub fn compare_step(
     spec: &CertSpec,
     pair: &ValidatedBundle,
     report: &mut CertReport,
-) -> Result<bool, ()> {
+) -> Result<bool, StepFailed> {
     match installed_everywhere(spec, pair.chain_sha256(), pair.key_sha256()) {
         Ok(true) => {
             tracing::info!(cert = %spec.name, leaf = %pair.leaf_fingerprint(), "nothing to do: this pair is already installed");
@@ -207,7 +228,7 @@ pub fn compare_step(
         }
         Err(e) => {
             report.failed(Step::Compare, e.to_string(), ExitCode::Runtime);
-            Err(())
+            Err(StepFailed)
         }
     }
 }
@@ -218,7 +239,7 @@ pub fn install_step(
     spec: &CertSpec,
     pair: &ValidatedBundle,
     report: &mut CertReport,
-) -> Result<(), ()> {
+) -> Result<(), StepFailed> {
     let dests = destinations(spec);
     let names = || {
         dests
@@ -241,7 +262,7 @@ pub fn install_step(
         if let Err(e) = install::install(dest, pair) {
             tracing::error!(cert = %spec.name, "install failed: {e}");
             report.failed(Step::Install, e.to_string(), ExitCode::Runtime);
-            return Err(());
+            return Err(StepFailed);
         }
     }
     tracing::info!(cert = %spec.name, leaf = %pair.leaf_fingerprint(), "installed {}", names());
@@ -271,6 +292,10 @@ pub async fn deliver<P: PostInstall>(
 }
 
 /// Steps 4–7 for a validated pair.
+///
+/// A pair already installed is not installed again, but a reload still owed
+/// from an earlier run (see [`owed_reload_marker`]) is retried here, so a
+/// push of the same pair settles it.
 pub async fn finish<P: PostInstall>(
     run: &Run<'_>,
     spec: &CertSpec,
@@ -280,18 +305,301 @@ pub async fn finish<P: PostInstall>(
 ) {
     match compare_step(spec, pair, report) {
         Ok(true) => {}
-        Ok(false) | Err(()) => return,
+        Ok(false) => {
+            if reload_owed(run.settings, &spec.name) {
+                settle_owed(run, spec, pair.leaf_fingerprint(), post, report).await;
+            }
+            return;
+        }
+        Err(StepFailed) => return,
     }
     if install_step(run, spec, pair, report).is_err() {
         return;
     }
-    post.reload(spec, run.dry_run, report).await;
     if !run.dry_run {
-        post.verify(spec, pair.leaf_fingerprint(), report).await;
+        record_installed_at(run, spec);
     }
+    reload_and_verify(run, spec, pair.leaf_fingerprint(), post, report).await;
+}
+
+/// Steps 6 and 7, remembering a reload that failed (or clearing one that
+/// was owed and now succeeded).
+async fn reload_and_verify<P: PostInstall>(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    leaf: Fingerprint,
+    post: &P,
+    report: &mut CertReport,
+) {
+    let failed_before = failed_reloads(report);
+    post.reload(spec, run.dry_run, report).await;
+    if run.dry_run {
+        return;
+    }
+    let marker = owed_reload_marker(run.settings, &spec.name);
+    if failed_reloads(report) > failed_before {
+        if let Err(e) = std::fs::write(&marker, format!("{}\n", leaf)) {
+            tracing::error!(cert = %spec.name, "cannot remember the owed reload in {}: {e}; run `certsync-receive deploy` once Docker is back", marker.display());
+        } else {
+            tracing::warn!(cert = %spec.name, marker = %marker.display(), "reload owed; the next deploy, check or push retries it");
+        }
+    } else {
+        match std::fs::remove_file(&marker) {
+            Ok(()) => tracing::info!(cert = %spec.name, "the owed reload is done"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(cert = %spec.name, "cannot remove {}: {e}", marker.display())
+            }
+        }
+    }
+    post.verify(spec, leaf, report).await;
+}
+
+fn failed_reloads(report: &CertReport) -> usize {
+    report
+        .steps
+        .iter()
+        .filter(|s| s.step == Step::Reload && s.status == StepStatus::Failed)
+        .count()
+}
+
+async fn settle_owed<P: PostInstall>(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    leaf: Fingerprint,
+    post: &P,
+    report: &mut CertReport,
+) {
+    let marker = owed_reload_marker(run.settings, &spec.name);
+    tracing::info!(cert = %spec.name, marker = %marker.display(), "retrying the reload owed since an earlier install");
+    let what = if run.dry_run {
+        "would retry it"
+    } else {
+        "retrying it"
+    };
+    report.done(
+        Step::Compare,
+        format!(
+            "a reload is owed since an earlier install ({}); {what}",
+            marker.display()
+        ),
+    );
+    reload_and_verify(run, spec, leaf, post, report).await;
+}
+
+/// For `deploy` and `check` when nothing new arrived: retry the reload
+/// owed for `spec`, if any, against the installed leaf. `None` when no
+/// reload is owed.
+pub async fn retry_owed<P: PostInstall>(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    post: &P,
+) -> Option<CertReport> {
+    if !reload_owed(run.settings, &spec.name) {
+        return None;
+    }
+    let mut cr = CertReport::new(&spec.name, None);
+    let installed = install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path));
+    let leaf = match installed {
+        Ok(Some(i)) => i.info.map(|c| c.fingerprint),
+        Ok(None) => None,
+        Err(e) => {
+            cr.failed(Step::Compare, e.to_string(), ExitCode::Runtime);
+            return Some(cr);
+        }
+    };
+    let Some(leaf) = leaf else {
+        cr.failed(
+            Step::Compare,
+            format!(
+                "a reload is owed, but no readable certificate is installed at {}",
+                spec.cert_path.display()
+            ),
+            ExitCode::Runtime,
+        );
+        return Some(cr);
+    };
+    cr.leaf = Some(leaf);
+    settle_owed(run, spec, leaf, post, &mut cr).await;
+    Some(cr)
 }
 
 /// Where a failed reload is remembered so that the next run retries it.
 pub fn owed_reload_marker(settings: &Settings, name: &str) -> PathBuf {
     settings.staging_dir.join(format!("{name}.reload-owed"))
+}
+
+/// Is a reload of this certificate's services still owed?
+pub fn reload_owed(settings: &Settings, name: &str) -> bool {
+    owed_reload_marker(settings, name).exists()
+}
+
+/// Where the time of the last successful install is kept (Unix seconds),
+/// for `check --metrics`. The pair on disk stays the truth for everything
+/// else; this file only answers "when".
+pub fn installed_at_file(settings: &Settings, name: &str) -> PathBuf {
+    settings.staging_dir.join(format!("{name}.installed-at"))
+}
+
+fn record_installed_at(run: &Run<'_>, spec: &CertSpec) {
+    let path = installed_at_file(run.settings, &spec.name);
+    let tmp = path.with_extension("installed-at.tmp");
+    let res = std::fs::write(&tmp, format!("{}\n", unix(run.now)))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = res {
+        // Only the metrics lose the timestamp; the install itself is done.
+        tracing::warn!(cert = %spec.name, "cannot record the install time in {}: {e}", path.display());
+    }
+}
+
+/// The last successful install of `name`, in Unix seconds, if recorded.
+pub fn installed_at(settings: &Settings, name: &str) -> Option<i64> {
+    std::fs::read_to_string(installed_at_file(settings, name))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    use certsync_core::config::{DeployMode, DockerConfig};
+    use certsync_core::testutil::{KeyKind, TestCa};
+
+    /// Reloads fail while `fail` is set; counts the calls.
+    struct Flaky {
+        fail: Cell<bool>,
+        reloads: Cell<usize>,
+        verifies: Cell<usize>,
+    }
+
+    impl PostInstall for Flaky {
+        async fn reload(&self, _spec: &CertSpec, _dry_run: bool, report: &mut CertReport) {
+            self.reloads.set(self.reloads.get() + 1);
+            if self.fail.get() {
+                report.failed(
+                    Step::Reload,
+                    "postfix-mailcow stopped",
+                    ExitCode::Unverified,
+                );
+            } else {
+                report.done(Step::Reload, "postfix-mailcow reloaded");
+            }
+        }
+        async fn verify(&self, _spec: &CertSpec, _leaf: Fingerprint, report: &mut CertReport) {
+            self.verifies.set(self.verifies.get() + 1);
+            report.skipped(Step::Verify, "none configured");
+        }
+    }
+
+    fn settings(dir: &std::path::Path) -> Settings {
+        let ssl = dir.join("ssl");
+        std::fs::create_dir_all(&ssl).unwrap();
+        Settings {
+            config_path: dir.join("receive.toml"),
+            staging_dir: dir.join("staging"),
+            deploy: DeployMode::Inline,
+            handoff_timeout: std::time::Duration::from_secs(1),
+            read_timeout: std::time::Duration::from_secs(1),
+            certs: vec![CertSpec {
+                name: "mail".into(),
+                hostnames: vec!["mail.example.com".into()],
+                cert_path: ssl.join("cert.pem"),
+                key_path: ssl.join("key.pem"),
+                reload: vec!["postfix-mailcow".into()],
+                verify: vec![],
+                sni_dirs: vec![],
+            }],
+            docker: DockerConfig::default(),
+            mailcow: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_is_owed_until_a_later_run_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        crate::stage::ensure_dir(&s.staging_dir).unwrap();
+        let spec = &s.certs[0];
+        let run = Run {
+            settings: &s,
+            now: SystemTime::now(),
+            dry_run: false,
+            force: false,
+        };
+        let post = Flaky {
+            fail: Cell::new(true),
+            reloads: Cell::new(0),
+            verifies: Cell::new(0),
+        };
+        let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+
+        let mut cr = CertReport::new("mail", None);
+        let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
+        finish(&run, spec, &pair, &post, &mut cr).await;
+        assert_eq!(cr.exit, ExitCode::Unverified, "{cr}");
+        assert!(reload_owed(&s, "mail"));
+        assert!(
+            installed_at(&s, "mail").is_some(),
+            "the install is recorded"
+        );
+        assert_eq!(post.verifies.get(), 1, "verify still runs");
+        assert!(retry_owed(&run, spec, &post)
+            .await
+            .is_some_and(|r| r.exit == ExitCode::Unverified));
+        assert!(reload_owed(&s, "mail"), "still failing: still owed");
+
+        // The same pair again: nothing to install, but the owed reload runs.
+        post.fail.set(false);
+        let (wanted, _) = decide_owed(&s, spec, &offered(&leaf));
+        assert_eq!(wanted, Wanted::Send, "a push is asked to deliver it again");
+        let mut cr = CertReport::new("mail", None);
+        let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
+        finish(&run, spec, &pair, &post, &mut cr).await;
+        assert_eq!(cr.exit, ExitCode::Success, "{cr}");
+        assert!(cr.nothing_to_do);
+        assert!(!reload_owed(&s, "mail"));
+        assert_eq!(post.reloads.get(), 3);
+        assert!(retry_owed(&run, spec, &post).await.is_none());
+        let (wanted, _) = decide_owed(&s, spec, &offered(&leaf));
+        assert_eq!(wanted, Wanted::Have);
+    }
+
+    fn offered(leaf: &certsync_core::testutil::TestLeaf) -> OfferedCert {
+        let b = leaf.bundle();
+        OfferedCert {
+            name: "mail".into(),
+            leaf: leaf.fingerprint(),
+            chain_sha256: b.chain_sha256(),
+            key_sha256: b.key_sha256(),
+            not_after: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_writes_no_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        crate::stage::ensure_dir(&s.staging_dir).unwrap();
+        let run = Run {
+            settings: &s,
+            now: SystemTime::now(),
+            dry_run: true,
+            force: false,
+        };
+        let post = Flaky {
+            fail: Cell::new(true),
+            reloads: Cell::new(0),
+            verifies: Cell::new(0),
+        };
+        let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+        let mut cr = CertReport::new("mail", None);
+        let pair = validate_step(&run, &s.certs[0], leaf.bundle(), &mut cr).unwrap();
+        finish(&run, &s.certs[0], &pair, &post, &mut cr).await;
+        assert_eq!(post.reloads.get(), 1);
+        assert_eq!(post.verifies.get(), 0);
+        assert!(!reload_owed(&s, "mail"));
+        assert!(installed_at(&s, "mail").is_none());
+    }
 }

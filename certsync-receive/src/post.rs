@@ -1,12 +1,38 @@
 //! Steps 6 and 7 as the real binary runs them: reload through the Docker
 //! API ([`crate::reload`]) and check the served certificate
 //! ([`crate::probe`]).
+//!
+//! Invariants:
+//! - Both steps run after the pair is installed, so neither undoes it: a
+//!   failure is a failed step with exit 4 ([`ExitCode::Unverified`]) whose
+//!   message names the service or endpoint and what to do. The pipeline
+//!   remembers a failed reload ([`crate::pipeline::owed_reload_marker`]).
+//! - Nothing is silently skipped: an empty `reload` or `verify` list is a
+//!   "skipped: none configured" step; every service and every endpoint gets
+//!   a line of its own.
+//! - The probe is blocking (std sockets), so it runs in `spawn_blocking`.
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use certsync_core::bundle::{parse_chain, CertInfo};
 use certsync_core::report::{CertReport, Step};
-use certsync_core::Fingerprint;
+use certsync_core::{ExitCode, Fingerprint};
 
+use crate::mailcow;
 use crate::pipeline::PostInstall;
+use crate::probe::{self, Endpoint, ProbeError};
+use crate::reload::{self, ReloadPlan};
 use crate::settings::{CertSpec, Settings};
+
+/// How long verify keeps probing an endpoint that still serves the old
+/// certificate: postfix and dovecot finish a reload within a second or
+/// two, nginx's workers hand over at once.
+pub const VERIFY_RETRY: Duration = Duration::from_secs(8);
+
+/// How long a served certificate must stay the same to count as served:
+/// long enough for the old workers of a reloaded daemon to stop accepting.
+pub const SETTLE: Duration = Duration::from_millis(500);
 
 /// The production [`PostInstall`].
 pub struct Post<'a> {
@@ -14,23 +40,220 @@ pub struct Post<'a> {
 }
 
 impl PostInstall for Post<'_> {
-    async fn reload(&self, spec: &CertSpec, _dry_run: bool, report: &mut CertReport) {
+    async fn reload(&self, spec: &CertSpec, dry_run: bool, report: &mut CertReport) {
         if spec.reload.is_empty() {
-            report.skipped(Step::Reload, "no services configured (reload = [])");
+            report.skipped(Step::Reload, "none configured (reload = [])");
             return;
         }
-        let _ = self.settings;
-        report.skipped(Step::Reload, "reload through Docker is not wired in yet");
+        let plan = match ReloadPlan::from_config(&self.settings.docker, &spec.reload) {
+            Ok(plan) => plan,
+            Err(e) => {
+                report.failed(Step::Reload, e.to_string(), ExitCode::Unverified);
+                return;
+            }
+        };
+        let outcomes = match reload::reload(&plan, dry_run).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::error!(cert = %spec.name, "reload failed: {e}");
+                let services = spec.reload.join(", ");
+                let msg = if dry_run {
+                    format!("would reload {services}, but: {e}")
+                } else {
+                    format!("{services} not reloaded: {e}. The certificate is installed; the next deploy, check or push retries the reload")
+                };
+                report.failed(Step::Reload, msg, ExitCode::Unverified);
+                return;
+            }
+        };
+        for o in outcomes {
+            let line = format!("{} {}: {}", o.service, o.status, o.message);
+            match (o.status.ok(), dry_run) {
+                (true, true) => report.skipped(Step::Reload, format!("dry run: {line}")),
+                (true, false) => report.done(Step::Reload, line),
+                (false, _) => report.failed(Step::Reload, line, ExitCode::Unverified),
+            }
+        }
     }
 
-    async fn verify(&self, spec: &CertSpec, _leaf: Fingerprint, report: &mut CertReport) {
+    async fn verify(&self, spec: &CertSpec, leaf: Fingerprint, report: &mut CertReport) {
         if spec.verify.is_empty() {
-            report.skipped(Step::Verify, "no endpoints configured (verify = [])");
+            report.skipped(Step::Verify, "none configured (verify = [])");
             return;
         }
-        report.skipped(
-            Step::Verify,
-            "the served-certificate check is not wired in yet",
+        let Some(sni) = spec.hostnames.first().cloned() else {
+            report.failed(
+                Step::Verify,
+                "no hostname to send as SNI",
+                ExitCode::Unverified,
+            );
+            return;
+        };
+        // Concurrently: each endpoint waits for its daemon and settles on
+        // its own, so the step takes as long as the slowest, not the sum.
+        let probes = spec
+            .verify
+            .iter()
+            .map(|text| verify_endpoint(text, &sni, leaf, VERIFY_RETRY));
+        let results = futures_util::future::join_all(probes).await;
+        for (text, result) in spec.verify.iter().zip(results) {
+            match result {
+                Ok(served) => {
+                    tracing::info!(cert = %spec.name, endpoint = %text, "verified: serves {}", served.short());
+                    report.done(
+                        Step::Verify,
+                        format!("{text} serves {} (SNI {sni})", served.short()),
+                    );
+                }
+                Err(e) => {
+                    let mut msg = e.to_string();
+                    if let (ProbeError::Mismatch(m), Some(mc)) = (&e, &self.settings.mailcow) {
+                        msg.push_str(&sni_hint(&mc.ssl_dir(), spec, m.served));
+                    }
+                    tracing::error!(cert = %spec.name, endpoint = %text, "verify failed: {msg}");
+                    report.failed(Step::Verify, msg, ExitCode::Unverified);
+                }
+            }
+        }
+    }
+}
+
+/// Probe one configured endpoint until it serves `expected` or `retry_for`
+/// has passed.
+///
+/// One matching handshake is not enough: right after `nginx -s reload` the
+/// new worker already serves the new certificate while the old worker can
+/// still accept a connection and serve the old one (seen in the
+/// real-nginx test). So a match counts once a second probe, [`SETTLE`]
+/// later, sees the same certificate.
+pub async fn verify_endpoint(
+    text: &str,
+    sni: &str,
+    expected: Fingerprint,
+    retry_for: Duration,
+) -> Result<Fingerprint, ProbeError> {
+    let endpoint = Endpoint::parse(text)?;
+    let sni = sni.to_string();
+    let shown = endpoint.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + retry_for;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let served = probe::verify(&endpoint, &sni, expected, left)?;
+            std::thread::sleep(SETTLE);
+            let again = probe::verify(&endpoint, &sni, expected, Duration::ZERO);
+            match again {
+                Ok(_) => return Ok(served),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) => tracing::debug!(endpoint = %endpoint, "not settled yet: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ProbeError::Dialogue {
+            endpoint: shown,
+            message: format!("the probe task failed: {e}"),
+        })
+    })
+}
+
+/// The leaf each per-domain folder under mailcow's ssl dir holds.
+fn sni_folders(ssl_dir: &Path) -> Vec<(PathBuf, Option<CertInfo>)> {
+    let Ok(entries) = std::fs::read_dir(ssl_dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<(PathBuf, Option<CertInfo>)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| {
+            let info = std::fs::read(e.path().join("cert.pem"))
+                .ok()
+                .and_then(|pem| parse_chain(&pem).ok())
+                .and_then(|certs| certs.first().map(CertInfo::of));
+            (e.path(), info)
+        })
+        .collect();
+    dirs.sort_by(|a, b| a.0.cmp(&b.0));
+    dirs
+}
+
+/// mailcow serves `data/assets/ssl/<domain>/cert.pem` ahead of the
+/// top-level pair for SNI names that folder covers (ENABLE_SSL_SNI). A
+/// folder holding the served certificate, or covering our hostnames, is
+/// the likely explanation of a mismatch: name it.
+fn sni_hint(ssl_dir: &Path, spec: &CertSpec, served: Fingerprint) -> String {
+    let covering = mailcow::sni_dirs_covering(ssl_dir, &spec.hostnames);
+    let mut hints = Vec::new();
+    for (dir, info) in sni_folders(ssl_dir) {
+        if info.as_ref().is_some_and(|i| i.fingerprint == served) {
+            hints.push(format!(
+                "{} holds the served certificate: mailcow serves that per-domain folder ahead of {}; remove the folder or add its domain to hostnames",
+                dir.join("cert.pem").display(),
+                spec.cert_path.display()
+            ));
+        } else if covering.contains(&dir) {
+            hints.push(format!(
+                "per-domain folder {} covers {} and was given the new pair too; was the daemon reloaded after it?",
+                dir.display(),
+                spec.hostnames.join(", ")
+            ));
+        }
+    }
+    if hints.is_empty() {
+        String::new()
+    } else {
+        format!(". {}", hints.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certsync_core::testutil::{KeyKind, TestCa};
+
+    #[test]
+    fn a_mismatch_names_the_per_domain_folder_that_serves_it() {
+        let ssl = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let served = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+        let folder = ssl.path().join("mail.example.com");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("cert.pem"), &served.chain_pem).unwrap();
+        let other = ssl.path().join("other.example.org");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("cert.pem"), &served.chain_pem).unwrap();
+        let spec = CertSpec {
+            name: "mail".into(),
+            hostnames: vec!["mail.example.com".into()],
+            cert_path: ssl.path().join("cert.pem"),
+            key_path: ssl.path().join("key.pem"),
+            reload: vec![],
+            verify: vec![],
+            sni_dirs: vec![folder.clone()],
+        };
+        let hint = sni_hint(ssl.path(), &spec, served.fingerprint());
+        assert!(
+            hint.contains(&format!(
+                "{} holds the served certificate",
+                folder.join("cert.pem").display()
+            )),
+            "{hint}"
         );
+
+        // A folder covering our name with another cert: named as suspect.
+        let unrelated = ca.leaf(KeyKind::P256, &["x.example.net"]).fingerprint();
+        let hint = sni_hint(ssl.path(), &spec, unrelated);
+        assert!(
+            hint.contains(&format!(
+                "per-domain folder {} covers mail.example.com",
+                folder.display()
+            )),
+            "{hint}"
+        );
+        assert!(!hint.contains("other.example.org"), "{hint}");
+
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(sni_hint(empty.path(), &spec, unrelated), "");
     }
 }

@@ -10,7 +10,7 @@
 //! Containers carry the compose labels (`com.docker.compose.project`,
 //! `com.docker.compose.service`) and stand in for postfix-mailcow,
 //! dovecot-mailcow and nginx-mailcow:
-//! - [`Dockerd::stand_in`]: busybox whose `postfix` and `dovecot` are shell
+//! - [`Dockerd::stand_in`]: busybox whose `postfix`, `dovecot` and `nginx` are shell
 //!   scripts that record each call in a host dir and exit with
 //!   `$RELOAD_EXIT` (0 by default), so a test sees the reload happen inside
 //!   the container, or makes it fail.
@@ -839,4 +839,7 @@ fn build_rootfs(root: &Path) {
     script("bin/certsync-idle", IDLE);
     script("usr/sbin/postfix", RELOAD_STAND_IN);
     script("usr/sbin/dovecot", RELOAD_STAND_IN);
+    // For stand-ins of nginx-mailcow (`nginx -s reload`); the real nginx
+    // container mounts the host's /usr over it.
+    script("usr/sbin/nginx", RELOAD_STAND_IN);
 }
