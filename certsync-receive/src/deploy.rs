@@ -115,6 +115,12 @@ pub async fn deploy<P: PostInstall>(
             None
         }
     };
+    // Retire the request before the work: a deploy that fails must not
+    // leave it behind, or certsync-deploy.path would start us again and
+    // again until systemd's start limit. The result file answers `serve`.
+    if request.is_some() && !dry_run {
+        let _ = std::fs::remove_file(staging.join(handoff::REQUEST));
+    }
     // Without a request, stay away from a pair a running `serve` is staging.
     let _serve_lock = match &request {
         Some(_) => None,

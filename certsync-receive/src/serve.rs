@@ -150,7 +150,7 @@ where
                 if let Err(e) = pipeline::recover(spec) {
                     tracing::error!(cert = %spec.name, "{e}");
                 }
-                let (wanted, message) = pipeline::decide(spec, offered);
+                let (wanted, message) = pipeline::decide_owed(settings, spec, offered);
                 if wanted == Wanted::Have {
                     cr.nothing_to_do = true;
                     cr.done(Step::Compare, message.clone());
