@@ -11,6 +11,7 @@
 pub mod bins;
 pub mod docker;
 pub mod livedir;
+pub mod npmhost;
 pub mod receiver;
 pub mod sshd;
 
