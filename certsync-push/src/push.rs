@@ -337,8 +337,11 @@ async fn push_target(
         certs: Vec::new(),
     };
     if offerings.is_empty() {
+        // Each unread cert's line says why; no need to connect.
+        if certs.is_empty() {
+            result.error = Some("no [[cert]] to offer".into());
+        }
         result.certs = certs;
-        result.error = Some("nothing could be offered".into());
         return result;
     }
     let started = Instant::now();
@@ -467,4 +470,83 @@ pub fn render(results: &[TargetResult], dry_run: bool) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pass against real receivers is in tests/tests/push_ssh.rs; here
+    //! the pieces that need no peer.
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[cert]]
+name = "mail"
+source = "/nonexistent/live/npm-5"
+
+[[target]]
+name = "a"
+transport = "local"
+
+[[target]]
+name = "b"
+transport = "local"
+"#;
+
+    #[test]
+    fn targets_are_selected_by_name_in_config_order() {
+        let path = Path::new("/etc/certsync/push.toml");
+        let cfg = PushConfig::from_toml(CONFIG, path).unwrap();
+        let all = select_targets(&cfg, path, &[]).unwrap();
+        assert_eq!(all.len(), 2);
+        let one = select_targets(&cfg, path, &["b".into()]).unwrap();
+        assert_eq!(one[0].name, "b");
+        let err = select_targets(&cfg, path, &["c".into()]).unwrap_err();
+        assert_eq!(err.exit_code(), ExitCode::Usage);
+        assert!(err.to_string().contains("a, b"), "{err}");
+    }
+
+    #[test]
+    fn render_gives_one_line_per_target_and_the_worst_exit() {
+        let ok = TargetResult {
+            target: "a".into(),
+            peer: Some("root@h:22".into()),
+            exit: ExitCode::Success,
+            error: None,
+            certs: vec![CertResult {
+                cert: "mail".into(),
+                local: None,
+                state: CertState::NothingToDo,
+                exit: ExitCode::Success,
+                message: "nothing to do (AB is installed)".into(),
+                report: Some(CertReport::new("mail", None)),
+            }],
+        };
+        let down = TargetResult {
+            target: "b".into(),
+            peer: None,
+            exit: ExitCode::Runtime,
+            error: Some("cannot connect to h:22".into()),
+            certs: Vec::new(),
+        };
+        let text = render(&[ok.clone(), down.clone()], false);
+        assert_eq!(
+            text,
+            "a: ok: mail: nothing to do (AB is installed)\nb: FAILED (exit 1): cannot connect to h:22\n"
+        );
+        assert_eq!(worst(&[ok, down]), ExitCode::Runtime);
+        assert_eq!(worst(&[]), ExitCode::Success);
+    }
+
+    #[tokio::test]
+    async fn a_missing_source_fails_its_targets_without_connecting() {
+        let path = Path::new("push.toml");
+        let cfg = PushConfig::from_toml(CONFIG, path).unwrap();
+        let results = pass(&cfg, path, &PushOptions::default()).await.unwrap();
+        assert_eq!(results.len(), 2);
+        for r in &results {
+            assert_eq!(r.exit, ExitCode::Usage, "{r:?}");
+            assert!(r.peer.is_none(), "must not connect: {r:?}");
+            assert!(r.certs[0].message.contains("/nonexistent/live/npm-5"));
+        }
+    }
 }

@@ -185,6 +185,7 @@ fn a_renewal_is_pushed_only_once_it_is_consistent() {
         },
     );
     let halfway = npm.run(&["push", "--settle", "1"]);
+    eprintln!("{}", halfway.both());
     assert_eq!(halfway.code, Some(1), "{}", halfway.both());
     assert!(
         halfway.stdout.contains("mailcow: FAILED (exit 1)")
@@ -407,6 +408,15 @@ fn dry_run_changes_nothing_and_force_allows_a_rollback() {
     let refused = npm.run(&["push"]);
     assert_eq!(refused.code, Some(3), "{}", refused.both());
     assert!(
+        refused
+            .stdout
+            .contains("mailcow: FAILED (exit 3): mail: validate failed: ")
+            && refused.stdout.contains("rollback refused")
+            && refused.stdout.contains("--force"),
+        "{}",
+        refused.both()
+    );
+    assert!(
         installed_is_generation(&npm, &mail, 1),
         "{}",
         refused.both()
@@ -480,4 +490,28 @@ fn discover_json_lists_the_live_dir() {
     assert_eq!(v[0]["consistent"], true);
     assert_eq!(v[0]["fingerprint"], leaf.fingerprint().to_string());
     assert_eq!(v[0]["sans"][0], HOST);
+}
+
+#[test]
+fn a_cert_name_the_receiver_does_not_know_is_a_config_error_naming_its_file() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::P256, &[HOST]);
+    let npm = NpmHost::new(&leaf);
+    let mail = Mailhost::new(&[HOST]);
+    let certs = format!(
+        "[[cert]]\nname = \"webmail\"\nsource = {:?}\n",
+        npm.live.dir()
+    );
+    npm.write_config(&certs, &[local_target("here", &mail)]);
+    let run = npm.run(&["push"]);
+    assert_eq!(run.code, Some(2), "{}", run.both());
+    assert!(
+        run.stdout.starts_with("here: FAILED (exit 2): webmail: ")
+            && run.stdout.contains("no [[cert]] named \"webmail\"")
+            && run.stdout.contains(&mail.config.display().to_string()),
+        "{}",
+        run.both()
+    );
+    assert!(!run.stderr.contains("sent "), "{}", run.both());
+    assert!(mail.installed().is_none());
 }
