@@ -88,7 +88,10 @@ enum Command {
         json: bool,
     },
     /// Per cert and target: the local fingerprint against the installed one
-    /// (asks each receiver with a dry run).
+    /// (asks each receiver with a dry run; changes nothing).
+    ///
+    /// Exit 0 when every target has every cert, 1 when one differs or a
+    /// target cannot be asked, 3 when a receiver would refuse the local pair.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]

@@ -138,6 +138,11 @@ fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
     // No key material was sent, and nothing was rewritten.
     assert!(!again.stderr.contains("sent "), "{}", again.both());
     assert!(
+        !again.stdout.contains("mail: read done"),
+        "{}",
+        again.both()
+    );
+    assert!(
         !again.stderr.contains("bytes of chain and a key"),
         "{}",
         again.both()
