@@ -152,3 +152,49 @@ pub fn local_target(name: &str, mail: &Mailhost) -> String {
         mail.config.display().to_string(),
     )
 }
+
+/// A loopback port that refuses connections for as long as this value
+/// lives: a TCP socket bound to it but never listening. Unlike "bind,
+/// note the port, close", nobody else (another test's sshd) can take the
+/// port meanwhile, so "the target is down" stays true.
+#[derive(Debug)]
+pub struct ClosedPort {
+    /// Held, never read: closing it frees the port.
+    _fd: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2)/bind(2)/getsockname(2) on a fresh fd that
+        // is owned by the OwnedFd right after creation.
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+            let fd = std::os::fd::OwnedFd::from_raw_fd(raw);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            addr.sin_port = 0;
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(raw, &addr as *const _ as *const libc::sockaddr, len);
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut got: libc::sockaddr_in = std::mem::zeroed();
+            let mut got_len = len;
+            let rc =
+                libc::getsockname(raw, &mut got as *mut _ as *mut libc::sockaddr, &mut got_len);
+            assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+            ClosedPort {
+                _fd: fd,
+                port: u16::from_be(got.sin_port),
+            }
+        }
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        ClosedPort::new()
+    }
+}

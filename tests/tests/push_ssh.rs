@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_tests::livedir::Renewal;
-use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, NpmHost};
+use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, ClosedPort, NpmHost};
 use certsync_tests::receiver::Mailhost;
 use certsync_tests::require;
 use certsync_tests::sshd::{self, client_key, KeyType, Sshd};
@@ -318,12 +318,9 @@ fn two_targets_in_one_run_and_a_third_that_is_down() {
         "known_hosts",
         &[sshd_a.known_hosts_line(), sshd_b.known_hosts_line()],
     );
-    // A port nobody listens on: bind, note, close.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port that refuses connections for the whole test.
+    let down = ClosedPort::new();
+    let closed = down.port;
     npm.write_config(
         &npm.cert_source(),
         &[
@@ -351,10 +348,12 @@ fn two_targets_in_one_run_and_a_third_that_is_down() {
         "{}",
         run.both()
     );
-    let down = line("mx-down");
+    let down_line = line("mx-down");
     assert!(
-        down.contains("FAILED (exit 1)") && down.contains(&format!("127.0.0.1:{closed}")),
-        "{down}"
+        down_line.contains("FAILED (exit 1)")
+            && down_line.contains(&format!("127.0.0.1:{closed}"))
+            && down_line.contains("Connection refused"),
+        "{down_line}"
     );
     assert!(installed_is_generation(&npm, &mail_a, 1));
     assert!(installed_is_generation(&npm, &mail_b, 1));
