@@ -519,3 +519,45 @@ fn a_cert_name_the_receiver_does_not_know_is_a_config_error_naming_its_file() {
     assert!(!run.stderr.contains("sent "), "{}", run.both());
     assert!(mail.installed().is_none());
 }
+
+#[test]
+fn a_key_from_keygen_works_with_the_line_it_prints() {
+    if !have_sshd() {
+        return;
+    }
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::P384, &[HOST]);
+    let npm = NpmHost::new(&leaf);
+    let mail = Mailhost::new(&[HOST]);
+    let identity = npm.root.path().join("id_keygen");
+    let made = npm.run(&["keygen", "--out", identity.to_str().unwrap()]);
+    assert_eq!(made.code, Some(0), "{}", made.both());
+    let line = made.stdout.trim();
+    let rest = line
+        .strip_prefix("command=\"certsync-receive serve\",restrict ")
+        .unwrap_or_else(|| panic!("not a restricted forced-command line: {line}"));
+    // The printed command relies on PATH and the default config; point it
+    // at this test's receiver, keep the options and the key as printed.
+    let sshd = Sshd::builder()
+        .authorized_key(&format!(
+            "command=\"{}\",restrict {rest}",
+            certsync_tests::npmhost::receiver_command(&mail)
+        ))
+        .start();
+    let kh = npm.known_hosts("known_hosts", &[sshd.known_hosts_line()]);
+    npm.write_config(
+        &npm.cert_source(),
+        &[ssh_target(
+            "mailcow",
+            sshd.host(),
+            sshd.port(),
+            &identity,
+            &kh,
+        )],
+    );
+    let run = npm.run(&["push"]);
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    assert!(installed_is_generation(&npm, &mail, 1), "{}", run.both());
+    let log = sshd.log();
+    assert!(log.contains("Accepted publickey for root"), "{log}");
+}
