@@ -210,14 +210,19 @@ async fn exchange(
         ..Limits::default()
     };
     let hello = Message::Hello(Hello::new(AGENT, opts.dry_run, opts.force));
-    protocol::write_message(&mut conn.writer, &hello).await?;
     let mut reader = Reader::new(&mut conn.reader, limits);
-
+    // The receiver speaks first and may already have ended (a config
+    // error, a forced command that is not certsync-receive): what it said
+    // explains more than our broken pipe, so read before judging the write.
+    let wrote = protocol::write_message(&mut conn.writer, &hello).await;
     let theirs = match next(&mut reader, target, "hello").await? {
         Message::Hello(h) => h,
         other => return Err(unexpected("hello", &other)),
     };
     theirs.check()?;
+    if let Err(write_error) = wrote {
+        return Err(reason_or(&mut reader, target, write_error).await);
+    }
     tracing::debug!(target = %target, "{peer} runs {}", theirs.agent);
 
     let offer = Offer {
@@ -226,7 +231,13 @@ async fn exchange(
     for o in &offer.certs {
         tracing::info!(cert = %o.name, target = %target, leaf = %o.leaf, "offer");
     }
-    protocol::write_message(&mut conn.writer, &Message::Offer(offer)).await?;
+    send(
+        &mut conn.writer,
+        &mut reader,
+        target,
+        &Message::Offer(offer),
+    )
+    .await?;
 
     let want: Want = match next(&mut reader, target, "want").await? {
         Message::Want(w) => w,
@@ -250,7 +261,7 @@ async fn exchange(
                     name: cert.name.clone(),
                     bundle: cert.bundle.clone(),
                 };
-                protocol::write_message(&mut conn.writer, &msg).await?;
+                send(&mut conn.writer, &mut reader, target, &msg).await?;
                 tracing::info!(
                     cert = %cert.name, target = %target, leaf = %leaf,
                     "sent {} bytes of chain and the key{}",
@@ -261,7 +272,7 @@ async fn exchange(
             }
         }
     }
-    protocol::write_message(&mut conn.writer, &Message::Done).await?;
+    send(&mut conn.writer, &mut reader, target, &Message::Done).await?;
 
     let report = match next(&mut reader, target, "report").await? {
         Message::Report(r) => r,
@@ -275,6 +286,41 @@ async fn exchange(
         report,
         exit_status: None,
     })
+}
+
+/// How long to look for the receiver's reason after a write to it failed.
+const REASON_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Write one message. If the write fails, the receiver has gone; if it
+/// said why (an `Error` frame) before going, that is the error, not our
+/// broken pipe.
+async fn send<W, R>(
+    writer: &mut W,
+    reader: &mut Reader<R>,
+    target: &str,
+    msg: &Message,
+) -> Result<(), Flow>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    match protocol::write_message(writer, msg).await {
+        Ok(()) => Ok(()),
+        Err(write_error) => Err(reason_or(reader, target, write_error).await),
+    }
+}
+
+/// After a failed write: the receiver's `Error` frame if it sent one,
+/// else the write error.
+async fn reason_or<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
+    target: &str,
+    write_error: ProtocolError,
+) -> Flow {
+    match tokio::time::timeout(REASON_TIMEOUT, next(reader, target, "reason")).await {
+        Ok(Err(reason @ Flow::Receiver { .. })) => reason,
+        _ => Flow::Protocol(write_error),
+    }
 }
 
 /// The next message that is not a progress line; progress lines are
@@ -349,6 +395,41 @@ mod tests {
         assert!(msg.contains("not the certsync protocol"), "{msg}");
         assert!(msg.contains("exited with status 3"), "{msg}");
         assert_eq!(err.exit_code(), ExitCode::Runtime);
+    }
+
+    #[tokio::test]
+    async fn the_receivers_reason_wins_over_a_broken_pipe() {
+        // A receiver that greets, says why it cannot go on, and exits
+        // without reading: whichever write of ours fails, its reason and
+        // exit code are what the operator sees.
+        let dir = tempfile::tempdir().unwrap();
+        let frames = dir.path().join("frames");
+        let mut bytes = protocol::encode(&Message::Hello(Hello::new(
+            "certsync-receive",
+            false,
+            false,
+        )))
+        .unwrap()
+        .to_vec();
+        bytes.extend_from_slice(
+            &protocol::encode(&Message::Error(protocol::WireError {
+                message: "receive.toml: no [[cert]] section".into(),
+                exit: ExitCode::Usage,
+            }))
+            .unwrap(),
+        );
+        std::fs::write(&frames, bytes).unwrap();
+        let conn = connect(&LocalTarget {
+            argv: vec!["cat".into(), frames.display().to_string()],
+        })
+        .await
+        .unwrap();
+        let err = run(conn, "t", &[offering()], Options::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Receiver { .. }), "{err}");
+        assert!(err.to_string().contains("no [[cert]] section"), "{err}");
+        assert_eq!(err.exit_code(), ExitCode::Usage);
     }
 
     #[tokio::test]
