@@ -3,11 +3,14 @@
 //! source (the certbot live dir) → consistent pair → offer → send → result:
 //! [`source`] reads a consistent pair through certbot's symlinks,
 //! [`discover`] lists live dirs, [`transport`] reaches the receiver over SSH
-//! or locally, [`session`] speaks the protocol, [`watch`] pushes on change.
+//! or locally, [`session`] speaks the protocol, [`push`] runs one pass over
+//! every target, [`status`] compares local and installed fingerprints,
+//! [`watch`] pushes on change, [`keygen`] makes the pusher's key.
 
 pub mod discover;
 pub mod error;
 pub mod keygen;
+pub mod push;
 pub mod session;
 pub mod source;
 pub mod status;

@@ -1,1 +1,447 @@
-//! (to be written)
+//! The protocol client: one session with one receiver over a
+//! [`Connection`] (SSH or local), protocol v1 as `certsync_core::protocol`
+//! describes it.
+//!
+//! ```text
+//! Hello{dry_run, force} → ← Hello
+//! Offer{fingerprints}   → ← Want{send | have | unknown per name}
+//! Bundle… (only for send), Done → ← Log…, Report
+//! ```
+//!
+//! Invariants:
+//! - Key material crosses the wire only for a name the receiver answered
+//!   `send`: an unchanged pair costs one round trip and no secret.
+//! - The receiver's answer `have` is logged here as "nothing to do" (the
+//!   contract's words), so the pusher's journal says it too.
+//! - Nothing in this module logs or formats key bytes: offers carry
+//!   SHA-256 digests, bundles are written straight from [`Bundle`].
+//! - The session always ends with [`Connection::finish`], so the
+//!   receiver's exit status is known even when the protocol broke, and an
+//!   error says how the receiver ended (its stderr is already in our log).
+
+use std::time::Duration;
+
+use certsync_core::bundle::{Bundle, CertInfo};
+use certsync_core::protocol::{
+    self, Decision, Hello, Limits, Message, Offer, OfferedCert, ProtocolError, Reader, Want, Wanted,
+};
+use certsync_core::report::Report;
+use certsync_core::ExitCode;
+use thiserror::Error;
+
+use crate::transport::{Connection, TransportError};
+
+/// Our agent string in the hello (receivers log it).
+pub const AGENT: &str = concat!("certsync-push ", env!("CARGO_PKG_VERSION"));
+
+/// How long any one frame from the receiver may take. The report comes
+/// after the receiver's install, container reloads and served-certificate
+/// checks, and may wait for another session's lock (the receiver's
+/// `LOCK_TIMEOUT` is 300 s) or a handoff to root's deploy, so this is
+/// generous; a dead host is caught sooner by SSH keepalives.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What we send and with which flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The receiver validates and says what it would do; it changes nothing.
+    pub dry_run: bool,
+    /// The receiver accepts a pair that expires before the installed one.
+    pub force: bool,
+}
+
+/// One certificate to offer: its name on the receiver, the pair's bytes
+/// and the leaf's facts.
+#[derive(Debug, Clone)]
+pub struct Offering {
+    pub name: String,
+    pub bundle: Bundle,
+    pub info: CertInfo,
+}
+
+impl Offering {
+    /// The offer line: fingerprints and notAfter, no key material.
+    pub fn offered(&self) -> OfferedCert {
+        OfferedCert {
+            name: self.name.clone(),
+            leaf: self.info.fingerprint,
+            chain_sha256: self.bundle.chain_sha256(),
+            key_sha256: self.bundle.key_sha256(),
+            not_after: self.info.not_after,
+        }
+    }
+}
+
+/// How a session went.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Who answered (`user@host:port` or `local certsync-receive`).
+    pub peer: String,
+    /// The receiver's agent string from its hello.
+    pub agent: String,
+    /// The receiver's answer to the offer, per name.
+    pub decisions: Vec<Decision>,
+    /// Names whose pair (key included) was sent.
+    pub sent: Vec<String>,
+    /// What the receiver did.
+    pub report: Report,
+    /// The receiver's exit status, when it had one.
+    pub exit_status: Option<u32>,
+}
+
+impl Outcome {
+    /// The worst exit over the report.
+    pub fn exit(&self) -> ExitCode {
+        self.report.exit()
+    }
+
+    pub fn decision(&self, name: &str) -> Option<&Decision> {
+        self.decisions.iter().find(|d| d.name == name)
+    }
+}
+
+/// Why a session did not produce a report.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("{peer}: {source}{}", ended(*.exit_status))]
+    Protocol {
+        peer: String,
+        #[source]
+        source: ProtocolError,
+        exit_status: Option<u32>,
+    },
+    #[error("{peer} refused the session: {message}")]
+    Receiver {
+        peer: String,
+        message: String,
+        exit: ExitCode,
+    },
+    #[error("{peer}: the receiver asked for {name:?}, which was not offered")]
+    AskedUnoffered { peer: String, name: String },
+    #[error("{0}")]
+    Finish(#[from] TransportError),
+}
+
+fn ended(status: Option<u32>) -> String {
+    match status {
+        Some(code) => format!(
+            " (the receiver exited with status {code}; its log lines are above, and the receiving host's journal has the rest)"
+        ),
+        None => " (the receiver ended without an exit status)".to_string(),
+    }
+}
+
+impl SessionError {
+    /// The exit code this failure stands for: the receiver's own when it
+    /// said why (a config error there is its exit 2), else a runtime
+    /// failure.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            SessionError::Receiver { exit, .. } => *exit,
+            SessionError::Finish(e) => e.exit_code(),
+            _ => ExitCode::Runtime,
+        }
+    }
+}
+
+/// Run one session: offer `certs`, send what the receiver asks for, return
+/// its report. `target` names the `[[target]]` in log lines. The
+/// connection is always finished (closed and its exit status collected).
+pub async fn run(
+    mut conn: Connection,
+    target: &str,
+    certs: &[Offering],
+    opts: Options,
+) -> Result<Outcome, SessionError> {
+    let peer = conn.peer().to_string();
+    let flow = exchange(&mut conn, target, certs, opts).await;
+    let status = conn.finish().await;
+    match (flow, status) {
+        (Ok(mut outcome), Ok(exit_status)) => {
+            outcome.exit_status = exit_status;
+            let said = outcome.exit().code() as u32;
+            if exit_status.is_some_and(|s| s != said) {
+                tracing::warn!(target = %target, "{peer} exited with status {} but reported exit {said}", exit_status.unwrap_or_default());
+            }
+            Ok(outcome)
+        }
+        (Ok(mut outcome), Err(e)) => {
+            // The report is what counts; a slow goodbye is only worth a line.
+            tracing::warn!(target = %target, "after the report: {e}");
+            outcome.exit_status = None;
+            Ok(outcome)
+        }
+        (Err(Flow::Protocol(source)), status) => Err(SessionError::Protocol {
+            peer,
+            source,
+            exit_status: status.ok().flatten(),
+        }),
+        (Err(Flow::Receiver { message, exit }), _) => Err(SessionError::Receiver {
+            peer,
+            message,
+            exit,
+        }),
+        (Err(Flow::AskedUnoffered(name)), _) => Err(SessionError::AskedUnoffered { peer, name }),
+    }
+}
+
+/// What went wrong inside the exchange, before the peer is attached.
+enum Flow {
+    Protocol(ProtocolError),
+    Receiver { message: String, exit: ExitCode },
+    AskedUnoffered(String),
+}
+
+impl From<ProtocolError> for Flow {
+    fn from(e: ProtocolError) -> Self {
+        Flow::Protocol(e)
+    }
+}
+
+async fn exchange(
+    conn: &mut Connection,
+    target: &str,
+    certs: &[Offering],
+    opts: Options,
+) -> Result<Outcome, Flow> {
+    let peer = conn.peer().to_string();
+    let limits = Limits {
+        frame_timeout: FRAME_TIMEOUT,
+        ..Limits::default()
+    };
+    let hello = Message::Hello(Hello::new(AGENT, opts.dry_run, opts.force));
+    let mut reader = Reader::new(&mut conn.reader, limits);
+    // The receiver speaks first and may already have ended (a config
+    // error, a forced command that is not certsync-receive): what it said
+    // explains more than our broken pipe, so read before judging the write.
+    let wrote = protocol::write_message(&mut conn.writer, &hello).await;
+    let theirs = match next(&mut reader, target, "hello").await? {
+        Message::Hello(h) => h,
+        other => return Err(unexpected("hello", &other)),
+    };
+    theirs.check()?;
+    if let Err(write_error) = wrote {
+        return Err(reason_or(&mut reader, target, write_error).await);
+    }
+    tracing::debug!(target = %target, "{peer} runs {}", theirs.agent);
+
+    let offer = Offer {
+        certs: certs.iter().map(Offering::offered).collect(),
+    };
+    for o in &offer.certs {
+        tracing::info!(cert = %o.name, target = %target, leaf = %o.leaf, "offer");
+    }
+    send(
+        &mut conn.writer,
+        &mut reader,
+        target,
+        &Message::Offer(offer),
+    )
+    .await?;
+
+    let want: Want = match next(&mut reader, target, "want").await? {
+        Message::Want(w) => w,
+        other => return Err(unexpected("want", &other)),
+    };
+    let mut sent = Vec::new();
+    for decision in &want.certs {
+        let Some(cert) = certs.iter().find(|c| c.name == decision.name) else {
+            return Err(Flow::AskedUnoffered(decision.name.clone()));
+        };
+        let leaf = cert.info.fingerprint;
+        match decision.wanted {
+            Wanted::Have => {
+                tracing::info!(cert = %cert.name, target = %target, leaf = %leaf, "nothing to do: {target} already has this pair");
+            }
+            Wanted::Unknown => {
+                tracing::error!(cert = %cert.name, target = %target, "{}", decision.message);
+            }
+            Wanted::Send => {
+                let msg = Message::Bundle {
+                    name: cert.name.clone(),
+                    bundle: cert.bundle.clone(),
+                };
+                send(&mut conn.writer, &mut reader, target, &msg).await?;
+                tracing::info!(
+                    cert = %cert.name, target = %target, leaf = %leaf,
+                    "sent {} bytes of chain and the key{}",
+                    cert.bundle.chain.len(),
+                    if opts.dry_run { " (dry run)" } else { "" }
+                );
+                sent.push(cert.name.clone());
+            }
+        }
+    }
+    send(&mut conn.writer, &mut reader, target, &Message::Done).await?;
+
+    let report = match next(&mut reader, target, "report").await? {
+        Message::Report(r) => r,
+        other => return Err(unexpected("report", &other)),
+    };
+    Ok(Outcome {
+        peer,
+        agent: theirs.agent,
+        decisions: want.certs,
+        sent,
+        report,
+        exit_status: None,
+    })
+}
+
+/// How long to look for the receiver's reason after a write to it failed.
+const REASON_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Write one message. If the write fails, the receiver has gone; if it
+/// said why (an `Error` frame) before going, that is the error, not our
+/// broken pipe.
+async fn send<W, R>(
+    writer: &mut W,
+    reader: &mut Reader<R>,
+    target: &str,
+    msg: &Message,
+) -> Result<(), Flow>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    match protocol::write_message(writer, msg).await {
+        Ok(()) => Ok(()),
+        Err(write_error) => Err(reason_or(reader, target, write_error).await),
+    }
+}
+
+/// After a failed write: the receiver's `Error` frame if it sent one,
+/// else the write error.
+async fn reason_or<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
+    target: &str,
+    write_error: ProtocolError,
+) -> Flow {
+    match tokio::time::timeout(REASON_TIMEOUT, next(reader, target, "reason")).await {
+        Ok(Err(reason @ Flow::Receiver { .. })) => reason,
+        _ => Flow::Protocol(write_error),
+    }
+}
+
+/// The next message that is not a progress line; progress lines are
+/// relayed to our log, an `Error` frame ends the session.
+async fn next<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
+    target: &str,
+    expected: &'static str,
+) -> Result<Message, Flow> {
+    loop {
+        match reader.next(expected).await? {
+            Message::Log(line) => tracing::info!(target = %target, "receiver: {line}"),
+            Message::Error(e) => {
+                return Err(Flow::Receiver {
+                    message: e.message,
+                    exit: e.exit,
+                })
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+fn unexpected(expected: &'static str, got: &Message) -> Flow {
+    Flow::Protocol(ProtocolError::Unexpected {
+        expected,
+        got: got.kind(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Sessions against the real receiver are in tests/tests/push_ssh.rs;
+    //! here the peer is a scripted stand-in spawned through the local
+    //! transport, to check the client's side of the exchange.
+    use super::*;
+    use crate::transport::local::{connect, LocalTarget};
+    use certsync_core::testutil::{KeyKind, TestCa};
+
+    fn offering() -> Offering {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+        let bundle = leaf.bundle();
+        let info = CertInfo::of(&leaf.cert);
+        Offering {
+            name: "mail".into(),
+            bundle,
+            info,
+        }
+    }
+
+    #[test]
+    fn the_offer_carries_digests_not_the_key() {
+        let o = offering();
+        let offered = o.offered();
+        assert_eq!(offered.key_sha256, o.bundle.key_sha256());
+        let json = serde_json::to_string(&offered).unwrap();
+        assert!(!json.contains("PRIVATE"), "{json}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_is_not_certsync_is_named_with_its_exit_status() {
+        let conn = connect(&LocalTarget {
+            argv: vec!["sh".into(), "-c".into(), "echo hello; exit 3".into()],
+        })
+        .await
+        .unwrap();
+        let err = run(conn, "t", &[offering()], Options::default())
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("not the certsync protocol"), "{msg}");
+        assert!(msg.contains("exited with status 3"), "{msg}");
+        assert_eq!(err.exit_code(), ExitCode::Runtime);
+    }
+
+    #[tokio::test]
+    async fn the_receivers_reason_wins_over_a_broken_pipe() {
+        // A receiver that greets, says why it cannot go on, and exits
+        // without reading: whichever write of ours fails, its reason and
+        // exit code are what the operator sees.
+        let dir = tempfile::tempdir().unwrap();
+        let frames = dir.path().join("frames");
+        let mut bytes = protocol::encode(&Message::Hello(Hello::new(
+            "certsync-receive",
+            false,
+            false,
+        )))
+        .unwrap()
+        .to_vec();
+        bytes.extend_from_slice(
+            &protocol::encode(&Message::Error(protocol::WireError {
+                message: "receive.toml: no [[cert]] section".into(),
+                exit: ExitCode::Usage,
+            }))
+            .unwrap(),
+        );
+        std::fs::write(&frames, bytes).unwrap();
+        let conn = connect(&LocalTarget {
+            argv: vec!["cat".into(), frames.display().to_string()],
+        })
+        .await
+        .unwrap();
+        let err = run(conn, "t", &[offering()], Options::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Receiver { .. }), "{err}");
+        assert!(err.to_string().contains("no [[cert]] section"), "{err}");
+        assert_eq!(err.exit_code(), ExitCode::Usage);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_exits_at_once_is_a_closed_connection() {
+        let conn = connect(&LocalTarget {
+            argv: vec!["true".into()],
+        })
+        .await
+        .unwrap();
+        let err = run(conn, "t", &[offering()], Options::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Protocol { .. }), "{err}");
+    }
+}

@@ -12,6 +12,7 @@ pub mod bins;
 pub mod docker;
 pub mod livedir;
 pub mod netns;
+pub mod npmhost;
 pub mod receiver;
 pub mod sshd;
 

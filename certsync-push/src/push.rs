@@ -1,0 +1,552 @@
+//! `certsync-push push`: one pass, every cert to every target.
+//!
+//! source → consistent pair → offer → send → result:
+//! 1. each `[[cert]]` a selected target needs is read once
+//!    ([`crate::source::read_consistent_retry_async`], or
+//!    [`crate::discover::pick_for_domain`] for `live_root` + `domain`), so
+//!    every target gets the very same bytes;
+//! 2. every target runs concurrently in its own task: connect, run a
+//!    [`crate::session`], turn the receiver's report into a
+//!    [`TargetResult`];
+//! 3. results are printed in config order, one line per target followed by
+//!    the receiver's step lines; the exit code is the worst over targets.
+//!
+//! Invariants:
+//! - A target that cannot be reached, or a cert that cannot be read, is
+//!   that target's failure only; the others are still served.
+//! - An inconsistent live dir (certbot mid-renewal) is re-read for the
+//!   settle window and then fails with the list of problems: a mixed pair
+//!   is never offered.
+//! - `--dry-run` and `--force` travel to the receiver in the hello; the
+//!   pusher changes nothing either (the domain choice is not recorded).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use certsync_core::config::{PushCert, PushConfig, Target};
+use certsync_core::report::{CertReport, StepStatus};
+use certsync_core::{ExitCode, Fingerprint};
+
+use crate::discover::{choice_changed, pick_for_domain, Choice};
+use crate::error::{source_exit, PushError};
+use crate::session::{self, Offering, Options};
+use crate::source::{read_consistent_retry_async, Retry, SourceError, SourcePair};
+use crate::transport;
+
+/// What `push` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOptions {
+    pub dry_run: bool,
+    pub force: bool,
+    /// `--target` names; empty = every target.
+    pub targets: Vec<String>,
+    /// How long an inconsistent live dir is re-read before giving up.
+    pub settle: Duration,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            dry_run: false,
+            force: false,
+            targets: Vec::new(),
+            settle: Retry::default().window,
+        }
+    }
+}
+
+/// How one certificate fared on one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertState {
+    /// The receiver installed it (and reloaded and verified, as configured).
+    Installed,
+    /// The receiver already had this exact pair.
+    NothingToDo,
+    /// Dry run: the receiver would install it.
+    WouldInstall,
+    /// The receiver refused or failed, or the pair could not be read.
+    Failed,
+}
+
+/// One certificate on one target.
+#[derive(Debug, Clone)]
+pub struct CertResult {
+    pub cert: String,
+    /// The leaf read from the live dir, when it could be read.
+    pub local: Option<Fingerprint>,
+    pub state: CertState,
+    pub exit: ExitCode,
+    /// One line for the operator.
+    pub message: String,
+    /// The receiver's steps for this cert.
+    pub report: Option<CertReport>,
+}
+
+/// One target's outcome.
+#[derive(Debug, Clone)]
+pub struct TargetResult {
+    pub target: String,
+    /// Who answered, once connected.
+    pub peer: Option<String>,
+    pub exit: ExitCode,
+    /// Why the target as a whole failed (connect, protocol), if it did.
+    pub error: Option<String>,
+    pub certs: Vec<CertResult>,
+}
+
+/// `certsync-push push`: load the config, run one pass, print the result
+/// lines to `out`, return the worst exit code.
+pub async fn run(
+    config_path: &Path,
+    opts: &PushOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<ExitCode, PushError> {
+    let config = PushConfig::load(config_path)?;
+    let results = pass(&config, config_path, opts).await?;
+    out.write_all(render(&results, opts.dry_run).as_bytes())?;
+    out.flush()?;
+    Ok(worst(&results))
+}
+
+/// The worst exit over `results` (0 when empty).
+pub fn worst(results: &[TargetResult]) -> ExitCode {
+    results
+        .iter()
+        .fold(ExitCode::Success, |acc, r| acc.worst(r.exit))
+}
+
+/// The targets `names` selects (all when empty), in config order; an
+/// unknown name is a usage error.
+pub fn select_targets<'a>(
+    config: &'a PushConfig,
+    config_path: &Path,
+    names: &[String],
+) -> Result<Vec<&'a Target>, PushError> {
+    for name in names {
+        if !config.targets.iter().any(|t| &t.name == name) {
+            return Err(PushError::UnknownTarget {
+                name: name.clone(),
+                config: config_path.to_path_buf(),
+                known: config
+                    .targets
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    Ok(config
+        .targets
+        .iter()
+        .filter(|t| names.is_empty() || names.contains(&t.name))
+        .collect())
+}
+
+/// One pass over the selected targets; see the module doc.
+pub async fn pass(
+    config: &PushConfig,
+    config_path: &Path,
+    opts: &PushOptions,
+) -> Result<Vec<TargetResult>, PushError> {
+    let targets = select_targets(config, config_path, &opts.targets)?;
+    let retry = Retry {
+        window: opts.settle,
+        ..Retry::default()
+    };
+    let state_dir = config.state_dir();
+
+    // 1. Read each needed cert once, concurrently.
+    let mut needed: Vec<&PushCert> = Vec::new();
+    for t in &targets {
+        for c in config.certs_for(t) {
+            if !needed.iter().any(|n| n.name == c.name) {
+                needed.push(c);
+            }
+        }
+    }
+    let reads = needed.iter().map(|cert| {
+        let cert = (*cert).clone();
+        let state_dir = state_dir.clone();
+        let record = !opts.dry_run;
+        tokio::spawn(async move {
+            let read = read_source(&cert, &state_dir, retry, record).await;
+            (cert.name, read)
+        })
+    });
+    let mut sources: Vec<(String, Result<Offering, String>, ExitCode)> = Vec::new();
+    for handle in reads.collect::<Vec<_>>() {
+        let (name, read) = match handle.await {
+            Ok(done) => done,
+            Err(e) => {
+                // A reader task cannot panic on input; keep going without it.
+                tracing::error!("a source reader task failed: {e}");
+                continue;
+            }
+        };
+        match read {
+            Ok(pair) => {
+                tracing::info!(
+                    cert = %name, dir = %pair.dir.display(), generation = ?pair.generation,
+                    leaf = %pair.info.fingerprint, "read a consistent pair"
+                );
+                let offering = Offering {
+                    name: name.clone(),
+                    bundle: pair.bundle,
+                    info: pair.info,
+                };
+                sources.push((name, Ok(offering), ExitCode::Success));
+            }
+            Err(e) => {
+                tracing::error!(cert = %name, "{e}");
+                let exit = source_exit(&e);
+                sources.push((name, Err(e.to_string()), exit));
+            }
+        }
+    }
+
+    // 2. Every target in its own task.
+    let session_opts = Options {
+        dry_run: opts.dry_run,
+        force: opts.force,
+    };
+    let mut handles = Vec::new();
+    for t in &targets {
+        let mut offerings = Vec::new();
+        let mut unread = Vec::new();
+        for c in config.certs_for(t) {
+            match sources.iter().find(|(n, _, _)| *n == c.name) {
+                Some((_, Ok(o), _)) => offerings.push(o.clone()),
+                Some((name, Err(msg), exit)) => unread.push(CertResult {
+                    cert: name.clone(),
+                    local: None,
+                    state: CertState::Failed,
+                    exit: *exit,
+                    message: format!("not sent: {msg}"),
+                    report: None,
+                }),
+                None => unread.push(CertResult {
+                    cert: c.name.clone(),
+                    local: None,
+                    state: CertState::Failed,
+                    exit: ExitCode::Runtime,
+                    message: "not sent: its source could not be read".into(),
+                    report: None,
+                }),
+            }
+        }
+        let target = (*t).clone();
+        handles.push((
+            t.name.clone(),
+            tokio::spawn(push_target(target, offerings, unread, session_opts)),
+        ));
+    }
+    let mut results = Vec::new();
+    for (name, handle) in handles {
+        results.push(match handle.await {
+            Ok(r) => r,
+            Err(e) => TargetResult {
+                target: name,
+                peer: None,
+                exit: ExitCode::Runtime,
+                error: Some(format!("the task failed: {e}")),
+                certs: Vec::new(),
+            },
+        });
+    }
+    Ok(results)
+}
+
+/// Read one `[[cert]]`'s pair: its `source`, or the live dir under
+/// `live_root` that covers `domain` (logging when that choice moves).
+pub async fn read_source(
+    cert: &PushCert,
+    state_dir: &Path,
+    retry: Retry,
+    record_choice: bool,
+) -> Result<SourcePair, SourceError> {
+    if let Some(dir) = &cert.source {
+        return read_consistent_retry_async(dir, retry).await;
+    }
+    let (Some(root), Some(domain)) = (&cert.live_root, &cert.domain) else {
+        // PushConfig::load refuses this; keep a defined error anyway.
+        return Err(SourceError::NoSuchDir {
+            path: PathBuf::new(),
+            hint: "set `source`, or `live_root` and `domain`, in [[cert]]",
+        });
+    };
+    let start = Instant::now();
+    let dir = loop {
+        let (r, d) = (root.clone(), domain.clone());
+        let picked = tokio::task::spawn_blocking(move || pick_for_domain(&r, &d, now_unix()))
+            .await
+            .map_err(|e| SourceError::Io {
+                action: "search (the task failed)",
+                path: root.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        match picked {
+            Ok(found) => break found.dir,
+            // The newest covering dir may be mid-renewal: wait as for a source.
+            Err(e) if e.is_inconsistent() && start.elapsed() + retry.interval <= retry.window => {
+                tokio::time::sleep(retry.interval).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if record_choice {
+        match choice_changed(state_dir, &cert.name, &dir) {
+            Ok(Choice::First) => {
+                tracing::info!(cert = %cert.name, dir = %dir.display(), "{domain} is served from this live dir")
+            }
+            Ok(Choice::Changed { old }) => tracing::warn!(
+                cert = %cert.name,
+                "the live dir for {domain} changed from {} to {}", old.display(), dir.display()
+            ),
+            Ok(Choice::Unchanged) => {}
+            // Remembering the choice only serves that log line.
+            Err(e) => tracing::warn!(cert = %cert.name, "{e}"),
+        }
+    }
+    read_consistent_retry_async(&dir, retry).await
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Connect to one target and run the session.
+async fn push_target(
+    target: Target,
+    offerings: Vec<Offering>,
+    mut certs: Vec<CertResult>,
+    opts: Options,
+) -> TargetResult {
+    let name = target.name.clone();
+    let mut result = TargetResult {
+        target: name.clone(),
+        peer: None,
+        exit: certs
+            .iter()
+            .fold(ExitCode::Success, |acc, c| acc.worst(c.exit)),
+        error: None,
+        certs: Vec::new(),
+    };
+    if offerings.is_empty() {
+        // Each unread cert's line says why; no need to connect.
+        if certs.is_empty() {
+            result.error = Some("no [[cert]] to offer".into());
+        }
+        result.certs = certs;
+        return result;
+    }
+    let started = Instant::now();
+    let conn = match transport::connect(&target).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(target = %name, "{e}");
+            result.exit = result.exit.worst(e.exit_code());
+            result.error = Some(e.to_string());
+            result.certs = certs;
+            return result;
+        }
+    };
+    tracing::info!(target = %name, peer = %conn.peer(), "connected");
+    result.peer = Some(conn.peer().to_string());
+    match session::run(conn, &name, &offerings, opts).await {
+        Ok(outcome) => {
+            for o in &offerings {
+                certs.push(cert_result(o, &outcome, opts.dry_run));
+            }
+            result.exit = certs
+                .iter()
+                .fold(ExitCode::Success, |acc, c| acc.worst(c.exit));
+            tracing::info!(
+                target = %name,
+                "session done in {:.2}s (exit {})",
+                started.elapsed().as_secs_f64(),
+                result.exit.code()
+            );
+        }
+        Err(e) => {
+            tracing::error!(target = %name, "{e}");
+            result.exit = result.exit.worst(e.exit_code());
+            result.error = Some(e.to_string());
+        }
+    }
+    result.certs = certs;
+    result
+}
+
+fn cert_result(o: &Offering, outcome: &session::Outcome, dry_run: bool) -> CertResult {
+    let leaf = o.info.fingerprint;
+    let report = outcome.report.certs.iter().find(|c| c.name == o.name);
+    let Some(cr) = report else {
+        let message = outcome
+            .decision(&o.name)
+            .map(|d| d.message.clone())
+            .unwrap_or_else(|| "the receiver's report does not mention it".into());
+        return CertResult {
+            cert: o.name.clone(),
+            local: Some(leaf),
+            state: CertState::Failed,
+            exit: ExitCode::Runtime,
+            message,
+            report: None,
+        };
+    };
+    let (state, message) = if cr.exit != ExitCode::Success {
+        let why = cr
+            .steps
+            .iter()
+            .rev()
+            .find(|s| s.status == StepStatus::Failed)
+            .map(|s| format!("{} failed: {}", s.step, s.message))
+            .unwrap_or_else(|| "failed".into());
+        (CertState::Failed, why)
+    } else if cr.nothing_to_do {
+        (
+            CertState::NothingToDo,
+            format!("nothing to do ({} is installed)", leaf.short()),
+        )
+    } else if dry_run {
+        (
+            CertState::WouldInstall,
+            format!("dry run: would install {}", leaf.short()),
+        )
+    } else {
+        (CertState::Installed, format!("installed {}", leaf.short()))
+    };
+    CertResult {
+        cert: o.name.clone(),
+        local: Some(leaf),
+        state,
+        exit: cr.exit,
+        message,
+        report: Some(cr.clone()),
+    }
+}
+
+/// The human output: per target one result line, then the receiver's step
+/// lines for each cert, indented.
+///
+/// ```text
+/// mailcow: ok: mail: installed 3F:0A:…
+///   mail: validate done: …
+/// backup: FAILED (exit 1): cannot connect to 10.0.0.2:22: …
+/// ```
+pub fn render(results: &[TargetResult], dry_run: bool) -> String {
+    let mut out = String::new();
+    for r in results {
+        let verdict = if r.exit == ExitCode::Success {
+            "ok".to_string()
+        } else {
+            format!("FAILED (exit {})", r.exit.code())
+        };
+        let mut parts: Vec<String> = r
+            .certs
+            .iter()
+            .map(|c| format!("{}: {}", c.cert, c.message))
+            .collect();
+        if let Some(e) = &r.error {
+            parts.push(e.clone());
+        }
+        let dry = if dry_run { " (dry run)" } else { "" };
+        out.push_str(&format!(
+            "{}{dry}: {verdict}: {}\n",
+            r.target,
+            parts.join("; ")
+        ));
+        for c in &r.certs {
+            if let Some(cr) = &c.report {
+                for line in cr.to_string().lines() {
+                    out.push_str(&format!("  {line}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pass against real receivers is in tests/tests/push_ssh.rs; here
+    //! the pieces that need no peer.
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[cert]]
+name = "mail"
+source = "/nonexistent/live/npm-5"
+
+[[target]]
+name = "a"
+transport = "local"
+
+[[target]]
+name = "b"
+transport = "local"
+"#;
+
+    #[test]
+    fn targets_are_selected_by_name_in_config_order() {
+        let path = Path::new("/etc/certsync/push.toml");
+        let cfg = PushConfig::from_toml(CONFIG, path).unwrap();
+        let all = select_targets(&cfg, path, &[]).unwrap();
+        assert_eq!(all.len(), 2);
+        let one = select_targets(&cfg, path, &["b".into()]).unwrap();
+        assert_eq!(one[0].name, "b");
+        let err = select_targets(&cfg, path, &["c".into()]).unwrap_err();
+        assert_eq!(err.exit_code(), ExitCode::Usage);
+        assert!(err.to_string().contains("a, b"), "{err}");
+    }
+
+    #[test]
+    fn render_gives_one_line_per_target_and_the_worst_exit() {
+        let ok = TargetResult {
+            target: "a".into(),
+            peer: Some("root@h:22".into()),
+            exit: ExitCode::Success,
+            error: None,
+            certs: vec![CertResult {
+                cert: "mail".into(),
+                local: None,
+                state: CertState::NothingToDo,
+                exit: ExitCode::Success,
+                message: "nothing to do (AB is installed)".into(),
+                report: Some(CertReport::new("mail", None)),
+            }],
+        };
+        let down = TargetResult {
+            target: "b".into(),
+            peer: None,
+            exit: ExitCode::Runtime,
+            error: Some("cannot connect to h:22".into()),
+            certs: Vec::new(),
+        };
+        let text = render(&[ok.clone(), down.clone()], false);
+        assert_eq!(
+            text,
+            "a: ok: mail: nothing to do (AB is installed)\nb: FAILED (exit 1): cannot connect to h:22\n"
+        );
+        assert_eq!(worst(&[ok, down]), ExitCode::Runtime);
+        assert_eq!(worst(&[]), ExitCode::Success);
+    }
+
+    #[tokio::test]
+    async fn a_missing_source_fails_its_targets_without_connecting() {
+        let path = Path::new("push.toml");
+        let cfg = PushConfig::from_toml(CONFIG, path).unwrap();
+        let results = pass(&cfg, path, &PushOptions::default()).await.unwrap();
+        assert_eq!(results.len(), 2);
+        for r in &results {
+            assert_eq!(r.exit, ExitCode::Usage, "{r:?}");
+            assert!(r.peer.is_none(), "must not connect: {r:?}");
+            assert!(r.certs[0].message.contains("/nonexistent/live/npm-5"));
+        }
+    }
+}
