@@ -1,7 +1,6 @@
 //! `certsync-push`: parse arguments, set up logging, run one command, map
 //! its outcome to an exit code (DESIGN.md "Exit codes").
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode as ProcessExit;
 use std::time::Duration;
@@ -50,6 +49,10 @@ struct Cli {
     /// The config file.
     #[arg(long, short, global = true, default_value = DEFAULT_PUSH_CONFIG, env = "CERTSYNC_PUSH_CONFIG")]
     config: PathBuf,
+
+    /// Log format: auto (journald under systemd, else text), text, json, journald.
+    #[arg(long, global = true, default_value = "auto", value_name = "FORMAT")]
+    log_format: certsync_core::logging::LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -109,21 +112,9 @@ enum Command {
 /// certbot's live dir in Nginx Proxy Manager's default layout.
 const DEFAULT_LIVE_ROOT: &str = "/opt/npm/letsencrypt/live";
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CERTSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not for journald or a pipe.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
-}
-
 fn main() -> ProcessExit {
     let cli = Cli::parse();
-    init_logging();
+    certsync_core::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

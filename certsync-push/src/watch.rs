@@ -292,6 +292,37 @@ where
     }
 }
 
+/// `certsync-push watch`: load `config_path`, run until SIGTERM.
+pub async fn run(config_path: &Path) -> ExitCode {
+    let path = config_path.to_path_buf();
+    let load = || PushConfig::load(&path).map_err(|e| e.to_string());
+    let opts = crate::push::PushOptions {
+        dry_run: false,
+        force: false,
+        targets: Vec::new(),
+        settle: crate::source::Retry::default().window,
+    };
+    run_with(load, |cfg| {
+        let opts = opts.clone();
+        let path = config_path.to_path_buf();
+        async move {
+            match crate::push::pass(&cfg, &path, &opts).await {
+                Ok(results) => {
+                    for line in crate::push::render(&results, false).lines() {
+                        tracing::info!("{line}");
+                    }
+                    crate::push::worst(&results)
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    e.exit_code()
+                }
+            }
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

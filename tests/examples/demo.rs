@@ -100,8 +100,14 @@ fn run_push(config: &Path, what: &str) -> Result<(), String> {
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("  {line}");
     }
+    // The full log is on stderr; show the lines an operator looks for.
     for line in String::from_utf8_lossy(&out.stderr).lines() {
-        println!("  | {line}");
+        if line.contains("nothing to do") || line.contains("ERROR") || line.contains("WARN") {
+            println!(
+                "  | {}",
+                line.split_once("  ").map_or(line, |(_, rest)| rest.trim())
+            );
+        }
     }
     println!(
         "  (exit {}, {} ms)",
