@@ -8,6 +8,8 @@
 //!                                    ◄──   Want {per name: send | have | unknown}
 //!   Bundle {name, chain, key} (only for "send")  ──►
 //!   Done                             ──►
+//!     (in a dry run the pusher may send Done without the bundles:
+//!      `status` compares fingerprints and sends no key material)
 //!                                    ◄──   Log … (progress lines, optional)
 //!                                    ◄──   Report {per cert, per step}
 //! ```
@@ -170,6 +172,9 @@ pub struct Decision {
     pub name: String,
     pub wanted: Wanted,
     pub message: String,
+    /// The leaf installed on the receiver now, if any (for `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed: Option<Fingerprint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -555,6 +560,7 @@ mod tests {
                     name: "mail".into(),
                     wanted: Wanted::Send,
                     message: String::new(),
+                    installed: Some(fp),
                 }],
             }),
             Message::Bundle {

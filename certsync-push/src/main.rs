@@ -145,6 +145,7 @@ async fn run(cli: Cli) -> ExitCode {
                 force,
                 targets,
                 settle: Duration::from_secs(settle),
+                offer_only: false,
             };
             certsync_push::push::run(&cli.config, &opts, &mut stdout).await
         }

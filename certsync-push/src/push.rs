@@ -42,6 +42,8 @@ pub struct PushOptions {
     pub targets: Vec<String>,
     /// How long an inconsistent live dir is re-read before giving up.
     pub settle: Duration,
+    /// Compare fingerprints only; never send a pair (`status`).
+    pub offer_only: bool,
 }
 
 impl Default for PushOptions {
@@ -49,6 +51,7 @@ impl Default for PushOptions {
         PushOptions {
             dry_run: false,
             force: false,
+            offer_only: false,
             targets: Vec::new(),
             settle: Retry::default().window,
         }
@@ -81,6 +84,8 @@ pub struct CertResult {
     pub message: String,
     /// The receiver's steps for this cert.
     pub report: Option<CertReport>,
+    /// The leaf the receiver has installed, as it said in its answer.
+    pub installed: Option<Fingerprint>,
 }
 
 /// One target's outcome.
@@ -210,6 +215,7 @@ pub async fn pass(
     let session_opts = Options {
         dry_run: opts.dry_run,
         force: opts.force,
+        offer_only: opts.offer_only,
     };
     let mut handles = Vec::new();
     for t in &targets {
@@ -225,6 +231,7 @@ pub async fn pass(
                     exit: *exit,
                     message: format!("not sent: {msg}"),
                     report: None,
+                    installed: None,
                 }),
                 None => unread.push(CertResult {
                     cert: c.name.clone(),
@@ -233,6 +240,7 @@ pub async fn pass(
                     exit: ExitCode::Runtime,
                     message: "not sent: its source could not be read".into(),
                     report: None,
+                    installed: None,
                 }),
             }
         }
@@ -384,6 +392,7 @@ async fn push_target(
 
 fn cert_result(o: &Offering, outcome: &session::Outcome, dry_run: bool) -> CertResult {
     let leaf = o.info.fingerprint;
+    let installed = outcome.decision(&o.name).and_then(|d| d.installed);
     let report = outcome.report.certs.iter().find(|c| c.name == o.name);
     let Some(cr) = report else {
         let message = outcome
@@ -397,6 +406,7 @@ fn cert_result(o: &Offering, outcome: &session::Outcome, dry_run: bool) -> CertR
             exit: ExitCode::Runtime,
             message,
             report: None,
+            installed: None,
         };
     };
     let (state, message) = if cr.exit != ExitCode::Success {
@@ -428,6 +438,7 @@ fn cert_result(o: &Offering, outcome: &session::Outcome, dry_run: bool) -> CertR
         exit: cr.exit,
         message,
         report: Some(cr.clone()),
+        installed,
     }
 }
 
@@ -519,6 +530,7 @@ transport = "local"
                 exit: ExitCode::Success,
                 message: "nothing to do (AB is installed)".into(),
                 report: Some(CertReport::new("mail", None)),
+                installed: None,
             }],
         };
         let down = TargetResult {

@@ -48,6 +48,9 @@ pub struct Options {
     pub dry_run: bool,
     /// The receiver accepts a pair that expires before the installed one.
     pub force: bool,
+    /// Compare fingerprints only and never send key material, even when
+    /// the receiver's pair differs (`status`; needs `dry_run`).
+    pub offer_only: bool,
 }
 
 /// One certificate to offer: its name on the receiver, the pair's bytes
@@ -255,6 +258,9 @@ async fn exchange(
             }
             Wanted::Unknown => {
                 tracing::error!(cert = %cert.name, target = %target, "{}", decision.message);
+            }
+            Wanted::Send if opts.offer_only && opts.dry_run => {
+                tracing::info!(cert = %cert.name, target = %target, leaf = %leaf, "differs from what {target} has installed");
             }
             Wanted::Send => {
                 let msg = Message::Bundle {

@@ -5,10 +5,10 @@
 //! its files, not a state file), so status asks it: a dry-run session
 //! offers the fingerprints, and the receiver's answer is the comparison —
 //! `have` means the installed pair is the local one; `send` means it
-//! differs (or is missing). The protocol requires the pusher to send what
-//! the receiver asks for before `done`, so for a differing pair the dry
-//! run also shows whether the receiver *would* accept it; it changes
-//! nothing on either side.
+//! differs (or is missing), and the answer names the installed leaf.
+//! Status never sends key material: it ends the session after the answer
+//! (`certsync-push push --dry-run` shows whether a differing pair would be
+//! accepted). It changes nothing on either side.
 
 use std::path::Path;
 
@@ -28,8 +28,8 @@ pub struct StatusLine {
     pub state: &'static str,
     /// The leaf in the live dir.
     pub local: Option<Fingerprint>,
-    /// The installed leaf, when known (equal to `local` when up to date;
-    /// the receiver does not name a different installed leaf).
+    /// The installed leaf, as the receiver names it (none when nothing is
+    /// installed or the target could not be asked).
     pub installed: Option<Fingerprint>,
     pub message: String,
 }
@@ -51,7 +51,7 @@ pub fn lines(results: &[TargetResult]) -> Vec<StatusLine> {
         for c in &r.certs {
             let (state, installed) = match c.state {
                 CertState::NothingToDo => ("up_to_date", c.local),
-                CertState::WouldInstall | CertState::Installed => ("differs", None),
+                CertState::WouldInstall | CertState::Installed => ("differs", c.installed),
                 CertState::Failed if c.report.is_some() => ("would_be_refused", None),
                 CertState::Failed => ("unknown", None),
             };
@@ -79,7 +79,10 @@ pub fn render(lines: &[StatusLine]) -> String {
     for l in lines {
         let installed = match l.state {
             "up_to_date" => fp(&l.installed),
-            "differs" | "would_be_refused" => "another pair (or none)".into(),
+            "differs" | "would_be_refused" => match &l.installed {
+                Some(f) => f.to_string(),
+                None => "none".into(),
+            },
             _ => "unknown".into(),
         };
         out.push_str(&format!(
@@ -106,6 +109,7 @@ pub async fn run(
     let config = PushConfig::load(config_path)?;
     let opts = PushOptions {
         dry_run: true,
+        offer_only: true,
         ..PushOptions::default()
     };
     let results = push::pass(&config, config_path, &opts).await?;

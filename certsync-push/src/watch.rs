@@ -301,6 +301,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
         force: false,
         targets: Vec::new(),
         settle: crate::source::Retry::default().window,
+        ..crate::push::PushOptions::default()
     };
     run_with(load, |cfg| {
         let opts = opts.clone();

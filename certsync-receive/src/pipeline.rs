@@ -124,6 +124,14 @@ pub fn decide_owed(
     }
 }
 
+/// The leaf installed at the configured paths now, if any.
+pub fn installed_leaf(spec: &CertSpec) -> Option<Fingerprint> {
+    install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path))
+        .ok()
+        .flatten()
+        .and_then(|i| i.info.map(|c| c.fingerprint))
+}
+
 /// The notAfter of what is installed, for the rollback rule.
 fn installed_not_after(spec: &CertSpec) -> Option<i64> {
     install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path))

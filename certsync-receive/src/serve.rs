@@ -144,6 +144,7 @@ where
                     name: offered.name.clone(),
                     wanted: Wanted::Unknown,
                     message: msg,
+                    installed: None,
                 }
             }
             Some(spec) => {
@@ -159,6 +160,7 @@ where
                     name: offered.name.clone(),
                     wanted,
                     message,
+                    installed: pipeline::installed_leaf(spec),
                 }
             }
         };
@@ -202,6 +204,18 @@ where
                 }))
             }
         }
+    }
+    if !wanted.is_empty() && hello.dry_run {
+        // A status query: the pusher compared fingerprints only.
+        for name in &wanted {
+            if let Some(cr) = reports.get_mut(name) {
+                cr.done(
+                    Step::Compare,
+                    "differs from what is installed (fingerprints only: no pair was sent)",
+                );
+            }
+        }
+        wanted.clear();
     }
     if !wanted.is_empty() {
         return Err(proto(ProtocolError::Malformed {

@@ -452,6 +452,11 @@ fn local_transport_runs_the_receiver_without_ssh() {
         status.both()
     );
     assert!(mail.installed().is_none(), "status changes nothing");
+    assert!(
+        !status.stderr.contains("bytes of chain and the key"),
+        "status sent key material:\n{}",
+        status.both()
+    );
 
     let first = npm.run(&["push"]);
     assert_eq!(first.code, Some(0), "{}", first.both());
