@@ -32,6 +32,8 @@ flags+=" -Cllvm-args=-sanitizer-coverage-inline-8bit-counters"
 flags+=" -Cllvm-args=-sanitizer-coverage-pc-table"
 flags+=" -Cllvm-args=-sanitizer-coverage-trace-compares"
 flags+=" --cfg fuzzing -Cdebug-assertions -Coverflow-checks -Cforce-frame-pointers=yes"
+# A smaller quarantine keeps ASan's own memory well under -rss_limit_mb.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-quarantine_size_mb=32}"
 if [ "${CERTSYNC_FUZZ_ASAN:-1}" = 1 ]; then
   flags+=" -Zsanitizer=address"
   export RUSTC_BOOTSTRAP=1

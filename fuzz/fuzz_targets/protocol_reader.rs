@@ -50,7 +50,12 @@ fuzz_target!(|data: &[u8]| {
         for msg in msgs {
             let bytes = encode(&msg).expect("a message that parsed re-encodes");
             let again = read_all(&bytes).await;
-            assert_eq!(again.len(), 1, "re-encoded {} did not read back", msg.kind());
+            assert_eq!(
+                again.len(),
+                1,
+                "re-encoded {} did not read back",
+                msg.kind()
+            );
             assert_eq!(again[0], msg, "round trip changed a {}", msg.kind());
         }
     });

@@ -29,17 +29,22 @@ fuzz_target!(|data: &[u8]| {
     // The SAN matcher on its own, with both halves as text.
     let a = String::from_utf8_lossy(chain);
     let b = String::from_utf8_lossy(key);
-    let _ = san_matches(a.lines().next().unwrap_or(""), b.lines().next().unwrap_or(""));
+    let _ = san_matches(
+        a.lines().next().unwrap_or(""),
+        b.lines().next().unwrap_or(""),
+    );
 
     let hosts = vec![HOST.to_string()];
-    // The clock and the installed notAfter come from the seed's own
-    // validity, so both sides of every date rule are reachable.
-    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    for (now, installed, force) in [
+    // One policy per input (validation is the costly part), picked by the
+    // input's length, so both sides of every date rule are reachable.
+    let later = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let policies = [
         (std::time::SystemTime::now(), None, false),
-        (now, Some(i64::MAX), false),
-        (now, Some(i64::MIN), true),
-    ] {
+        (later, Some(i64::MAX), false),
+        (later, Some(i64::MIN), true),
+    ];
+    {
+        let (now, installed, force) = policies[data.len() % policies.len()];
         let bundle = Bundle::new(chain.to_vec(), SecretBytes::new(key.to_vec()));
         let policy = Policy {
             hostnames: &hosts,
@@ -54,7 +59,9 @@ fuzz_target!(|data: &[u8]| {
                 let leaf_key = certs[0].public_key().expect("a validated leaf has a key");
                 assert!(leaf_key.public_eq(&k), "validated a mismatched pair");
                 assert!(
-                    san_dns_names(&certs[0]).iter().any(|s| san_matches(s, HOST)),
+                    san_dns_names(&certs[0])
+                        .iter()
+                        .any(|s| san_matches(s, HOST)),
                     "validated a leaf that does not cover {HOST}"
                 );
                 assert_eq!(v.leaf_fingerprint(), v.info().fingerprint);
