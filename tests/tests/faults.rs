@@ -382,16 +382,22 @@ fn children_of(parent: u32) -> Vec<(u32, String)> {
 
 /// The SSH connection cut in the middle of a bundle, two ways: the pusher
 /// drops the connection; the sshd processes serving the session are
-/// SIGKILLed. The receiver sees its stdin end mid-frame: nothing installed,
-/// the old pair intact, nothing left staged.
+/// SIGKILLed. And a pusher that stalls mid-bundle over SSH with the
+/// connection open. The receiver sees its stdin end mid-frame, or no data
+/// for read_timeout: nothing installed, the old pair intact, nothing left
+/// staged.
 #[tokio::test]
-async fn ssh_connection_cut_mid_bundle_installs_nothing() {
+async fn ssh_connection_cut_or_stalled_mid_bundle_installs_nothing() {
     if !have_sshd() {
         return;
     }
     let ca = TestCa::new();
     let (sshd, key, _k) = start_sshd();
-    for how in ["client drops the connection", "sshd session killed"] {
+    for how in [
+        "client drops the connection",
+        "sshd session killed",
+        "pusher stalls, connection kept open",
+    ] {
         let (host, old) = host_with_old(&ca);
         let new = ca.leaf(KeyKind::Rsa2048, &[HOST]);
         let before = host.snapshot();
@@ -435,8 +441,15 @@ async fn ssh_connection_cut_mid_bundle_installs_nothing() {
             }
             assert!(killed > 0, "no sshd session process found under {master}");
         }
-        drop(conn);
-        let waited = wait_lock_free(&host);
+        let waited = if how.starts_with("pusher stalls") {
+            // Keep the connection (and the SSH channel) open, silent.
+            let waited = wait_lock_free(&host);
+            drop(conn);
+            waited
+        } else {
+            drop(conn);
+            wait_lock_free(&host)
+        };
         let log = std::fs::read_to_string(&receiver_log).unwrap_or_default();
         let ended = log
             .lines()
