@@ -574,6 +574,15 @@ async fn two_pushers_at_once_one_waits_and_says_so() {
     let ca = TestCa::new();
     let (host, old) = host_with_old(&ca);
     let new = ca.leaf(KeyKind::P256, &[HOST]);
+    // The first session idles between its offer and its bundle while the
+    // second starts: give it a read_timeout well above that pause.
+    let config = std::fs::read_to_string(&host.config).unwrap();
+    assert!(config.contains("read_timeout = 2\n"));
+    std::fs::write(
+        &host.config,
+        config.replace("read_timeout = 2\n", "read_timeout = 60\n"),
+    )
+    .unwrap();
 
     let mut first = serve_cmd(&host, None)
         .stdin(Stdio::piped())
@@ -593,7 +602,7 @@ async fn two_pushers_at_once_one_waits_and_says_so() {
     let second = tokio::spawn(async move { push_session(cmd, &pairs, false, false).await });
     // Give the second receiver time to reach the lock (a bounded pause;
     // if it were late it would not have to wait, and the test says so).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         !second.is_finished(),
         "the second push did not wait for the lock"
