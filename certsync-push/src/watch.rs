@@ -259,12 +259,6 @@ where
             Some(d) => d.min(next_recheck),
             None => next_recheck,
         };
-        let interrupt = async {
-            match int.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         let wake = tokio::select! {
             _ = sleep_until(wake_at) => {
                 if due.is_none() {
@@ -275,7 +269,7 @@ where
             }
             Some(()) = rx.recv() => Wake::Changed,
             _ = term.recv() => Wake::Terminate,
-            _ = interrupt => Wake::Terminate,
+            _ = recv_opt(&mut int) => Wake::Terminate,
             _ = hup.recv() => Wake::Reload,
             _ = tick(&mut watchdog) => {
                 sd_notify("WATCHDOG=1");
@@ -290,15 +284,24 @@ where
                 let mut quiet_until = Instant::now() + DEBOUNCE;
                 let give_up = Instant::now() + RENEWAL_WAIT;
                 let mut waiting_for_renewal = false;
+                let mut said = false;
+                let mut stop = false;
                 loop {
                     tokio::select! {
                         _ = sleep_until(quiet_until), if !waiting_for_renewal => {
                             if Instant::now() >= give_up || !renewal_in_progress(&cfg) {
                                 break;
                             }
-                            tracing::info!("certbot is renewing (previous_*.pem present); waiting for it to finish");
+                            if !said {
+                                tracing::info!("certbot is renewing (previous_*.pem present); waiting for it to finish");
+                                said = true;
+                            }
                             waiting_for_renewal = true;
                         }
+                        // A stray previous_*.pem can hold this loop for
+                        // RENEWAL_WAIT: SIGTERM must not wait for it.
+                        _ = term.recv() => { stop = true; break; }
+                        _ = recv_opt(&mut int) => { stop = true; break; }
                         _ = sleep_until(give_up), if waiting_for_renewal => break,
                         Some(()) = rx.recv() => {
                             quiet_until = Instant::now() + DEBOUNCE;
@@ -306,6 +309,9 @@ where
                         }
                         _ = tick(&mut watchdog) => sd_notify("WATCHDOG=1"),
                     }
+                }
+                if stop {
+                    return stopping();
                 }
                 tracing::info!("the live dir changed");
                 // Recreated dirs need their watches again.
@@ -320,11 +326,7 @@ where
                 failures = 0;
                 due = Some(Instant::now());
             }
-            Wake::Terminate => {
-                tracing::info!("stopping (signal)");
-                sd_notify("STOPPING=1");
-                return ExitCode::Success;
-            }
+            Wake::Terminate => return stopping(),
             Wake::Reload => {
                 sd_notify("RELOADING=1");
                 match load() {
@@ -346,6 +348,23 @@ where
                 sd_notify("READY=1");
             }
         }
+    }
+}
+
+/// SIGTERM or SIGINT: say so and stop (between passes).
+fn stopping() -> ExitCode {
+    tracing::info!("stopping (signal)");
+    sd_notify("STOPPING=1");
+    ExitCode::Success
+}
+
+/// The next SIGINT, or never when its handler could not be installed.
+async fn recv_opt(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -402,6 +421,28 @@ mod tests {
             assert!(b <= MAX_BACKOFF.mul_f64(1.21), "{n}: {b:?}");
         }
         assert!(backoff(4) > backoff(1));
+    }
+
+    #[test]
+    fn a_previous_link_means_a_renewal_in_progress() {
+        let tmp = tempfile::tempdir().unwrap();
+        let live = tmp.path().join("live");
+        let src = live.join("npm-5");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("cert.pem"), "x").unwrap();
+        let text = format!(
+            "[[cert]]\nname = \"mail\"\nsource = {src:?}\n[[cert]]\nname = \"b\"\nlive_root = {live:?}\ndomain = \"b.example\"\n[[target]]\nname = \"t\"\ntransport = \"local\"\n"
+        );
+        let cfg = PushConfig::from_toml(&text, Path::new("p.toml")).unwrap();
+        assert!(!renewal_in_progress(&cfg));
+        std::os::unix::fs::symlink("/nowhere", src.join("previous_cert.pem")).unwrap();
+        assert!(renewal_in_progress(&cfg));
+        std::fs::remove_file(src.join("previous_cert.pem")).unwrap();
+        // Under a live_root, any npm-N counts.
+        let other = live.join("npm-7");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("previous_privkey.pem"), "").unwrap();
+        assert!(renewal_in_progress(&cfg));
     }
 
     #[test]

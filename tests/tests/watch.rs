@@ -380,7 +380,7 @@ fn idle_means_idle() {
 }
 
 #[test]
-fn sd_notify_ready_and_watchdog_then_sigterm_exits_0_promptly() {
+fn sd_notify_ready_and_watchdog_then_sigterm_exits_0_promptly_even_mid_renewal() {
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let (npm, mail) = local_scene(&leaf);
@@ -422,6 +422,12 @@ fn sd_notify_ready_and_watchdog_then_sigterm_exits_0_promptly() {
     });
     eprintln!("sd_notify messages: {:?}", &got[..got.len().min(8)]);
 
+    // A stray previous_cert.pem (a certbot run that died mid-renewal)
+    // holds the pass back for up to a minute; SIGTERM must not wait for it.
+    npm.live.add_previous("cert", 1);
+    d.wait("the daemon to wait for the renewal", PUSH_WAIT, || {
+        d.count("waiting for it to finish") == 1
+    });
     d.signal(libc::SIGTERM);
     let (code, took) = d.wait_exit(Duration::from_secs(10));
     eprintln!("TIMING SIGTERM to exit: {:.3}s", took.as_secs_f64());
