@@ -1,7 +1,6 @@
 //! `certsync-receive`: parse arguments, set up logging, run one command,
 //! map its outcome to an exit code (DESIGN.md "Exit codes").
 
-use std::path::PathBuf;
 use std::process::ExitCode as ProcessExit;
 
 use clap::Parser;
