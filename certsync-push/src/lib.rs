@@ -7,6 +7,7 @@
 //! every target, [`status`] compares local and installed fingerprints,
 //! [`watch`] pushes on change, [`keygen`] makes the pusher's key.
 
+pub mod cli;
 pub mod discover;
 pub mod error;
 pub mod keygen;

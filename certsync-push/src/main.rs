@@ -5,109 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode as ProcessExit;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
-use certsync_core::config::{PushConfig, DEFAULT_PUSH_CONFIG};
+use certsync_core::config::PushConfig;
 use certsync_core::ExitCode;
+use certsync_push::cli::{Cli, Command};
 use certsync_push::error::PushError;
 use certsync_push::push::PushOptions;
-
-/// Push TLS certificates from a certbot live dir (Nginx Proxy Manager's
-/// live/npm-N) to certsync-receive on mail hosts, over SSH with a pinned
-/// host key.
-#[derive(Debug, Parser)]
-#[command(
-    name = "certsync-push",
-    version,
-    about,
-    after_help = "\
-Examples:
-  certsync-push keygen --out /etc/certsync/id_ed25519
-      new key; prints the authorized_keys line for the receiving host
-  certsync-push discover
-      which live/npm-N holds which hostname
-  certsync-push push --dry-run
-      what each target would do; changes nothing
-  certsync-push push
-      send every [[cert]] to every [[target]] (only what changed)
-  certsync-push push --target mailcow --force
-      one target, allowing a certificate that expires sooner (rollback)
-  certsync-push status --json
-      local vs installed fingerprint per cert and target
-
-Exit codes:
-  0  success, or nothing to do
-  1  runtime failure (network, SSH, I/O, inconsistent live dir)
-  2  usage or config error
-  3  refused by the receiver's validation (bad cert, wrong name, mismatch, rollback)
-  4  installed, but a reload or the served-certificate check failed
-With several targets the exit code is the worst of them.
-
-Logs go to stderr (CERTSYNC_LOG=debug for more); results go to stdout."
-)]
-struct Cli {
-    /// The config file.
-    #[arg(long, short, global = true, default_value = DEFAULT_PUSH_CONFIG, env = "CERTSYNC_PUSH_CONFIG")]
-    config: PathBuf,
-
-    /// Log format: auto (journald under systemd, else text), text, json, journald.
-    #[arg(long, global = true, default_value = "auto", value_name = "FORMAT")]
-    log_format: certsync_core::logging::LogFormat,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// One pass: offer every cert to every target, send only what differs.
-    Push {
-        /// The receivers validate and say what they would do; nothing changes.
-        #[arg(long)]
-        dry_run: bool,
-        /// Let the receivers install a certificate that expires before the
-        /// installed one (a rollback).
-        #[arg(long)]
-        force: bool,
-        /// Only this [[target]] (repeatable).
-        #[arg(long = "target", value_name = "NAME")]
-        targets: Vec<String>,
-        /// Seconds to keep re-reading a live dir that is inconsistent
-        /// (certbot renewing) before giving up.
-        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-        settle: u64,
-    },
-    /// Run until stopped; push whenever a live dir changes.
-    Watch,
-    /// List the certbot live dirs with subject, SANs, key type, notAfter,
-    /// fingerprint and consistency.
-    Discover {
-        /// certbot's live dir [default: from the config's live_root or
-        /// source, else /opt/npm/letsencrypt/live].
-        #[arg(long, value_name = "DIR")]
-        live_root: Option<PathBuf>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Per cert and target: the local fingerprint against the installed one
-    /// (asks each receiver with a dry run; changes nothing).
-    ///
-    /// Exit 0 when every target has every cert, 1 when one differs or a
-    /// target cannot be asked, 3 when a receiver would refuse the local pair.
-    Status {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Make an ed25519 key pair (PATH 0600 and PATH.pub) and print the
-    /// authorized_keys line for the receiving host.
-    Keygen {
-        /// Where to write the private key.
-        #[arg(long, value_name = "PATH")]
-        out: PathBuf,
-    },
-}
 
 /// certbot's live dir in Nginx Proxy Manager's default layout.
 const DEFAULT_LIVE_ROOT: &str = "/opt/npm/letsencrypt/live";

@@ -9,16 +9,21 @@
 //!   the watches are set up again;
 //! - for `live_root` + `domain` certs, the live root and its subdirs.
 //!
-//! After an event, the loop waits for the dir to settle ([`DEBOUNCE`]),
-//! then runs one push pass; the pass itself waits for a consistent pair
-//! (see [`crate::source`]). A pass that fails is retried with exponential
+//! After an event, the loop waits for the dir to settle: [`DEBOUNCE`] of
+//! quiet, and no `previous_*.pem` left in a source dir (certbot removes
+//! them as its last step, which is itself an event; bounded by
+//! [`RENEWAL_WAIT`]). So a renewal with pauses between its steps is pushed
+//! once, after its last step, not once per step. Then one push pass runs;
+//! the pass itself still waits for a consistent pair (see
+//! [`crate::source`]). A pass that fails is retried with exponential
 //! backoff and jitter; every `recheck` interval (default 12 h) a pass runs
 //! even without events, which repairs a rebuilt receiver.
 //!
 //! Idle means idle: with nothing changing, the process sleeps in the
 //! kernel (inotify) and in one timer for the next recheck — no polling.
 //! Under systemd the loop sends `READY=1`, and `WATCHDOG=1` only when the
-//! unit asks for a watchdog (`WATCHDOG_USEC`). SIGTERM stops between
+//! unit asks for a watchdog (`WATCHDOG_USEC`): every half interval, also
+//! while a pass is running (a pass may wait for slow targets). SIGTERM stops between
 //! passes; SIGHUP re-reads the config.
 
 use std::future::Future;
@@ -35,6 +40,10 @@ use tokio::time::{sleep_until, Instant};
 /// How long the live dir must be quiet before a pass starts. certbot
 /// relinks the four files within milliseconds.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
+/// How long a renewal in progress (`previous_*.pem` present) may hold the
+/// pass back; after that the pass runs anyway and its own consistency
+/// checks decide.
+pub const RENEWAL_WAIT: Duration = Duration::from_secs(60);
 /// The default reconcile interval.
 pub const DEFAULT_RECHECK: Duration = Duration::from_secs(12 * 3600);
 /// First retry after a failed pass; doubles up to [`MAX_BACKOFF`].
@@ -59,6 +68,32 @@ pub fn watch_dirs(cfg: &PushConfig) -> Vec<(PathBuf, RecursiveMode)> {
     dirs.sort_by(|a, b| a.0.cmp(&b.0));
     dirs.dedup_by(|a, b| a.0 == b.0);
     dirs
+}
+
+/// Is certbot in the middle of a renewal in one of the watched live dirs
+/// (a `previous_*.pem` link present)? For `live_root` certs every
+/// `live_root/*` dir counts.
+pub fn renewal_in_progress(cfg: &PushConfig) -> bool {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for c in &cfg.certs {
+        if let Some(src) = &c.source {
+            dirs.push(src.clone());
+        }
+        if let Some(root) = &c.live_root {
+            if let Ok(entries) = std::fs::read_dir(root) {
+                dirs.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    dirs.iter().any(|d| {
+        std::fs::read_dir(d).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("previous_") && n.ends_with(".pem"))
+            })
+        })
+    })
 }
 
 /// The reconcile interval from the config.
@@ -177,7 +212,13 @@ where
             return ExitCode::Runtime;
         }
     };
-    let watchdog = watchdog_interval();
+    // One timer for the whole run (not one per loop turn), so a stream of
+    // events or a long pass cannot starve the watchdog.
+    let mut watchdog = watchdog_interval().map(|iv| {
+        let mut t = tokio::time::interval(iv);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     sd_notify("READY=1\nSTATUS=watching");
     tracing::info!(recheck = ?recheck_interval(&cfg), "watch started");
 
@@ -189,7 +230,14 @@ where
         if due.is_some_and(|at| at <= Instant::now()) {
             due = None;
             sd_notify("STATUS=pushing");
-            let code = pass(cfg.clone()).await;
+            let run = pass(cfg.clone());
+            tokio::pin!(run);
+            let code = loop {
+                tokio::select! {
+                    code = &mut run => break code,
+                    _ = tick(&mut watchdog) => sd_notify("WATCHDOG=1"),
+                }
+            };
             next_recheck = Instant::now() + recheck_interval(&cfg);
             if code == ExitCode::Runtime {
                 failures += 1;
@@ -211,18 +259,6 @@ where
             Some(d) => d.min(next_recheck),
             None => next_recheck,
         };
-        let ping = async {
-            match watchdog {
-                Some(iv) => tokio::time::sleep(iv).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let interrupt = async {
-            match int.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         let wake = tokio::select! {
             _ = sleep_until(wake_at) => {
                 if due.is_none() {
@@ -233,22 +269,49 @@ where
             }
             Some(()) = rx.recv() => Wake::Changed,
             _ = term.recv() => Wake::Terminate,
-            _ = interrupt => Wake::Terminate,
+            _ = recv_opt(&mut int) => Wake::Terminate,
             _ = hup.recv() => Wake::Reload,
-            _ = ping => {
+            _ = tick(&mut watchdog) => {
                 sd_notify("WATCHDOG=1");
                 continue;
             }
         };
         match wake {
             Wake::Changed => {
-                // Debounce: the first pass starts once the dir is quiet.
+                // Debounce: the pass starts once the dir is quiet and no
+                // renewal is half done. A renewal's remaining steps are
+                // events, so this waits on inotify, not on a poll.
                 let mut quiet_until = Instant::now() + DEBOUNCE;
+                let give_up = Instant::now() + RENEWAL_WAIT;
+                let mut waiting_for_renewal = false;
+                let mut said = false;
+                let mut stop = false;
                 loop {
                     tokio::select! {
-                        _ = sleep_until(quiet_until) => break,
-                        Some(()) = rx.recv() => quiet_until = Instant::now() + DEBOUNCE,
+                        _ = sleep_until(quiet_until), if !waiting_for_renewal => {
+                            if Instant::now() >= give_up || !renewal_in_progress(&cfg) {
+                                break;
+                            }
+                            if !said {
+                                tracing::info!("certbot is renewing (previous_*.pem present); waiting for it to finish");
+                                said = true;
+                            }
+                            waiting_for_renewal = true;
+                        }
+                        // A stray previous_*.pem can hold this loop for
+                        // RENEWAL_WAIT: SIGTERM must not wait for it.
+                        _ = term.recv() => { stop = true; break; }
+                        _ = recv_opt(&mut int) => { stop = true; break; }
+                        _ = sleep_until(give_up), if waiting_for_renewal => break,
+                        Some(()) = rx.recv() => {
+                            quiet_until = Instant::now() + DEBOUNCE;
+                            waiting_for_renewal = false;
+                        }
+                        _ = tick(&mut watchdog) => sd_notify("WATCHDOG=1"),
                     }
+                }
+                if stop {
+                    return stopping();
                 }
                 tracing::info!("the live dir changed");
                 // Recreated dirs need their watches again.
@@ -263,11 +326,7 @@ where
                 failures = 0;
                 due = Some(Instant::now());
             }
-            Wake::Terminate => {
-                tracing::info!("stopping (signal)");
-                sd_notify("STOPPING=1");
-                return ExitCode::Success;
-            }
+            Wake::Terminate => return stopping(),
             Wake::Reload => {
                 sd_notify("RELOADING=1");
                 match load() {
@@ -289,6 +348,33 @@ where
                 sd_notify("READY=1");
             }
         }
+    }
+}
+
+/// SIGTERM or SIGINT: say so and stop (between passes).
+fn stopping() -> ExitCode {
+    tracing::info!("stopping (signal)");
+    sd_notify("STOPPING=1");
+    ExitCode::Success
+}
+
+/// The next SIGINT, or never when its handler could not be installed.
+async fn recv_opt(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next watchdog tick, or never when systemd asked for no watchdog.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -336,6 +422,28 @@ mod tests {
             assert!(b <= MAX_BACKOFF.mul_f64(1.21), "{n}: {b:?}");
         }
         assert!(backoff(4) > backoff(1));
+    }
+
+    #[test]
+    fn a_previous_link_means_a_renewal_in_progress() {
+        let tmp = tempfile::tempdir().unwrap();
+        let live = tmp.path().join("live");
+        let src = live.join("npm-5");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("cert.pem"), "x").unwrap();
+        let text = format!(
+            "[[cert]]\nname = \"mail\"\nsource = {src:?}\n[[cert]]\nname = \"b\"\nlive_root = {live:?}\ndomain = \"b.example\"\n[[target]]\nname = \"t\"\ntransport = \"local\"\n"
+        );
+        let cfg = PushConfig::from_toml(&text, Path::new("p.toml")).unwrap();
+        assert!(!renewal_in_progress(&cfg));
+        std::os::unix::fs::symlink("/nowhere", src.join("previous_cert.pem")).unwrap();
+        assert!(renewal_in_progress(&cfg));
+        std::fs::remove_file(src.join("previous_cert.pem")).unwrap();
+        // Under a live_root, any npm-N counts.
+        let other = live.join("npm-7");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("previous_privkey.pem"), "").unwrap();
+        assert!(renewal_in_progress(&cfg));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod authorized_key;
 pub mod check;
+pub mod cli;
 pub mod deploy;
 pub mod error;
 pub mod fault;
