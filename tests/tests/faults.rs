@@ -642,7 +642,6 @@ async fn two_pushers_at_once_one_waits_and_says_so() {
 /// and exits 4, so the operator knows the services may still serve the old
 /// certificate.
 #[tokio::test]
-#[ignore = "certsync-receive's post.rs does not call the Docker reload yet (\"reload through Docker is not wired in yet\"); un-ignore once it does"]
 async fn docker_stopped_mid_reload_is_exit_4_with_the_pair_installed() {
     use certsync_tests::docker::{Dockerd, Run};
     if !require("dockerd", Dockerd::available()) {
