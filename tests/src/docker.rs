@@ -24,6 +24,12 @@
 //!   exec make them re-read the mounted certificate. They need Debian's
 //!   `postfix dovecot-imapd dovecot-pop3d dovecot-managesieved` on the host.
 //!
+//! Those pick free ports on 127.0.0.1; their `_on` variants
+//! ([`Dockerd::nginx_mailcow_on`], [`Dockerd::postfix_mailcow_on`],
+//! [`Dockerd::dovecot_mailcow_on`]) take the ports, so a test that owns a
+//! network namespace (the end-to-end test's mailcow host) can serve on 25,
+//! 993 and 443 as mailcow does.
+//!
 //! No traffic leaves loopback: the engine has no bridge (`--bridge=none`),
 //! touches neither iptables nor ip_forward, and containers run with
 //! `--network host` (servers bind 127.0.0.1) or `--network none`.
@@ -311,8 +317,20 @@ impl Dockerd {
         ssl_dir: &Path,
         server_name: &str,
     ) -> Nginx<'_> {
+        self.nginx_mailcow_on(name, project, ssl_dir, server_name, free_port())
+    }
+
+    /// As [`Dockerd::nginx_mailcow`], on a port the caller picks (443 in a
+    /// test that owns its network namespace, as on a mailcow host).
+    pub fn nginx_mailcow_on(
+        &self,
+        name: &str,
+        project: &str,
+        ssl_dir: &Path,
+        server_name: &str,
+        port: u16,
+    ) -> Nginx<'_> {
         let conf = tempfile::tempdir().unwrap();
-        let port = free_port();
         std::fs::write(
             conf.path().join("nginx.conf"),
             format!(
@@ -364,8 +382,19 @@ http {{
     /// `/etc/ssl/mail:ro`, as mailcow does. `postfix reload` inside re-reads
     /// the certificate.
     pub fn postfix_mailcow(&self, name: &str, project: &str, ssl_dir: &Path) -> MailDaemon<'_> {
+        self.postfix_mailcow_on(name, project, ssl_dir, free_port())
+    }
+
+    /// As [`Dockerd::postfix_mailcow`], with smtpd on a port the caller
+    /// picks (25 in a test that owns its network namespace).
+    pub fn postfix_mailcow_on(
+        &self,
+        name: &str,
+        project: &str,
+        ssl_dir: &Path,
+        smtp: u16,
+    ) -> MailDaemon<'_> {
         let conf = tempfile::tempdir().unwrap();
-        let smtp = free_port();
         std::fs::write(
             conf.path().join("main.cf"),
             "# certsync test stand-in for postfix-mailcow
@@ -436,12 +465,30 @@ postlog unix-dgram n - n - 1 postlogd
     /// 127.0.0.1, certificate from `ssl_dir` mounted at `/etc/ssl/mail:ro`.
     /// `dovecot reload` inside re-reads it.
     pub fn dovecot_mailcow(&self, name: &str, project: &str, ssl_dir: &Path) -> MailDaemon<'_> {
+        let ports = DovecotPorts {
+            imap: free_port(),
+            imaps: free_port(),
+            pop3: free_port(),
+            sieve: free_port(),
+        };
+        self.dovecot_mailcow_on(name, project, ssl_dir, ports)
+    }
+
+    /// As [`Dockerd::dovecot_mailcow`], on ports the caller picks
+    /// ([`DovecotPorts::MAILCOW`] in a test that owns its network namespace).
+    pub fn dovecot_mailcow_on(
+        &self,
+        name: &str,
+        project: &str,
+        ssl_dir: &Path,
+        ports: DovecotPorts,
+    ) -> MailDaemon<'_> {
         let conf = tempfile::tempdir().unwrap();
         let ports = vec![
-            ("imap", free_port()),
-            ("imaps", free_port()),
-            ("pop3", free_port()),
-            ("sieve", free_port()),
+            ("imap", ports.imap),
+            ("imaps", ports.imaps),
+            ("pop3", ports.pop3),
+            ("sieve", ports.sieve),
         ];
         let port = |n: &str| ports.iter().find(|(k, _)| *k == n).unwrap().1;
         std::fs::write(
@@ -682,6 +729,25 @@ impl Run {
         }
         self
     }
+}
+
+/// Where [`Dockerd::dovecot_mailcow_on`] listens on 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DovecotPorts {
+    pub imap: u16,
+    pub imaps: u16,
+    pub pop3: u16,
+    pub sieve: u16,
+}
+
+impl DovecotPorts {
+    /// The well-known ports mailcow's dovecot publishes.
+    pub const MAILCOW: DovecotPorts = DovecotPorts {
+        imap: 143,
+        imaps: 993,
+        pop3: 110,
+        sieve: 4190,
+    };
 }
 
 /// A real mail daemon (postfix or dovecot) in a container.

@@ -10,6 +10,7 @@
 
 pub mod bins;
 pub mod docker;
+pub mod e2e;
 pub mod livedir;
 pub mod netns;
 pub mod npmhost;
