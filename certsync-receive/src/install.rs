@@ -165,6 +165,32 @@ pub fn read_installed(dest: &Dest) -> Result<Option<Installed>, InstallError> {
     }))
 }
 
+/// The installed certificate alone: what an unprivileged `serve` (handoff
+/// mode) can read, since `key.pem` is 0600 root.
+#[derive(Debug, Clone)]
+pub struct InstalledCert {
+    pub chain_sha256: Fingerprint,
+    pub info: Option<CertInfo>,
+}
+
+/// Read only the installed certificate (world-readable, 0644).
+pub fn read_installed_cert(dest: &Dest) -> Result<Option<InstalledCert>, InstallError> {
+    let Some(chain) = read_opt(&dest.cert, MAX_CHAIN_BYTES)? else {
+        return Ok(None);
+    };
+    Ok(Some(InstalledCert {
+        chain_sha256: Fingerprint::of_bytes(&chain),
+        info: parse_chain(&chain).ok().map(|c| CertInfo::of(&c[0])),
+    }))
+}
+
+impl InstallError {
+    /// Is this a permission error (an unprivileged `serve` reading key.pem)?
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, InstallError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+}
+
 /// Write `bytes` to a fresh file at `path` with exactly `mode` (set before
 /// the first byte) and `owner`, fsync it. A file already there is removed
 /// first; nothing is ever written through a symlink.

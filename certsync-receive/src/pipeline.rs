@@ -77,9 +77,21 @@ fn installed_everywhere(
     key: Fingerprint,
 ) -> Result<bool, install::InstallError> {
     for dest in destinations(spec) {
-        match install::read_installed(&dest)? {
-            Some(i) if i.chain_sha256 == chain && i.key_sha256 == key => {}
-            _ => return Ok(false),
+        match install::read_installed(&dest) {
+            Ok(Some(i)) if i.chain_sha256 == chain && i.key_sha256 == key => {}
+            Ok(_) => return Ok(false),
+            // In handoff mode `serve` runs unprivileged and key.pem is 0600
+            // root. Compare the certificate alone: root's install keeps the
+            // installed pair matching, and a leaf has exactly one key, so
+            // the same full chain means the same pair. Root's `deploy`
+            // compares both files again before it writes anything.
+            Err(e) if e.is_permission_denied() => match install::read_installed_cert(&dest)? {
+                Some(c) if c.chain_sha256 == chain => {
+                    tracing::debug!(path = %dest.key.display(), "key not readable by this user; compared the certificate only");
+                }
+                _ => return Ok(false),
+            },
+            Err(e) => return Err(e),
         }
     }
     Ok(true)
@@ -126,7 +138,7 @@ pub fn decide_owed(
 
 /// The leaf installed at the configured paths now, if any.
 pub fn installed_leaf(spec: &CertSpec) -> Option<Fingerprint> {
-    install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path))
+    install::read_installed_cert(&Dest::new(&spec.cert_path, &spec.key_path))
         .ok()
         .flatten()
         .and_then(|i| i.info.map(|c| c.fingerprint))
@@ -134,10 +146,11 @@ pub fn installed_leaf(spec: &CertSpec) -> Option<Fingerprint> {
 
 /// The notAfter of what is installed, for the rollback rule.
 fn installed_not_after(spec: &CertSpec) -> Option<i64> {
-    install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path))
+    // The certificate alone: readable by an unprivileged `serve` too, and
+    // recovery has already made the installed pair match.
+    install::read_installed_cert(&Dest::new(&spec.cert_path, &spec.key_path))
         .ok()
         .flatten()
-        .filter(|i| i.matching)
         .and_then(|i| i.info.map(|c| c.not_after))
 }
 

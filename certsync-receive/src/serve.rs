@@ -148,8 +148,12 @@ where
                 }
             }
             Some(spec) => {
-                if let Err(e) = pipeline::recover(spec) {
-                    tracing::error!(cert = %spec.name, "{e}");
+                // In handoff mode root's `deploy` repairs; this side may not
+                // even read key.pem.
+                if settings.deploy != DeployMode::Handoff {
+                    if let Err(e) = pipeline::recover(spec) {
+                        tracing::error!(cert = %spec.name, "{e}");
+                    }
                 }
                 let (wanted, message) = pipeline::decide_owed(settings, spec, offered);
                 if wanted == Wanted::Have {

@@ -92,7 +92,6 @@ fn a_renewal_on_the_npm_host_is_served_on_25_993_and_443_of_the_mailcow_host() {
 /// is installed. Un-ignore when the unprivileged compare no longer needs
 /// the installed key.
 #[test]
-#[ignore = "certsync-receive: handoff serve reads root's 0600 key.pem to compare (Permission denied)"]
 fn handoff_with_a_root_owned_key_pem() {
     run_on_mailcow_thread(KeyOwner::Root);
 }
