@@ -102,7 +102,8 @@ fn installed_everywhere(
 pub fn decide(spec: &CertSpec, offered: &OfferedCert) -> (Wanted, String) {
     match installed_everywhere(spec, offered.chain_sha256, offered.key_sha256) {
         Ok(true) => {
-            tracing::info!(cert = %spec.name, leaf = %offered.leaf, "nothing to do: this pair is already installed");
+            // Logged by the caller once the answer is final (an owed
+            // reload turns it into "send").
             (
                 Wanted::Have,
                 format!(

@@ -157,6 +157,7 @@ where
                 }
                 let (wanted, message) = pipeline::decide_owed(settings, spec, offered);
                 if wanted == Wanted::Have {
+                    tracing::info!(cert = %spec.name, leaf = %offered.leaf, "nothing to do: this pair is already installed");
                     cr.nothing_to_do = true;
                     cr.done(Step::Compare, message.clone());
                 }
@@ -247,7 +248,10 @@ where
         if handoff {
             if pipeline::stage_step(&run, spec, &bundle, cr).is_ok() {
                 if let Some(pair) = pipeline::validate_step(&run, spec, bundle, cr) {
-                    if pipeline::compare_step(spec, &pair, cr) == Ok(true) {
+                    let changed = pipeline::compare_step(spec, &pair, cr) == Ok(true);
+                    // An unchanged pair with a reload still owed goes to
+                    // root's deploy too: it retries the reload.
+                    if changed || pipeline::reload_owed(settings, &name) {
                         staged.push(name.clone());
                     }
                 } else {

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
+use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_core::Fingerprint;
 use certsync_receive::probe::{served_leaf, Endpoint};
 use certsync_tests::docker::{find_program, wait_until, Dockerd, DovecotPorts};
@@ -245,8 +245,16 @@ fn renewal_is_served_end_to_end(owner: KeyOwner) {
     // NPM's default key type; every renewal makes a new key.
     let first = ca.leaf(KeyKind::P384, &[HOST]);
     let renewed = ca.leaf(KeyKind::P384, &[HOST]);
-    // The pair mailcow made itself before certsync ever ran.
-    let mailcow_own = ca.leaf(KeyKind::Rsa2048, &[HOST]);
+    // The pair mailcow made itself before certsync ever ran: older, so it
+    // expires first (else the push would rightly be refused as a rollback).
+    let mailcow_own = ca.leaf_with(
+        KeyKind::Rsa2048,
+        &[HOST],
+        Validity {
+            not_before: -60 * 86_400,
+            not_after: 30 * 86_400,
+        },
+    );
 
     // ---- the mailcow host
     let files = MailcowFiles::new();
