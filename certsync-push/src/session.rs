@@ -259,7 +259,8 @@ async fn exchange(
             Wanted::Unknown => {
                 tracing::error!(cert = %cert.name, target = %target, "{}", decision.message);
             }
-            Wanted::Send if opts.offer_only && opts.dry_run => {
+            // Never send key material for a comparison, whatever else is set.
+            Wanted::Send if opts.offer_only => {
                 tracing::info!(cert = %cert.name, target = %target, leaf = %leaf, "differs from what {target} has installed");
             }
             Wanted::Send => {

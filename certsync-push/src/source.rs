@@ -60,9 +60,12 @@ const PRIVKEY: usize = 1;
 const CHAIN: usize = 2;
 const FULLCHAIN: usize = 3;
 
-/// The largest file read from a live dir. A full chain of 8 RSA-4096
-/// certificates is under 20 KiB; anything far bigger is not a certbot file.
-pub const MAX_PEM_BYTES: u64 = 256 * 1024;
+/// The largest certificate file read from a live dir: what the protocol
+/// carries, so a pair read here is never refused as an oversized frame. A
+/// full chain of 8 RSA-4096 certificates is under 20 KiB.
+pub const MAX_PEM_BYTES: u64 = certsync_core::protocol::MAX_CHAIN_BYTES as u64;
+/// The largest private key file read (the protocol's limit too).
+pub const MAX_KEY_PEM_BYTES: u64 = certsync_core::protocol::MAX_KEY_BYTES as u64;
 
 /// A consistent pair, read from one live dir.
 #[derive(Debug, Clone)]
@@ -476,28 +479,33 @@ fn read_file(
         }
         Err(e) => return Err(io_err("open", path)(e)),
     };
+    let limit = if name == LIVE_FILES[PRIVKEY] {
+        MAX_KEY_PEM_BYTES
+    } else {
+        MAX_PEM_BYTES
+    };
     let meta = file.metadata().map_err(io_err("inspect", path))?;
     if !meta.is_file() {
         problems.push(Problem::NotRegularFile { file: name });
         return Ok(None);
     }
-    if meta.len() > MAX_PEM_BYTES {
+    if meta.len() > limit {
         return Err(SourceError::TooLarge {
             path: path.to_path_buf(),
-            limit: MAX_PEM_BYTES,
+            limit,
         });
     }
     // Capacity up front so the key bytes are not reallocated (and left
     // behind unzeroed) while reading.
     let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
     (&mut file)
-        .take(MAX_PEM_BYTES + 1)
+        .take(limit + 1)
         .read_to_end(&mut buf)
         .map_err(io_err("read", path))?;
-    if buf.len() as u64 > MAX_PEM_BYTES {
+    if buf.len() as u64 > limit {
         return Err(SourceError::TooLarge {
             path: path.to_path_buf(),
-            limit: MAX_PEM_BYTES,
+            limit,
         });
     }
     Ok(Some(buf))

@@ -19,7 +19,6 @@
 //! A reload owed since an earlier install is retried first (under the
 //! receiver's lock), so `check` from a timer also repairs that.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -297,18 +296,11 @@ fn validate_installed(spec: &CertSpec, now: SystemTime) -> Result<(), String> {
 }
 
 fn read_limited(path: &Path, max: usize) -> Result<Vec<u8>, String> {
-    let read = || -> std::io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        std::fs::File::open(path)?
-            .take(max as u64 + 1)
-            .read_to_end(&mut buf)?;
-        Ok(buf)
-    };
-    let buf = read().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if buf.len() > max {
-        return Err(format!("{} is larger than {max} bytes", path.display()));
+    match crate::fsutil::read_capped(path, max) {
+        Ok(Some(buf)) => Ok(buf),
+        Ok(None) => Err(format!("{} does not exist", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
-    Ok(buf)
 }
 
 /// One probe, no retries: `check` reports the state now.
@@ -449,21 +441,8 @@ pub fn metrics_text(report: &CheckReport) -> String {
 
 /// Write the textfile atomically: a temp file beside it, then rename.
 pub fn write_metrics(path: &Path, report: &CheckReport) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "metrics".into());
-    let tmp = path.with_file_name(format!(".{name}.certsync-tmp"));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(metrics_text(report).as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    // World-readable: node_exporter's textfile collector reads it.
+    crate::fsutil::replace(path, metrics_text(report).as_bytes(), 0o644, None)
 }
 
 fn unix(t: SystemTime) -> i64 {

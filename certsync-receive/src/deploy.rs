@@ -6,7 +6,6 @@
 //! pair still staged. `install` takes a pair from local files, with the same
 //! validation and install as a push.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -23,24 +22,20 @@ use crate::settings::Settings;
 use crate::stage;
 
 fn read_limited(path: &Path, max: usize) -> Result<Vec<u8>, ReceiveError> {
-    let f = std::fs::File::open(path).map_err(|source| ReceiveError::ReadInput {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut buf = Vec::new();
-    f.take(max as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|source| ReceiveError::ReadInput {
+    match crate::fsutil::read_capped(path, max) {
+        Ok(Some(buf)) => Ok(buf),
+        Ok(None) => Err(ReceiveError::ReadInput {
+            path: path.to_path_buf(),
+            source: std::io::ErrorKind::NotFound.into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(ReceiveError::Usage(format!("{}: {e}", path.display())))
+        }
+        Err(source) => Err(ReceiveError::ReadInput {
             path: path.to_path_buf(),
             source,
-        })?;
-    if buf.len() > max {
-        return Err(ReceiveError::Usage(format!(
-            "{} is larger than {max} bytes; is it really a certificate or key?",
-            path.display()
-        )));
+        }),
     }
-    Ok(buf)
 }
 
 /// `certsync-receive install --name N --cert F --key F [--dry-run] [--force]`.
@@ -157,7 +152,14 @@ pub async fn deploy<P: PostInstall>(
             continue;
         }
         if !dry_run {
-            pipeline::recover(spec)?;
+            // A failure is this cert's result, not the run's: `serve` is
+            // waiting for a result file for every request.
+            if let Err(e) = pipeline::recover(spec) {
+                let mut cr = CertReport::new(&spec.name, None);
+                cr.failed(Step::Install, e.to_string(), ExitCode::Runtime);
+                report.certs.push(cr);
+                continue;
+            }
         }
         let bundle = match stage::read_staged(staging, &spec.name) {
             Ok(b) => b,

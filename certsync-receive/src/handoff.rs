@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use certsync_core::report::Report;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{write_new, StageError};
+use crate::stage::StageError;
 
 /// The request file root's `certsync-deploy.path` unit watches.
 pub const REQUEST: &str = "deploy.request";
@@ -73,19 +73,12 @@ fn write_json_atomic<T: Serialize>(
     owner: Option<(u32, u32)>,
 ) -> Result<(), HandoffError> {
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| HandoffError::Bad {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    write_new(&tmp, &bytes, 0o600)?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).map_err(|e| StageError::Io {
-            path: tmp.clone(),
-            source: e,
-        })?;
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| StageError::Io { path, source: e })?;
+    crate::fsutil::replace(&path, &bytes, 0o600, owner)
+        .map_err(|source| StageError::Io { path, source })?;
     Ok(())
 }
 

@@ -21,8 +21,7 @@
 //! they replace when we run as root.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use certsync_core::bundle::{parse_chain, parse_key, CertInfo};
@@ -126,19 +125,7 @@ pub struct Installed {
 
 /// Read a file for comparison: at most `max` bytes; `None` if absent.
 fn read_opt(path: &Path, max: usize) -> Result<Option<Vec<u8>>, InstallError> {
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("cannot read", path)(e)),
-    };
-    let mut buf = Vec::new();
-    f.take(max as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(io_err("cannot read", path))?;
-    if buf.len() > max {
-        return Err(InstallError::TooLarge(path.to_path_buf()));
-    }
-    Ok(Some(buf))
+    crate::fsutil::read_capped(path, max).map_err(io_err("cannot read", path))
 }
 
 /// Do these bytes form a matching pair?
@@ -191,41 +178,14 @@ impl InstallError {
     }
 }
 
-/// Write `bytes` to a fresh file at `path` with exactly `mode` (set before
-/// the first byte) and `owner`, fsync it. A file already there is removed
-/// first; nothing is ever written through a symlink.
+/// [`crate::fsutil::write_new`], with this module's error.
 fn write_file(
     path: &Path,
     bytes: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), InstallError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("cannot remove", path)(e)),
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io_err("cannot create", path))?;
-    let res = (|| {
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-        }
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = res {
-        drop(f);
-        let _ = std::fs::remove_file(path);
-        return Err(io_err("cannot write", path)(e));
-    }
-    Ok(())
+    crate::fsutil::write_new(path, bytes, mode, owner).map_err(io_err("cannot write", path))
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), InstallError> {
@@ -253,9 +213,7 @@ fn owner_of(path: &Path) -> Option<(u32, u32)> {
 
 /// Copy `from` to `to` atomically (temp + rename) with `mode`.
 fn keep_copy(from: &Path, to: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    let tmp = sibling(to, ".", ".certsync-tmp");
-    write_file(&tmp, bytes, mode, owner_of(from))?;
-    rename(&tmp, to)
+    crate::fsutil::replace(to, bytes, mode, owner_of(from)).map_err(io_err("cannot write", to))
 }
 
 /// How an install ended.
@@ -347,7 +305,8 @@ pub fn recover(dest: &Dest) -> Result<Recovery, InstallError> {
             let _ = std::fs::remove_file(p);
         }
         for p in [&dest.cert, &dest.key] {
-            let _ = std::fs::remove_file(sibling(&prev_path(p), ".", ".certsync-tmp"));
+            let _ = std::fs::remove_file(crate::fsutil::temp_path(&prev_path(p)));
+            let _ = std::fs::remove_file(crate::fsutil::temp_path(p));
         }
     };
     if consistent {

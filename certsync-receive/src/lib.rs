@@ -13,6 +13,7 @@ pub mod cli;
 pub mod deploy;
 pub mod error;
 pub mod fault;
+pub mod fsutil;
 pub mod handoff;
 pub mod install;
 pub mod lock;

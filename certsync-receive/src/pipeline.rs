@@ -360,7 +360,10 @@ async fn reload_and_verify<P: PostInstall>(
     }
     let marker = owed_reload_marker(run.settings, &spec.name);
     if failed_reloads(report) > failed_before {
-        if let Err(e) = std::fs::write(&marker, format!("{}\n", leaf)) {
+        // `deploy` runs as root in a staging dir the serve user owns: never
+        // follow a link planted there.
+        if let Err(e) = crate::fsutil::replace(&marker, format!("{leaf}\n").as_bytes(), 0o600, None)
+        {
             tracing::error!(cert = %spec.name, "cannot remember the owed reload in {}: {e}; run `certsync-receive deploy` once Docker is back", marker.display());
         } else {
             tracing::warn!(cert = %spec.name, marker = %marker.display(), "reload owed; the next deploy, check or push retries it");
@@ -465,9 +468,12 @@ pub fn installed_at_file(settings: &Settings, name: &str) -> PathBuf {
 
 fn record_installed_at(run: &Run<'_>, spec: &CertSpec) {
     let path = installed_at_file(run.settings, &spec.name);
-    let tmp = path.with_extension("installed-at.tmp");
-    let res = std::fs::write(&tmp, format!("{}\n", unix(run.now)))
-        .and_then(|()| std::fs::rename(&tmp, &path));
+    let res = crate::fsutil::replace(
+        &path,
+        format!("{}\n", unix(run.now)).as_bytes(),
+        0o600,
+        None,
+    );
     if let Err(e) = res {
         // Only the metrics lose the timestamp; the install itself is done.
         tracing::warn!(cert = %spec.name, "cannot record the install time in {}: {e}", path.display());

@@ -253,6 +253,9 @@ where
                     // root's deploy too: it retries the reload.
                     if changed || pipeline::reload_owed(settings, &name) {
                         staged.push(name.clone());
+                    } else {
+                        // Nothing for root to do: no key stays in staging.
+                        crate::stage::clear(&settings.staging_dir, &name);
                     }
                 } else {
                     crate::stage::clear(&settings.staging_dir, &name);

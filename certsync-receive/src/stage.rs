@@ -8,8 +8,8 @@
 //! handoff mode) opens with `O_NOFOLLOW`, checks for a regular file, and
 //! reads at most the protocol's size limits.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -82,28 +82,7 @@ pub fn cert_dir(staging: &Path, name: &str) -> PathBuf {
 /// (if any, even a planted symlink) is unlinked first. On any error the
 /// partial file is removed.
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StageError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(path)(e)),
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io(path))?;
-    let res = f
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .and_then(|_| f.write_all(bytes))
-        .and_then(|_| f.sync_all());
-    if let Err(e) = res {
-        drop(f);
-        let _ = std::fs::remove_file(path);
-        return Err(io(path)(e));
-    }
-    Ok(())
+    crate::fsutil::write_new(path, bytes, mode, None).map_err(io(path))
 }
 
 /// Step 2: put the pair into `<staging>/<name>/`. `name` is the config's.

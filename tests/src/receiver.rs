@@ -110,6 +110,15 @@ impl Mailhost {
         ))
     }
 
+    /// Nothing at all in the ssl dir: no cert, no key, no temp or kept
+    /// file. Stronger than `installed().is_none()`, which one stray file
+    /// would still satisfy.
+    pub fn nothing_installed(&self) -> bool {
+        std::fs::read_dir(&self.ssl)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    }
+
     /// Every file under the host's root except the staging dir and the
     /// inputs: path → (sha256, mode, inode). Equal snapshots = nothing written.
     pub fn snapshot(&self) -> BTreeMap<PathBuf, (Fingerprint, u32, u64)> {

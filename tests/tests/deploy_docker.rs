@@ -188,7 +188,7 @@ fn dry_run_lists_the_containers_it_would_reload_and_changes_nothing() {
         "{all}"
     );
     assert!(postfix.calls().is_empty() && nginx.calls().is_empty());
-    assert!(host.installed().is_none());
+    assert!(host.nothing_installed());
     assert_eq!(host.snapshot(), before, "the dry run wrote nothing");
     assert!(!marker(&host).exists());
 }

@@ -263,7 +263,7 @@ fn unknown_and_changed_host_keys_are_refused_before_anything_runs() {
             "{words}: {}",
             run.both()
         );
-        assert!(mail.installed().is_none(), "nothing may be installed");
+        assert!(mail.nothing_installed(), "nothing may be installed");
     }
     assert!(
         !sshd.log().contains("Accepted publickey"),
@@ -301,7 +301,7 @@ fn a_key_that_is_not_authorized_fails_clearly() {
         "{}",
         run.both()
     );
-    assert!(mail.installed().is_none());
+    assert!(mail.nothing_installed());
 }
 
 #[test]
@@ -394,7 +394,7 @@ fn dry_run_changes_nothing_and_force_allows_a_rollback() {
         dry.both()
     );
     assert!(dry.stdout.contains("dry run"), "{}", dry.both());
-    assert!(mail.installed().is_none(), "a dry run installs nothing");
+    assert!(mail.nothing_installed(), "a dry run installs nothing");
 
     let real = npm.run(&["push"]);
     assert_eq!(real.code, Some(0), "{}", real.both());
@@ -451,7 +451,7 @@ fn local_transport_runs_the_receiver_without_ssh() {
         "{}",
         status.both()
     );
-    assert!(mail.installed().is_none(), "status changes nothing");
+    assert!(mail.nothing_installed(), "status changes nothing");
     assert!(
         !status.stderr.contains("bytes of chain and the key"),
         "status sent key material:\n{}",
@@ -522,7 +522,7 @@ fn a_cert_name_the_receiver_does_not_know_is_a_config_error_naming_its_file() {
         run.both()
     );
     assert!(!run.stderr.contains("sent "), "{}", run.both());
-    assert!(mail.installed().is_none());
+    assert!(mail.nothing_installed());
 }
 
 #[test]

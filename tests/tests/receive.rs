@@ -254,7 +254,7 @@ async fn serve_refuses_bad_pairs_and_unknown_names_writing_nothing() {
     .await;
     assert_eq!(r.exit, Some(3), "{r:?}");
     assert_eq!(host.snapshot(), before);
-    assert!(host.installed().is_none());
+    assert!(host.nothing_installed());
     let r = push_session(
         serve_cmd(&host),
         &[("nosuch", a.bundle(), a.fingerprint())],
@@ -378,6 +378,7 @@ async fn handoff_serve_unprivileged_deploy_as_root() {
                     .unwrap();
                 runs += 1;
                 eprintln!("deploy: {}", String::from_utf8_lossy(&out.stderr));
+                assert_eq!(out.status.code(), Some(0), "root's deploy failed");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

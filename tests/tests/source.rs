@@ -271,6 +271,12 @@ fn a_concurrent_reader_never_gets_a_mixed_pair() {
         "unexpected errors: {other_errors:?}"
     );
     assert!(!ok.is_empty(), "the reader never got a pair");
+    // Otherwise the reader never saw a renewal in progress, and "no mixed
+    // pair" proved nothing.
+    assert!(
+        refused_reads > 0,
+        "the reader never caught a renewal mid-way; the test saw nothing"
+    );
     let last = read_consistent(&dir).unwrap();
     assert!(is_pair_of(&last, &leaves[RENEWALS]));
     assert_eq!(last.generation, Some(RENEWALS as u32 + 1));

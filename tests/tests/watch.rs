@@ -307,7 +307,7 @@ fn a_target_that_is_down_is_retried_and_gets_the_pair_when_it_comes_back() {
     d.wait("a failed pass", PUSH_WAIT, || {
         d.count("push failed (1 in a row)") == 1
     });
-    assert!(mail.installed().is_none());
+    assert!(mail.nothing_installed());
 
     // The target comes back on the same port (sshd listens on its own port
     // and on this one).
@@ -463,7 +463,7 @@ fn sighup_rereads_the_config_and_a_new_target_gets_the_pair() {
     );
     // Without SIGHUP the daemon keeps its config: nothing reaches "backup".
     std::thread::sleep(Duration::from_millis(500));
-    assert!(second.installed().is_none());
+    assert!(second.nothing_installed());
     d.signal(libc::SIGHUP);
     let took = d.wait("the new target's install", PUSH_WAIT, || {
         installed_is(&second, &leaf)
