@@ -118,7 +118,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, H
         .map(Some)
         .map_err(|e| HandoffError::Bad {
             path: path.to_path_buf(),
-            reason: format!("malformed: {e}"),
+            reason: format!("malformed: {}", certsync_core::protocol::json_error(&e)),
         })
 }
 

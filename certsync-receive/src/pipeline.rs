@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use certsync_core::bundle::Bundle;
 use certsync_core::protocol::{OfferedCert, Wanted};
 use certsync_core::report::{CertReport, Step, StepStatus};
-use certsync_core::validate::{validate, Policy, ValidatedBundle};
+use certsync_core::validate::{validate, Force, Policy, ValidatedBundle};
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::install::{self, Dest};
@@ -31,7 +31,8 @@ pub struct Run<'a> {
     pub settings: &'a Settings,
     pub now: SystemTime,
     pub dry_run: bool,
-    pub force: bool,
+    /// Whether a rollback is allowed: see [`Settings::remote_force`].
+    pub force: Force,
 }
 
 /// A step failed; what failed and why is already in the [`CertReport`].
@@ -192,6 +193,7 @@ pub fn validate_step(
         now: run.now,
         installed_not_after: installed_not_after(spec),
         force: run.force,
+        anchors: &run.settings.anchors,
     };
     match validate(bundle, &policy) {
         Ok(v) => {
@@ -530,6 +532,8 @@ mod tests {
             deploy: DeployMode::Inline,
             handoff_timeout: std::time::Duration::from_secs(1),
             read_timeout: std::time::Duration::from_secs(1),
+            allow_remote_force: false,
+            anchors: certsync_core::testutil::test_anchors(),
             certs: vec![CertSpec {
                 name: "mail".into(),
                 hostnames: vec!["mail.example.com".into()],
@@ -554,7 +558,7 @@ mod tests {
             settings: &s,
             now: SystemTime::now(),
             dry_run: false,
-            force: false,
+            force: Force::No,
         };
         let post = Flaky {
             fail: Cell::new(true),
@@ -614,7 +618,7 @@ mod tests {
             settings: &s,
             now: SystemTime::now(),
             dry_run: true,
-            force: false,
+            force: Force::No,
         };
         let post = Flaky {
             fail: Cell::new(true),
