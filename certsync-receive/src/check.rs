@@ -47,7 +47,8 @@ pub struct CertCheck {
     /// Unix seconds.
     pub not_after: Option<i64>,
     pub days_left: Option<i64>,
-    /// Key matches, names covered, chain in order, inside its validity.
+    /// Key matches, names covered, chain in order to a trusted CA, a
+    /// server leaf with a strong key, inside its validity.
     pub valid: bool,
     pub key_matches: bool,
     /// Unix seconds of the last successful install, if recorded.

@@ -200,7 +200,7 @@ pub fn validate_step(
             report.leaf = Some(v.leaf_fingerprint());
             let info = v.info();
             let msg = format!(
-                "{} for {} ({}), {} days left, key matches, chain in order",
+                "{} for {} ({}), {} days left, key matches, chain in order to a trusted CA",
                 v.leaf_fingerprint().short(),
                 info.sans.join(", "),
                 info.key_type,
