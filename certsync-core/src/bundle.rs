@@ -67,8 +67,8 @@ pub enum BundleError {
     NoCertificate,
     #[error("the certificate file holds a PEM block labelled {0}; only CERTIFICATE blocks belong in a full chain")]
     UnexpectedCertBlock(PemLabel),
-    #[error("the certificate file holds {0} certificates; at most {max} are accepted", max = MAX_CHAIN_CERTS)]
-    TooManyCertificates(usize),
+    #[error("the certificate file holds {0} certificates; at most {1} are accepted")]
+    TooManyCertificates(usize, usize),
     #[error("certificate {index} of the chain does not parse: {reason}")]
     BadCertificate { index: usize, reason: String },
     #[error("the private key file holds no PEM private key (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)")]
@@ -227,6 +227,13 @@ fn trim_ascii(mut s: &[u8]) -> &[u8] {
 
 /// Parse a PEM full chain: CERTIFICATE blocks only, leaf first.
 pub fn parse_chain(pem: &[u8]) -> Result<Vec<X509>, BundleError> {
+    parse_certificates(pem, MAX_CHAIN_CERTS)
+}
+
+/// Parse PEM holding only CERTIFICATE blocks, at most `max` of them (counted
+/// before anything is decoded), every one of which must decode: a full
+/// chain, or the trust anchors of receive.toml's `ca_file`.
+pub fn parse_certificates(pem: &[u8], max: usize) -> Result<Vec<X509>, BundleError> {
     let labels = pem_labels(pem);
     if let Some(other) = labels.iter().find(|l| !l.is("CERTIFICATE")) {
         return Err(BundleError::UnexpectedCertBlock(*other));
@@ -234,8 +241,8 @@ pub fn parse_chain(pem: &[u8]) -> Result<Vec<X509>, BundleError> {
     if labels.is_empty() {
         return Err(BundleError::NoCertificate);
     }
-    if labels.len() > MAX_CHAIN_CERTS {
-        return Err(BundleError::TooManyCertificates(labels.len()));
+    if labels.len() > max {
+        return Err(BundleError::TooManyCertificates(labels.len(), max));
     }
     let certs = X509::stack_from_pem(pem).map_err(|e| BundleError::BadCertificate {
         index: 0,

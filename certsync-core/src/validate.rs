@@ -41,7 +41,7 @@ use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::verify::X509VerifyParam;
 use openssl::x509::{X509PurposeId, X509Ref, X509StoreContext, X509VerifyResult, X509};
 
-use crate::bundle::{asn1_to_unix, key_type, pem_labels, Bundle, BundleError, CertInfo, PemLabel};
+use crate::bundle::{asn1_to_unix, key_type, parse_certificates, Bundle, BundleError, CertInfo};
 use crate::fingerprint::Fingerprint;
 
 /// Who allows a rollback (a notAfter older than the installed one).
@@ -79,6 +79,8 @@ impl std::fmt::Debug for Anchors {
 
 /// Largest `ca_file` read (Debian's whole ca-certificates bundle is ~220 KiB).
 pub const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Most certificates in `ca_file` (that bundle holds ~150).
+pub const MAX_CA_FILE_CERTS: usize = 1000;
 
 /// Why `ca_file` cannot serve as trust anchors.
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +99,6 @@ pub enum AnchorError {
         #[source]
         source: BundleError,
     },
-    #[error("cannot set up certificate verification: {0}")]
-    OpenSsl(#[from] openssl::error::ErrorStack),
 }
 
 impl Anchors {
@@ -176,33 +176,10 @@ fn read_ca_file(path: &Path) -> Result<Vec<X509>, AnchorError> {
             path: path.to_path_buf(),
         });
     }
-    let bad = |source| AnchorError::Bad {
+    parse_certificates(&buf, MAX_CA_FILE_CERTS).map_err(|source| AnchorError::Bad {
         path: path.to_path_buf(),
         source,
-    };
-    let labels = pem_labels(&buf);
-    if let Some(other) = labels
-        .iter()
-        .find(|l| **l != PemLabel::Known("CERTIFICATE"))
-    {
-        return Err(bad(BundleError::UnexpectedCertBlock(*other)));
-    }
-    if labels.is_empty() {
-        return Err(bad(BundleError::NoCertificate));
-    }
-    let certs = X509::stack_from_pem(&buf).map_err(|_| {
-        bad(BundleError::BadCertificate {
-            index: 0,
-            reason: "malformed PEM or DER".into(),
-        })
-    })?;
-    if certs.len() != labels.len() {
-        return Err(bad(BundleError::BadCertificate {
-            index: certs.len(),
-            reason: "the PEM block does not decode to a certificate".into(),
-        }));
-    }
-    Ok(certs)
+    })
 }
 
 /// What a pair is checked against. The hostnames come from the receiver's
