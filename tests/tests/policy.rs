@@ -331,6 +331,24 @@ fn a_ca_file_that_is_not_certificates_is_a_config_error_that_shows_no_bytes() {
     assert!(host.nothing_installed());
 }
 
+#[test]
+fn check_holds_the_installed_pair_to_the_same_rules() {
+    // mailcow's first start writes a self-signed pair: `check` says so.
+    let host = Mailhost::new(&[HOST]);
+    let snakeoil = self_signed_leaf(KeyKind::P256, &[HOST]);
+    std::fs::write(host.cert_path(), &snakeoil.chain_pem).unwrap();
+    std::fs::write(host.key_path(), snakeoil.key_pem.expose()).unwrap();
+    let out = host.cmd().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("is self-signed"), "{}", text(&out));
+    // A trusted pair, installed by root: all well.
+    let good = TestCa::new().leaf(KeyKind::P256, &[HOST]);
+    let out = host.install_leaf(&good, &["--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = host.cmd().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 // ------------------------------------------------------------------ item 7
 
 /// Key material in the broken forms an operator or a hostile pusher can
