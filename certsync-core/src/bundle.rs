@@ -83,6 +83,8 @@ pub enum BundleError {
     SeveralKeys,
     #[error("the private key does not parse (PKCS#8, PKCS#1 and SEC1 PEM are accepted)")]
     BadKey,
+    #[error("the {0} file's lines end in CR alone, which OpenSSL's PEM reader does not accept; convert it to LF line endings (tr '\\r' '\\n')")]
+    CrOnlyLineEndings(&'static str),
 }
 
 /// At most this many certificates in a full chain (leaf + intermediates).
@@ -234,6 +236,9 @@ pub fn parse_chain(pem: &[u8]) -> Result<Vec<X509>, BundleError> {
 /// before anything is decoded), every one of which must decode: a full
 /// chain, or the trust anchors of receive.toml's `ca_file`.
 pub fn parse_certificates(pem: &[u8], max: usize) -> Result<Vec<X509>, BundleError> {
+    if cr_only(pem) {
+        return Err(BundleError::CrOnlyLineEndings("certificate"));
+    }
     let labels = pem_labels(pem);
     if let Some(other) = labels.iter().find(|l| !l.is("CERTIFICATE")) {
         return Err(BundleError::UnexpectedCertBlock(*other));
@@ -277,12 +282,20 @@ pub fn parse_key(pem: &[u8]) -> Result<PKey<Private>, BundleError> {
     if keys > 1 {
         return Err(BundleError::SeveralKeys);
     }
+    if cr_only(pem) {
+        return Err(BundleError::CrOnlyLineEndings("private key"));
+    }
     // Traditional PEM encryption puts a Proc-Type header inside the block.
     if pem.windows(b"Proc-Type:".len()).any(|w| w == b"Proc-Type:") {
         return Err(BundleError::EncryptedKey);
     }
     // A callback that never supplies a passphrase: OpenSSL must not prompt.
     PKey::private_key_from_pem_callback(pem, |_buf| Ok(0)).map_err(|_| BundleError::BadKey)
+}
+
+/// Line breaks that are CR alone (no LF anywhere).
+fn cr_only(pem: &[u8]) -> bool {
+    pem.contains(&b'\r') && !pem.contains(&b'\n')
 }
 
 fn first_reason(e: &openssl::error::ErrorStack) -> String {
@@ -457,6 +470,26 @@ mod tests {
         let mut two = leaf.key_pem.expose().to_vec();
         two.extend_from_slice(leaf.key_pem.expose());
         assert!(matches!(parse_key(&two), Err(BundleError::SeveralKeys)));
+        // CR-only line endings: the labels are still recognised (none is
+        // echoed), and the error says what to do.
+        let cr: Vec<u8> = leaf
+            .key_pkcs1_or_sec1()
+            .iter()
+            .map(|&b| if b == b'\n' { b'\r' } else { b })
+            .collect();
+        assert!(matches!(
+            parse_key(&cr),
+            Err(BundleError::CrOnlyLineEndings("private key"))
+        ));
+        let cr: Vec<u8> = leaf
+            .chain_pem
+            .iter()
+            .map(|&b| if b == b'\n' { b'\r' } else { b })
+            .collect();
+        assert!(matches!(
+            parse_chain(&cr),
+            Err(BundleError::CrOnlyLineEndings("certificate"))
+        ));
         let broken = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(matches!(
             parse_chain(broken),
