@@ -455,16 +455,17 @@ fn weak_key<T: HasPublic>(key: &PKeyRef<T>) -> bool {
 
 /// Rule 7: the chain verifies to a trust anchor at `now`.
 fn verify_chain(certs: &[X509], anchors: &Anchors, now: i64) -> Result<(), ValidationError> {
-    let untrusted = |reason: &'static str, cert: String| ValidationError::Untrusted {
+    let untrusted = |reason: &'static str, cert: String, hint: String| ValidationError::Untrusted {
         leaf: describe(&certs[0]),
         reason,
         cert,
-        hint: anchors.hint(),
+        hint,
     };
     let setup = |_| {
         untrusted(
             "OpenSSL could not set up the verification",
             describe(&certs[0]),
+            "try again; if it persists, check the OpenSSL installation".into(),
         )
     };
     let store = anchors.store(now).map_err(setup)?;
@@ -488,10 +489,20 @@ fn verify_chain(certs: &[X509], anchors: &Anchors, now: i64) -> Result<(), Valid
                     .get(depth as usize)
                     .map_or_else(|| describe(&certs[0]), |c| describe(c))
             });
-            if err.as_raw() == openssl_sys::X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT {
-                return Err(ValidationError::SelfSigned { leaf: at });
-            }
-            Err(untrusted(err.error_string(), at))
+            let hint = match err.as_raw() {
+                openssl_sys::X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT => {
+                    return Err(ValidationError::SelfSigned { leaf: at });
+                }
+                // No anchor at the top of the chain: what ca_file is for.
+                openssl_sys::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+                | openssl_sys::X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+                | openssl_sys::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+                | openssl_sys::X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE => anchors.hint(),
+                // Anything else is wrong with the chain itself (an expired
+                // intermediate, a weak CA key or digest, a wrong purpose).
+                _ => "a TLS client would refuse it; check the chain the pusher sends (certbot's fullchain.pem) with `openssl verify -untrusted chain.pem cert.pem`".into(),
+            };
+            Err(untrusted(err.error_string(), at, hint))
         }
     }
 }
@@ -827,6 +838,8 @@ mod tests {
         let e = validate(long.bundle(), &p).unwrap_err();
         assert!(matches!(e, ValidationError::Untrusted { .. }), "{e}");
         assert!(e.to_string().contains("expired"), "{e}");
+        // Not a missing anchor: no advice to change ca_file.
+        assert!(!e.to_string().contains("ca_file"), "{e}");
         p.now = SystemTime::now();
         validate(long.bundle(), &p).unwrap();
     }
