@@ -365,7 +365,7 @@ async fn push_target(
     };
     tracing::info!(target = %name, peer = %conn.peer(), "connected");
     result.peer = Some(conn.peer().to_string());
-    match session::run(conn, &name, &offerings, opts).await {
+    match session::run(conn, &name, &offerings, opts, target.session_timeout()).await {
         Ok(outcome) => {
             for o in &offerings {
                 certs.push(cert_result(o, &outcome, opts.dry_run));

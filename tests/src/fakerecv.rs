@@ -1,0 +1,131 @@
+//! A hostile receiver for the pusher's tests, reached with
+//! `transport = "local"`: a `sh` script that writes frames prepared by the
+//! test to the pusher, optionally something to stderr, and then stalls,
+//! drips, or waits for the pusher to close.
+//!
+//! The script never reads what the pusher sends. A test whose fake answers
+//! `have` for every name gets no key material sent to it; one that stalls
+//! before its answer gets none either.
+
+use std::path::PathBuf;
+
+use certsync_core::protocol::{self, Decision, Hello, Message, Want, Wanted};
+use certsync_core::report::Report;
+use tempfile::TempDir;
+
+/// What the fake does after its prepared frames.
+#[derive(Debug, Clone)]
+pub enum Then {
+    /// Read (and discard) stdin until the pusher closes it, then exit 0.
+    WaitForEof,
+    /// Never write again, never read, never exit (until killed).
+    Stall,
+    /// Write `frame` every `every_secs` seconds, forever: a receiver that
+    /// looks alive to a per-frame timeout.
+    DripFrames { frame: Message, every_secs: u32 },
+    /// Start a frame and send one byte of it every `every_secs` seconds.
+    DripBytes { every_secs: u32 },
+}
+
+/// A prepared fake receiver; its files live as long as this value.
+pub struct FakeReceiver {
+    dir: TempDir,
+    then: Then,
+}
+
+/// The fake's hello.
+pub fn hello() -> Message {
+    Message::Hello(Hello::new("fake-receiver", false, false))
+}
+
+/// An answer saying "have" for each of `names`.
+pub fn want_have(names: &[&str], message: &str) -> Message {
+    Message::Want(Want {
+        certs: names
+            .iter()
+            .map(|n| Decision {
+                name: n.to_string(),
+                wanted: Wanted::Have,
+                message: message.to_string(),
+                installed: None,
+            })
+            .collect(),
+    })
+}
+
+/// Frames as bytes (test input: panics on failure).
+pub fn encode_all(frames: &[Message]) -> Vec<u8> {
+    frames
+        .iter()
+        .flat_map(|m| protocol::encode(m).expect("encode").to_vec())
+        .collect()
+}
+
+impl FakeReceiver {
+    /// A fake that writes `frames` (and `stderr` to its stderr), then does
+    /// `then`.
+    pub fn new(frames: &[Message], stderr: &[u8], then: Then) -> FakeReceiver {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("frames"), encode_all(frames)).expect("frames");
+        std::fs::write(dir.path().join("stderr"), stderr).expect("stderr");
+        let drip = match &then {
+            Then::DripFrames { frame, .. } => encode_all(std::slice::from_ref(frame)),
+            // A log frame announcing 100 bytes, never finished.
+            _ => {
+                let mut start = vec![6u8];
+                start.extend_from_slice(&100u32.to_be_bytes());
+                start
+            }
+        };
+        std::fs::write(dir.path().join("drip"), drip).expect("drip");
+        FakeReceiver { dir, then }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The `sh -c` script: `$0` is the frames file, `$1` the drip file,
+    /// `$2` the stderr file. `exec` keeps one process per fake, so the
+    /// pusher's kill ends it.
+    fn script(&self) -> String {
+        let after = match &self.then {
+            Then::WaitForEof => "exec cat >/dev/null".to_string(),
+            Then::Stall => "exec sleep 3600".to_string(),
+            Then::DripFrames { every_secs, .. } => {
+                format!("while :; do cat \"$1\"; sleep {every_secs}; done")
+            }
+            Then::DripBytes { every_secs } => {
+                format!("cat \"$1\"; while :; do printf x; sleep {every_secs}; done")
+            }
+        };
+        format!("cat \"$2\" >&2; cat \"$0\"; {after}")
+    }
+
+    /// `[[target]] name = …` running this fake.
+    pub fn target(&self, name: &str) -> String {
+        format!(
+            "[[target]]\nname = {name:?}\ntransport = \"local\"\ncommand = [\"sh\", \"-c\", {:?}, {:?}, {:?}, {:?}]\n",
+            self.script(),
+            self.file("frames").display().to_string(),
+            self.file("drip").display().to_string(),
+            self.file("stderr").display().to_string(),
+        )
+    }
+
+    /// As [`FakeReceiver::target`], with more `[[target]]` keys.
+    pub fn target_with(&self, name: &str, extra: &str) -> String {
+        format!("{}{extra}\n", self.target(name))
+    }
+}
+
+/// A report saying "nothing to do" for `name`, with one step `message`.
+pub fn report_nothing_to_do(name: &str, message: &str) -> Message {
+    let mut cert = certsync_core::report::CertReport::new(name, None);
+    cert.nothing_to_do = true;
+    cert.done(certsync_core::report::Step::Compare, message);
+    Message::Report(Report {
+        dry_run: false,
+        certs: vec![cert],
+    })
+}

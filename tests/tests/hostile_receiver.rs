@@ -1,0 +1,114 @@
+//! A hostile receiver against the real `certsync-push` (issue 11 item 10):
+//! whatever the far side says is data. Its progress lines, answer, report,
+//! error frame and stderr carry terminal escapes, forged log lines and
+//! megabytes of text; the pusher's output (stdout and its log on stderr)
+//! holds none of the escapes or forged lines, and stays bounded.
+//!
+//! The receivers are scripts ([`certsync_tests::fakerecv`]) reached with
+//! `transport = "local"`; none is ever sent a key (each answers `have`, or
+//! fails before its answer).
+
+use certsync_core::protocol::{Message, WireError};
+use certsync_core::testutil::{KeyKind, TestCa};
+use certsync_core::ExitCode;
+use certsync_tests::fakerecv::{hello, report_nothing_to_do, want_have, FakeReceiver, Then};
+use certsync_tests::npmhost::NpmHost;
+
+/// Escapes a terminal acts on (colour, clear screen, window title, C1 CSI,
+/// a hyperlink), a carriage return, and a newline that starts a forged
+/// line of our log.
+fn nasty(what: &str) -> String {
+    format!(
+        "\u{1b}[31m{what}\u{1b}[0m \u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}1m\u{1b}]8;;http://x\u{1b}\\link\r\nFAKE: forged {what} line\n"
+    )
+}
+
+#[test]
+fn receiver_words_are_cleaned_and_capped_in_the_pushers_output() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+    let npm = NpmHost::new(&leaf);
+
+    // 1. Says everything a session allows: 250 progress lines (the first
+    //    nasty, then 60 KB each), an answer and a report with nasty
+    //    messages, and 1 MB of stderr.
+    let mut frames = vec![hello()];
+    frames.push(Message::Log(nasty("progress")));
+    for _ in 0..249 {
+        frames.push(Message::Log(format!(
+            "{}{}",
+            "L".repeat(60_000),
+            nasty("big")
+        )));
+    }
+    frames.push(want_have(&["mail"], &nasty("decision")));
+    frames.push(report_nothing_to_do(
+        "mail",
+        &format!("{}{}", nasty("step"), "S".repeat(20_000)),
+    ));
+    let mut stderr = nasty("stderr").into_bytes();
+    for _ in 0..5000 {
+        stderr.extend_from_slice(format!("{}{}", "E".repeat(150), nasty("stderr")).as_bytes());
+    }
+    let chatty = FakeReceiver::new(&frames, &stderr, Then::WaitForEof);
+
+    // 2. Fails at once with a nasty error frame.
+    let failing = FakeReceiver::new(
+        &[
+            hello(),
+            Message::Error(WireError {
+                message: format!("{}{}", nasty("error"), "R".repeat(30_000)),
+                exit: ExitCode::Runtime,
+            }),
+        ],
+        b"",
+        Then::WaitForEof,
+    );
+    npm.write_config(
+        &npm.cert_source(),
+        &[chatty.target("chatty"), failing.target("failing")],
+    );
+
+    let run = npm.run(&["push"]);
+    let out = run.both();
+    let total = run.stdout.len() + run.stderr.len();
+    eprintln!(
+        "RESULT hostile receiver: pusher output {total} bytes ({} lines) for ~16 MB said",
+        out.lines().count()
+    );
+    // The pass itself worked: one target has the pair, one failed.
+    assert_eq!(run.code, Some(1), "{}", &out[..out.len().min(4000)]);
+    assert!(
+        run.stdout.contains("chatty: ok: mail: nothing to do"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("failing: FAILED"), "{}", run.stdout);
+    // Shown, cleaned: the words are there, the escapes and breaks are not.
+    for what in ["progress", "step", "error", "stderr"] {
+        assert!(out.contains(what), "{what} not shown at all");
+    }
+    for bad in ['\u{1b}', '\u{7}', '\r', '\u{9b}'] {
+        assert!(
+            !out.contains(bad),
+            "the output holds {bad:?}: {:?}",
+            out.lines().find(|l| l.contains(bad)).unwrap_or("")
+        );
+    }
+    let forged: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FAKE"))
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "forged lines: {:?}",
+        &forged[..forged.len().min(3)]
+    );
+    // Bounded: two streams of at most 64 KiB each per session, plus the
+    // report and error (each message cut to 1024 characters).
+    assert!(total < 400 * 1024, "{total} bytes of output");
+    assert!(
+        out.contains("the rest is dropped"),
+        "no notice that lines were dropped"
+    );
+}
