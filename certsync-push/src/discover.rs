@@ -339,7 +339,14 @@ pub fn choice_changed(
         .mode(0o700)
         .create(state_dir)
         .map_err(state_err("create the dir of", &path))?;
-    let tmp = state_dir.join(format!(".choice-{cert_name}.tmp{}", std::process::id()));
+    // Unique per call: the watch daemon's targets run their passes
+    // concurrently, and two may record the same cert's choice at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = state_dir.join(format!(
+        ".choice-{cert_name}.tmp{}.{seq}",
+        std::process::id()
+    ));
     let write = || -> io::Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)

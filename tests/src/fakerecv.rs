@@ -85,32 +85,59 @@ impl FakeReceiver {
         self.dir.path().join(name)
     }
 
-    /// The `sh -c` script: `$0` is the frames file, `$1` the drip file,
-    /// `$2` the stderr file. `exec` keeps one process per fake, so the
-    /// pusher's kill ends it.
+    /// The `sh -c` script; `$0` is the fake's dir. It records its pid
+    /// (`exec` keeps that pid for the stall, so the pusher's kill ends it).
     fn script(&self) -> String {
         let after = match &self.then {
             Then::WaitForEof => "exec cat >/dev/null".to_string(),
             Then::Stall => "exec sleep 3600".to_string(),
             Then::DripFrames { every_secs, .. } => {
-                format!("while :; do cat \"$1\"; sleep {every_secs}; done")
+                format!("while :; do cat \"$0/drip\"; sleep {every_secs}; done")
             }
             Then::DripBytes { every_secs } => {
-                format!("cat \"$1\"; while :; do printf x; sleep {every_secs}; done")
+                format!("cat \"$0/drip\"; while :; do printf x; sleep {every_secs}; done")
             }
         };
-        format!("cat \"$2\" >&2; cat \"$0\"; {after}")
+        format!("echo $$ >\"$0/pid\"; cat \"$0/stderr\" >&2; cat \"$0/frames\"; {after}")
     }
 
     /// `[[target]] name = …` running this fake.
     pub fn target(&self, name: &str) -> String {
         format!(
-            "[[target]]\nname = {name:?}\ntransport = \"local\"\ncommand = [\"sh\", \"-c\", {:?}, {:?}, {:?}, {:?}]\n",
+            "[[target]]\nname = {name:?}\ntransport = \"local\"\ncommand = [\"sh\", \"-c\", {:?}, {:?}]\n",
             self.script(),
-            self.file("frames").display().to_string(),
-            self.file("drip").display().to_string(),
-            self.file("stderr").display().to_string(),
+            self.dir.path().display().to_string(),
         )
+    }
+
+    /// The pid of the last run of this fake, once it started.
+    pub fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.file("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Is the last run of this fake still running (not gone, not a
+    /// zombie)?
+    pub fn running(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the parenthesised command name.
+                let state = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .to_string();
+                Some(state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
     }
 
     /// As [`FakeReceiver::target`], with more `[[target]]` keys.
