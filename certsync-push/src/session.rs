@@ -232,7 +232,15 @@ enum Flow {
 
 impl From<ProtocolError> for Flow {
     fn from(e: ProtocolError) -> Self {
-        Flow::Protocol(e)
+        Flow::Protocol(match e {
+            // A parser's reason may quote the receiver's bytes (serde_json:
+            // "unknown variant `…`").
+            ProtocolError::Malformed { kind, reason } => ProtocolError::Malformed {
+                kind,
+                reason: untrusted::clean(&reason),
+            },
+            other => other,
+        })
     }
 }
 

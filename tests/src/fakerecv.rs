@@ -53,6 +53,14 @@ pub fn want_have(names: &[&str], message: &str) -> Message {
     })
 }
 
+/// A frame with `tag` and `body` as is (`tag`: 1 hello … 8 error).
+pub fn raw_frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 /// Frames as bytes (test input: panics on failure).
 pub fn encode_all(frames: &[Message]) -> Vec<u8> {
     frames
@@ -65,8 +73,14 @@ impl FakeReceiver {
     /// A fake that writes `frames` (and `stderr` to its stderr), then does
     /// `then`.
     pub fn new(frames: &[Message], stderr: &[u8], then: Then) -> FakeReceiver {
+        FakeReceiver::raw(&encode_all(frames), stderr, then)
+    }
+
+    /// As [`FakeReceiver::new`], with frames as raw bytes (for frames the
+    /// encoder would not write).
+    pub fn raw(frames: &[u8], stderr: &[u8], then: Then) -> FakeReceiver {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("frames"), encode_all(frames)).expect("frames");
+        std::fs::write(dir.path().join("frames"), frames).expect("frames");
         std::fs::write(dir.path().join("stderr"), stderr).expect("stderr");
         let drip = match &then {
             Then::DripFrames { frame, .. } => encode_all(std::slice::from_ref(frame)),

@@ -11,7 +11,9 @@
 use certsync_core::protocol::{Message, WireError};
 use certsync_core::testutil::{KeyKind, TestCa};
 use certsync_core::ExitCode;
-use certsync_tests::fakerecv::{hello, report_nothing_to_do, want_have, FakeReceiver, Then};
+use certsync_tests::fakerecv::{
+    encode_all, hello, raw_frame, report_nothing_to_do, want_have, FakeReceiver, Then,
+};
 use certsync_tests::npmhost::NpmHost;
 
 /// Escapes a terminal acts on (colour, clear screen, window title, C1 CSI,
@@ -64,9 +66,19 @@ fn receiver_words_are_cleaned_and_capped_in_the_pushers_output() {
         b"",
         Then::WaitForEof,
     );
+    // 3. An answer our parser refuses, whose reason would quote it.
+    let mut bytes = encode_all(&[hello()]);
+    let want =
+        serde_json::json!({"certs": [{"name": "mail", "wanted": nasty("parser"), "message": ""}]});
+    bytes.extend(raw_frame(3, want.to_string().as_bytes()));
+    let malformed = FakeReceiver::raw(&bytes, b"", Then::WaitForEof);
     npm.write_config(
         &npm.cert_source(),
-        &[chatty.target("chatty"), failing.target("failing")],
+        &[
+            chatty.target("chatty"),
+            failing.target("failing"),
+            malformed.target("malformed"),
+        ],
     );
 
     let run = npm.run(&["push"]);
@@ -84,8 +96,9 @@ fn receiver_words_are_cleaned_and_capped_in_the_pushers_output() {
         run.stdout
     );
     assert!(run.stdout.contains("failing: FAILED"), "{}", run.stdout);
+    assert!(run.stdout.contains("malformed: FAILED"), "{}", run.stdout);
     // Shown, cleaned: the words are there, the escapes and breaks are not.
-    for what in ["progress", "step", "error", "stderr"] {
+    for what in ["progress", "step", "error", "stderr", "parser"] {
         assert!(out.contains(what), "{what} not shown at all");
     }
     for bad in ['\u{1b}', '\u{7}', '\r', '\u{9b}'] {
