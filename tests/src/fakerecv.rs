@@ -115,6 +115,17 @@ impl FakeReceiver {
         format!("echo $$ >\"$0/pid\"; cat \"$0/stderr\" >&2; cat \"$0/frames\"; {after}")
     }
 
+    /// A command line that runs this fake, for an sshd forced command (no
+    /// double quotes): `/bin/sh <dir>/fake.sh`.
+    pub fn command_line(&self) -> String {
+        let dir = self.dir.path().display().to_string();
+        assert!(!dir.contains(['\'', '"', ' ']), "{dir}");
+        let body = self.script().replace("$0", &dir);
+        let path = self.file("fake.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("fake.sh");
+        format!("/bin/sh {}", path.display())
+    }
+
     /// `[[target]] name = …` running this fake.
     pub fn target(&self, name: &str) -> String {
         format!(

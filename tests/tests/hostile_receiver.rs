@@ -5,8 +5,11 @@
 //! holds none of the escapes or forged lines, and stays bounded.
 //!
 //! The receivers are scripts ([`certsync_tests::fakerecv`]) reached with
-//! `transport = "local"`; none is ever sent a key (each answers `have`, or
-//! fails before its answer).
+//! `transport = "local"`, or as the forced command of a real sshd; none is
+//! ever sent a key (each answers `have`, or fails before its answer).
+//!
+//! And one that greets and then says nothing more, over real SSH: the
+//! target's `session_timeout` disconnects it (issue 11 item 5).
 
 use certsync_core::protocol::{Message, WireError};
 use certsync_core::testutil::{KeyKind, TestCa};
@@ -14,7 +17,10 @@ use certsync_core::ExitCode;
 use certsync_tests::fakerecv::{
     encode_all, hello, raw_frame, report_nothing_to_do, want_have, FakeReceiver, Then,
 };
-use certsync_tests::npmhost::NpmHost;
+use certsync_tests::npmhost::{ssh_target, NpmHost};
+use certsync_tests::require;
+use certsync_tests::sshd::{self, Sshd};
+use std::time::Duration;
 
 /// Escapes a terminal acts on (colour, clear screen, window title, C1 CSI,
 /// a hyperlink), a carriage return, and a newline that starts a forged
@@ -124,4 +130,55 @@ fn receiver_words_are_cleaned_and_capped_in_the_pushers_output() {
         out.contains("the rest is dropped"),
         "no notice that lines were dropped"
     );
+}
+
+/// Issue 11 item 5, over real OpenSSH: a receiver that greets and then
+/// stalls (alive: SSH keepalives are answered) is disconnected at the
+/// target's `session_timeout`, and `push` says so and exits 1.
+#[test]
+fn a_receiver_that_stalls_over_ssh_is_disconnected_at_the_session_deadline() {
+    if !require("sshd", sshd::available()) {
+        return;
+    }
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+    let npm = NpmHost::new(&leaf);
+    // Greets, then neither writes nor exits until its stdin closes.
+    let stalled = FakeReceiver::new(&[hello()], b"", Then::WaitForEof);
+    let sshd = Sshd::builder()
+        .authorized_key(&sshd::forced_line(
+            &stalled.command_line(),
+            &npm.key.public_line,
+        ))
+        .start();
+    let kh = npm.known_hosts("known_hosts", &[sshd.known_hosts_line()]);
+    npm.write_config(
+        &npm.cert_source(),
+        &[format!(
+            "{}session_timeout = 2\n",
+            ssh_target("stalled", sshd.host(), sshd.port(), &npm.key.private, &kh)
+        )],
+    );
+    let run = npm.run(&["push"]);
+    let out = run.both();
+    eprintln!(
+        "RESULT stalled SSH receiver: push exited {:?} after {:.3}s (session_timeout = 2)",
+        run.code,
+        run.elapsed.as_secs_f64()
+    );
+    assert_eq!(run.code, Some(1), "{out}");
+    assert!(
+        out.contains("did not finish the session within 2s"),
+        "{out}"
+    );
+    assert!(run.elapsed < Duration::from_secs(10), "{out}");
+    assert!(stalled.pid().is_some(), "the fake ran: {}", sshd.log());
+    let start = std::time::Instant::now();
+    while stalled.running() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the stalled receiver outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
