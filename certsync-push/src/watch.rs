@@ -481,6 +481,7 @@ where
                 continue;
             }
         };
+        let mut reload = matches!(wake, Wake::Reload);
         match wake {
             Wake::Changed => {
                 // Debounce: the pass starts once the dir is quiet and no
@@ -508,6 +509,8 @@ where
                         // RENEWAL_WAIT: SIGTERM must not wait for it.
                         _ = term.recv() => { stop = true; break; }
                         _ = recv_opt(&mut int) => { stop = true; break; }
+                        // Nor SIGHUP: the reload below kicks every target.
+                        _ = hup.recv() => { reload = true; break; }
                         _ = sleep_until(give_up), if waiting_for_renewal => break,
                         Some(()) = rx.recv() => {
                             quiet_until = Instant::now() + DEBOUNCE;
@@ -534,33 +537,36 @@ where
                         return ExitCode::Runtime;
                     }
                 };
+                // (After a SIGHUP here the reload below kicks again: at
+                // most one more pass, which finds nothing to do.)
                 workers.kick_all();
                 next_recheck = Instant::now() + recheck;
             }
             Wake::Terminate => return stopping(&mut workers).await,
-            Wake::Reload => {
-                sd_notify("RELOADING=1");
-                match load() {
-                    Ok(new) => {
-                        tracing::info!("config re-read");
-                        drop(watcher);
-                        watcher = match watch(&new, tx.clone()) {
-                            Ok(w) => w,
-                            Err(e) => {
-                                tracing::error!("{e}");
-                                workers.stop().await;
-                                return ExitCode::Runtime;
-                            }
-                        };
-                        recheck = recheck_interval(&new);
-                        workers.replace_config(new);
-                        workers.kick_all();
-                        next_recheck = Instant::now() + recheck;
-                    }
-                    Err(e) => tracing::error!("keeping the old config: {e}"),
+            Wake::Reload => {}
+        }
+        if reload {
+            sd_notify("RELOADING=1");
+            match load() {
+                Ok(new) => {
+                    tracing::info!("config re-read");
+                    drop(watcher);
+                    watcher = match watch(&new, tx.clone()) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            workers.stop().await;
+                            return ExitCode::Runtime;
+                        }
+                    };
+                    recheck = recheck_interval(&new);
+                    workers.replace_config(new);
+                    workers.kick_all();
+                    next_recheck = Instant::now() + recheck;
                 }
-                sd_notify("READY=1");
+                Err(e) => tracing::error!("keeping the old config: {e}"),
             }
+            sd_notify("READY=1");
         }
     }
 }
