@@ -164,7 +164,7 @@ impl SessionError {
 /// The least time left for collecting the receiver's exit status, even
 /// when the session deadline has passed: a stuck receiver is killed
 /// (local) or disconnected (SSH) after this.
-const FINISH_AT_LEAST: Duration = Duration::from_secs(3);
+const FINISH_AT_LEAST: Duration = Duration::from_secs(1);
 
 /// Run one session: offer `certs`, send what the receiver asks for, return
 /// its report. `target` names the `[[target]]` in log lines. The

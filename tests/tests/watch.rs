@@ -659,7 +659,8 @@ fn the_session_deadline_ends_a_drip_feeding_receiver() {
         "it was dripping:\n{log}"
     );
     assert!(log.contains("session_timeout"), "{log}");
-    assert!(ended < Duration::from_secs(10), "{ended:?}\n{log}");
+    // 3 s deadline + at most 1 s to finish (the shell ignores EOF and is killed).
+    assert!(ended < Duration::from_secs(7), "{ended:?}\n{log}");
     d.wait("the retry", PUSH_WAIT, || {
         d.count("push failed (1 in a row)") == 1
     });
