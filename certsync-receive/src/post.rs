@@ -6,7 +6,7 @@
 //! - Both steps run after the pair is installed, so neither undoes it: a
 //!   failure is a failed step with exit 4 ([`ExitCode::Unverified`]) whose
 //!   message names the service or endpoint and what to do. The pipeline
-//!   remembers a failed reload ([`crate::pipeline::owed_reload_marker`]).
+//!   remembers a failed reload ([`crate::stage::Entry::ReloadOwed`]).
 //! - Nothing is silently skipped: an empty `reload` or `verify` list is a
 //!   "skipped: none configured" step; every service and every endpoint gets
 //!   a line of its own.
