@@ -290,8 +290,8 @@ pub struct ReceiveConfig {
     /// Seconds `serve` waits for each protocol frame before giving up on a
     /// stalled pusher (default 30).
     pub read_timeout: Option<u64>,
-    /// Seconds one pusher may take for its whole side of a session (hello
-    /// to done) while it holds the receiver's lock (default 300).
+    /// Seconds one pusher may take for its side of a session while it
+    /// holds the receiver's lock (default 300).
     pub session_timeout: Option<u64>,
     pub mailcow: Option<MailcowPreset>,
     #[serde(default, rename = "cert")]

@@ -35,7 +35,7 @@ use crate::pipeline::{self, Run};
 use crate::post::Post;
 use crate::probe::{self, Endpoint};
 use crate::settings::{CertSpec, Settings};
-use crate::stage::{Entry, StagingDir};
+use crate::stage::{Entry, StageError, StagingDir};
 
 /// What `check` found for one certificate.
 #[derive(Debug, Clone, Serialize)]
@@ -126,6 +126,12 @@ pub async fn check(settings: &Settings, warn_days: i64, now: SystemTime) -> Chec
     // markers to see, and certsync-deploy.timer retries owed reloads.
     let staging = match StagingDir::open_existing(&settings.staging_dir) {
         Ok(s) => s.map(Arc::new),
+        Err(StageError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            tracing::debug!("the staging dir is not readable here; no markers to look at");
+            None
+        }
         Err(e) => {
             tracing::warn!("not looking at the staging dir: {e}");
             None

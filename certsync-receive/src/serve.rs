@@ -71,10 +71,11 @@ fn proto(e: ProtocolError) -> Failure {
     (ExitCode::Runtime, format!("protocol: {e}"))
 }
 
-/// The next message, within the session's overall deadline: each frame
-/// has its own timeout (`read_timeout`), and the whole pusher side, hello
-/// to done, has `session_timeout`, so a pusher that sends a frame now and
-/// then cannot hold the receiver's lock for long.
+/// The next message, within the session's deadline: each frame has its
+/// own timeout (`read_timeout`), and the pusher's frames have
+/// `session_timeout` in all (hello and offer; then again from taking the
+/// lock to done), so a pusher that sends a frame now and then cannot hold
+/// the receiver's lock for long.
 async fn next<R: AsyncRead + Unpin>(
     reader: &mut Reader<R>,
     expected: &'static str,
@@ -161,6 +162,9 @@ where
     let lock = lock::acquire(&staging, Entry::Lock, LOCK_TIMEOUT, || {})
         .await
         .map_err(|e| (ExitCode::Runtime, e.to_string()))?;
+    // The limit bounds how long this pusher holds the lock: it counts from
+    // here for the rest of the pusher's side (want to done).
+    let deadline = tokio::time::Instant::now() + limit;
     if let Some(waited) = lock.waited {
         let line = format!(
             "waited {:.1}s for another certsync-receive to finish",
@@ -295,13 +299,20 @@ where
         if handoff {
             if pipeline::stage_step(&run, spec, &bundle, cr).is_ok() {
                 if let Some(pair) = pipeline::validate_step(&run, spec, bundle, cr) {
-                    let changed = pipeline::compare_step(spec, &pair, cr) == Ok(true);
+                    // This side may not read key.pem: root found the pair
+                    // broken, so root compares and repairs.
+                    let changed = if pipeline::repair_owed(&staging, &name) {
+                        cr.done(
+                            Step::Compare,
+                            "root found the installed pair broken; root's deploy repairs it",
+                        );
+                        true
+                    } else {
+                        pipeline::compare_step(spec, &pair, cr) == Ok(true)
+                    };
                     // An unchanged pair with a reload still owed goes to
                     // root's deploy too: it retries the reload.
-                    if changed
-                        || pipeline::reload_owed(&staging, &name)
-                        || pipeline::repair_owed(&staging, &name)
-                    {
+                    if changed || pipeline::reload_owed(&staging, &name) {
                         staged.push(name.clone());
                     } else {
                         // Nothing for root to do: no key stays in staging.

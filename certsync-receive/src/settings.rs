@@ -36,8 +36,8 @@ pub struct Settings {
     pub handoff_timeout: Duration,
     /// How long each protocol frame may take to arrive.
     pub read_timeout: Duration,
-    /// How long one pusher may take from hello to done (it holds the
-    /// receiver's lock meanwhile).
+    /// How long one pusher may hold the receiver's lock for its frames
+    /// (and, before the lock, for hello and offer).
     pub session_timeout: Duration,
     pub certs: Vec<CertSpec>,
     pub docker: DockerConfig,

@@ -88,7 +88,7 @@ pub enum StageError {
     NotADir(PathBuf),
     #[error("staging dir {0} is writable by group or others; chmod 0700 it")]
     NotPrivate(PathBuf),
-    #[error("{path} (above the staging dir) is owned by uid {uid} or writable by others, so it could swap the staging dir under root; make it root's: chown root:root {path} && chmod 0755 {path} (only the staging dir itself belongs to the certsync user)")]
+    #[error("{path} (above the staging dir) is owned by uid {uid} or writable by others, so it could swap the staging dir under root; make it root's: chown root {path} && chmod go-w {path} (only the staging dir itself belongs to the certsync user)")]
     UnsafeParent { path: PathBuf, uid: u32 },
     #[error("staged file {0} is not a regular file (a symlink, FIFO or device was planted there); refusing to read it")]
     NotRegular(PathBuf),
