@@ -116,11 +116,10 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// As root: every directory from `/` down to `dir` must be root's (or
-/// ours) and not writable by others unless sticky, so that no one else
+/// As root: every directory from `/` down to `canonical` (a path without
+/// links) must be root's (or ours) and not writable by others unless sticky, so that no one else
 /// can rename or replace what lies below it.
-fn check_ancestors(dir: &Path) -> Result<(), StageError> {
-    let canonical = std::fs::canonicalize(dir).map_err(io(dir.to_path_buf()))?;
+fn check_ancestors(canonical: &Path) -> Result<(), StageError> {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     for a in canonical.ancestors() {
@@ -163,24 +162,31 @@ impl StagingDir {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("/"),
         };
-        if create && !parent.exists() {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| StageError::NotADir(path.to_path_buf()))?;
+        if !parent.exists() {
+            if !create {
+                return Ok(None);
+            }
             std::fs::create_dir_all(parent).map_err(io(parent.to_path_buf()))?;
         }
-        if is_root() && parent.exists() {
-            check_ancestors(parent)?;
+        // Resolve the parent once, check that chain (as root), and open the
+        // staging dir from the parent's descriptor: a link somewhere in the
+        // configured path cannot be re-pointed between the check and the
+        // open.
+        let canonical = std::fs::canonicalize(parent).map_err(io(parent.to_path_buf()))?;
+        if is_root() {
+            check_ancestors(&canonical)?;
         }
-        let dir = match Dir::open_nofollow(path) {
+        let pdir = Dir::open(&canonical).map_err(io(canonical.clone()))?;
+        let dir = match pdir.subdir(name) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !create {
                     return Ok(None);
                 }
-                let (pdir, name) = (
-                    Dir::open(parent).map_err(io(parent.to_path_buf()))?,
-                    path.file_name()
-                        .and_then(|n| n.to_str())
-                        .ok_or_else(|| StageError::NotADir(path.to_path_buf()))?,
-                );
                 pdir.mkdir(name, 0o700).map_err(io(path.to_path_buf()))?;
                 pdir.subdir(name).map_err(|e| not_a_dir(path, e))?
             }
