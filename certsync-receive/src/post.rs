@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use certsync_core::bundle::{parse_chain, CertInfo};
+use certsync_core::protocol::MAX_CHAIN_BYTES;
 use certsync_core::report::{CertReport, Step};
 use certsync_core::{ExitCode, Fingerprint};
 
@@ -167,8 +168,9 @@ fn sni_folders(ssl_dir: &Path) -> Vec<(PathBuf, Option<CertInfo>)> {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| {
-            let info = std::fs::read(e.path().join("cert.pem"))
+            let info = crate::fsutil::read_capped(&e.path().join("cert.pem"), MAX_CHAIN_BYTES)
                 .ok()
+                .flatten()
                 .and_then(|pem| parse_chain(&pem).ok())
                 .and_then(|certs| certs.first().map(CertInfo::of));
             (e.path(), info)
