@@ -211,14 +211,15 @@ fn root_deploy_never_acts_through_a_cert_dir_swapped_mid_run() {
     let real = host.staging.join("mail");
     let link = host.staging.join("mail.swap");
     let stop = Arc::new(AtomicBool::new(false));
-    // Paused while the test sets up each run (it writes as root).
+    // Paused while the test sets up each run (it writes as root): the
+    // attacker exchanges only while holding `gate` and not paused.
     let pause = Arc::new(AtomicBool::new(true));
-    let parked = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(std::sync::Mutex::new(()));
     let flips = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (stop2, pause2, parked2, flips2, real2, link2) = (
+    let (stop2, pause2, gate2, flips2, real2, link2) = (
         stop.clone(),
         pause.clone(),
-        parked.clone(),
+        gate.clone(),
         flips.clone(),
         real.clone(),
         link.clone(),
@@ -240,12 +241,12 @@ fn root_deploy_never_acts_through_a_cert_dir_swapped_mid_run() {
         let a = CString::new(real2.as_os_str().as_bytes()).unwrap();
         let b = CString::new(link2.as_os_str().as_bytes()).unwrap();
         while !stop2.load(Ordering::SeqCst) {
+            let held = gate2.lock().unwrap();
             if pause2.load(Ordering::SeqCst) {
-                parked2.store(true, Ordering::SeqCst);
+                drop(held);
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
-            parked2.store(false, Ordering::SeqCst);
             // SAFETY: valid C strings.
             let rc = unsafe {
                 libc::renameat2(
@@ -256,6 +257,7 @@ fn root_deploy_never_acts_through_a_cert_dir_swapped_mid_run() {
                     libc::RENAME_EXCHANGE,
                 )
             };
+            drop(held);
             if rc == 0 {
                 flips2.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -265,9 +267,8 @@ fn root_deploy_never_acts_through_a_cert_dir_swapped_mid_run() {
     });
     for run in 0..20 {
         pause.store(true, Ordering::SeqCst);
-        while !parked.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // No exchange in flight, and none starts until the pause ends.
+        drop(gate.lock().unwrap());
         // Stage the legitimate pair as serve would, and plant the link.
         for p in [&real, &link] {
             let _ = std::fs::remove_file(p);
