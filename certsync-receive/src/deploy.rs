@@ -96,7 +96,19 @@ pub async fn deploy<P: PostInstall>(
     dry_run: bool,
     post: &P,
 ) -> Result<Report, ReceiveError> {
-    let staging = Arc::new(StagingDir::open(&settings.staging_dir)?);
+    // Never created here: a staging dir that root made would be root's, and
+    // every later push by the certsync user would fail on it.
+    let Some(staging) = StagingDir::open_existing(&settings.staging_dir)? else {
+        tracing::info!(
+            "nothing to do: the staging dir {} does not exist (the package creates it, owned by certsync)",
+            settings.staging_dir.display()
+        );
+        return Ok(Report {
+            dry_run,
+            certs: vec![],
+        });
+    };
+    let staging = Arc::new(staging);
     let _deploy_lock = lock::acquire(
         &staging,
         Entry::DeployLock,

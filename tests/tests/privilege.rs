@@ -431,6 +431,19 @@ async fn root_runs_never_lock_the_pusher_out() {
     }
     let ca = TestCa::new();
     let host = handoff_host("");
+    // The timer's deploy never creates a missing staging dir (it would be
+    // root's).
+    std::fs::remove_dir(&host.staging).unwrap();
+    let out = host.cmd().arg("deploy").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !host.staging.exists(),
+        "root's deploy created the staging dir"
+    );
+    std::fs::create_dir(&host.staging).unwrap();
+    chown(&host.staging, NOBODY);
+    chmod(&host.staging, 0o700);
+
     let first = ca.leaf(KeyKind::P256, &[HOST]);
     let out = host.cmd().arg("deploy").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "timer deploy: {}", stderr(&out));
