@@ -318,6 +318,9 @@ pub struct ReceiveConfig {
     /// A PEM bundle of extra trust anchors (a private CA's root), on top of
     /// the system store.
     pub ca_file: Option<PathBuf>,
+    /// Seconds one pusher may take for its side of a session while it
+    /// holds the receiver's lock (default 300).
+    pub session_timeout: Option<u64>,
     pub mailcow: Option<MailcowPreset>,
     #[serde(default, rename = "cert")]
     pub certs: Vec<ReceiveCert>,
@@ -408,6 +411,10 @@ impl ReceiveConfig {
 
     pub fn read_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.read_timeout.unwrap_or(30).max(1))
+    }
+
+    pub fn session_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.session_timeout.unwrap_or(300).max(1))
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {

@@ -22,6 +22,7 @@ use certsync_core::testutil::{
 };
 use certsync_core::ExitCode;
 use certsync_receive::handoff::{self, Request};
+use certsync_receive::stage::{Entry, StagingDir};
 use certsync_tests::receiver::{push_session, Mailhost};
 use openssl::nid::Nid;
 
@@ -59,14 +60,15 @@ fn shorter(ca: &TestCa) -> TestLeaf {
 /// pair and write a deploy request, here one that asks for `force`.
 fn stage_request(host: &Mailhost, chain: &[u8], key: &[u8], force: Option<bool>) {
     let bundle = Bundle::new(chain.to_vec(), SecretBytes::new(key.to_vec()));
-    certsync_receive::stage::stage(&host.staging, "mail", &bundle).unwrap();
+    let staging = StagingDir::open(&host.staging).unwrap();
+    staging.stage("mail", &bundle).unwrap();
     if let Some(force) = force {
         let req = Request {
             id: handoff::new_id(),
             names: vec!["mail".into()],
             force,
         };
-        handoff::write_request(&host.staging, &req).unwrap();
+        handoff::write_request(&staging, &req).unwrap();
     }
 }
 
@@ -75,7 +77,7 @@ fn deploy(host: &Mailhost, extra: &[&str]) -> Output {
 }
 
 fn deploy_result(host: &Mailhost) -> Option<String> {
-    std::fs::read_to_string(host.staging.join(handoff::RESULT)).ok()
+    std::fs::read_to_string(host.staging.join(Entry::Result.name())).ok()
 }
 
 // ------------------------------------------------------------------ item 3
