@@ -36,6 +36,7 @@ fn plan(d: &Dockerd, project: Option<&str>, services: &[&str]) -> ReloadPlan {
     ReloadPlan {
         socket: d.socket().to_path_buf(),
         project: project.map(str::to_string),
+        project_alternates: vec![],
         services: services
             .iter()
             .map(|s| ServiceReload {
@@ -226,6 +227,7 @@ async fn an_unreachable_socket_is_a_clear_error() {
     let plan = ReloadPlan {
         socket: socket.clone(),
         project: Some("mc".into()),
+        project_alternates: vec![],
         services: vec![ServiceReload {
             service: "postfix-mailcow".into(),
             command: vec!["postfix".into(), "reload".into()],
