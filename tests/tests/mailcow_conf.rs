@@ -377,7 +377,10 @@ async fn an_install_that_drops_a_name_says_so() {
         false,
     )
     .await;
-    let r = res.report.as_ref().unwrap_or_else(|| panic!("no report: {res:?}"));
+    let r = res
+        .report
+        .as_ref()
+        .unwrap_or_else(|| panic!("no report: {res:?}"));
     assert!(
         r.certs[0]
             .warnings
