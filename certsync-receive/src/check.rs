@@ -679,10 +679,29 @@ mod tests {
             checked_at: 1_800_000_000,
             warn_days: 14,
             certs: vec![cert("ma\"il", "127.0.0.1:25 smtp", false)],
-            folders: vec![],
+            folders: vec![FolderCheck {
+                path: "/ssl/a\"b".into(),
+                domains: vec!["a.example".into()],
+                fingerprint: None,
+                not_after: Some(1_700_000_000),
+                days_left: Some(-3),
+                stale: true,
+                problem: Some("expired".into()),
+            }],
             exit: ExitCode::Unverified,
         };
         let text = metrics_text(&report);
+        assert!(
+            text.contains("certsync_mailcow_folder_stale{folder=\"/ssl/a\\\"b\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "certsync_mailcow_folder_not_after_timestamp_seconds{folder=\"/ssl/a\\\"b\"} 1700000000\n"
+        ));
+        assert!(
+            text.contains("certsync_cert_warnings{name=\"ma\\\"il\"} 0\n"),
+            "{text}"
+        );
         assert!(text
             .contains("certsync_cert_not_after_timestamp_seconds{name=\"ma\\\"il\"} 1900000000\n"));
         assert!(text.contains(

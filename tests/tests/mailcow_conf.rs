@@ -88,8 +88,14 @@ fn per_domain_folders_get_the_pair_only_when_every_listed_name_is_covered() {
         &acme,
     );
     let unrelated = folder(&host.ssl, "other.example.org", "other.example.org", &other);
+    // A folder that is a link to a dir elsewhere: mailcow follows it,
+    // certsync never writes through it.
+    let elsewhere = folder(host.root.path(), "elsewhere", HOST, &acme);
+    let linked = host.ssl.join("linked");
+    std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
     let partly_before = files(&partly);
     let unrelated_before = files(&unrelated);
+    let elsewhere_before = files(&elsewhere);
 
     let leaf = ca.leaf(KeyKind::P384, &[HOST]);
     let out = host.install_leaf(&leaf, &[]);
@@ -136,6 +142,12 @@ fn per_domain_folders_get_the_pair_only_when_every_listed_name_is_covered() {
         "{w}"
     );
     assert!(warning(&unrelated).contains("does not cover other.example.org"));
+    assert_eq!(
+        files(&elsewhere),
+        elsewhere_before,
+        "written through a link"
+    );
+    assert!(warning(&linked).contains("symbolic link"));
 
     // The same pair again: nothing to do, nothing written anywhere.
     let before = host.snapshot();
