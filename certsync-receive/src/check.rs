@@ -225,10 +225,10 @@ pub fn check_folders(
                 f.days_left = Some(days);
                 let mine = installed.contains(&info.fingerprint);
                 if info.not_after <= unix(now) && !mine {
+                    let ago = (unix(now) - info.not_after).div_euclid(86_400);
                     f.problem = Some(format!(
-                        "mailcow serves {dir} for {} and its certificate has expired ({} days ago): {fix}",
+                        "mailcow serves {dir} for {} and its certificate has expired ({ago} days ago): {fix}",
                         folder.domains.join(", "),
-                        -days
                     ));
                 } else if days < warn_days && !mine {
                     f.problem = Some(format!(
@@ -268,27 +268,14 @@ fn name_warnings(settings: &Settings, spec: &CertSpec, sans: &[String]) -> Vec<S
         .as_ref()
         .map(|m| m.additional_sans.clone())
         .unwrap_or_default();
-    let mut out = Vec::new();
-    if let Some(old) = previous {
-        let lost = mailcow::lost_names(sans, &old);
-        if !lost.is_empty() {
-            out.push(format!(
-                "{} does not cover {}, which the previous certificate ({}) covered: add them to the certificate on the NPM host",
-                spec.cert_path.display(),
-                lost.join(", "),
-                install::prev_path(&spec.cert_path).display()
-            ));
-        }
-    }
-    let lost = mailcow::lost_names(sans, &additional);
-    if !lost.is_empty() {
-        out.push(format!(
-            "{} does not cover {} from ADDITIONAL_SAN in mailcow.conf: add them to the certificate on the NPM host, or remove them from ADDITIONAL_SAN",
-            spec.cert_path.display(),
-            lost.join(", ")
-        ));
-    }
-    out
+    let prev = install::prev_path(&spec.cert_path);
+    let what = format!("the previous certificate ({})", prev.display());
+    mailcow::lost_name_warnings(
+        &spec.cert_path.display().to_string(),
+        sans,
+        previous.as_deref().map(|old| (what.as_str(), old)),
+        &additional,
+    )
 }
 
 async fn check_cert(

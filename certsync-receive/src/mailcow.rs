@@ -362,6 +362,41 @@ pub fn lost_names(sans: &[String], wanted: &[String]) -> Vec<String> {
     lost
 }
 
+/// Warnings for a leaf with `sans` that lost names: those `earlier` (a
+/// description and the SANs of the leaf it replaced) covered, and literal
+/// `ADDITIONAL_SAN` names. `subject` says which leaf (`the new
+/// certificate`, or the installed file). Empty when nothing is lost.
+pub fn lost_name_warnings(
+    subject: &str,
+    sans: &[String],
+    earlier: Option<(&str, &[String])>,
+    additional_sans: &[String],
+) -> Vec<String> {
+    let them = |lost: &[String]| if lost.len() == 1 { "it" } else { "them" };
+    let mut out = Vec::new();
+    if let Some((what, old)) = earlier {
+        let lost = lost_names(sans, old);
+        if !lost.is_empty() {
+            out.push(format!(
+                "{subject} no longer covers {}, which {what} covers: clients using {} get a name mismatch; add {} to the certificate on the NPM host",
+                lost.join(", "),
+                if lost.len() == 1 { "that name" } else { "those names" },
+                them(&lost),
+            ));
+        }
+    }
+    let lost = lost_names(sans, additional_sans);
+    if !lost.is_empty() {
+        out.push(format!(
+            "{subject} does not cover {} from ADDITIONAL_SAN in mailcow.conf: add {} to the certificate on the NPM host, or remove {} from ADDITIONAL_SAN",
+            lost.join(", "),
+            them(&lost),
+            them(&lost),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -369,45 +369,13 @@ pub fn lost_names_step(
         .as_ref()
         .map(|m| m.additional_sans.clone())
         .unwrap_or_default();
-    for warning in lost_name_warnings(
-        sans,
-        installed.as_ref().map(|i| i.sans.as_slice()),
-        &additional,
-    ) {
+    let earlier = installed
+        .as_ref()
+        .map(|i| ("the installed one", i.sans.as_slice()));
+    for warning in mailcow::lost_name_warnings("the new certificate", sans, earlier, &additional) {
         tracing::warn!(cert = %spec.name, leaf = %pair.leaf_fingerprint(), "{warning}");
         report.warn(warning);
     }
-}
-
-/// The warnings for a leaf with `sans` against the `installed` leaf's SANs
-/// and mailcow.conf's literal `ADDITIONAL_SAN` names.
-pub fn lost_name_warnings(
-    sans: &[String],
-    installed: Option<&[String]>,
-    additional: &[String],
-) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(old) = installed {
-        let lost = mailcow::lost_names(sans, old);
-        if !lost.is_empty() {
-            out.push(format!(
-                "the new certificate no longer covers {}, which the installed one covers: clients using {} will see a name mismatch; add {} to the certificate on the NPM host",
-                lost.join(", "),
-                if lost.len() == 1 { "that name" } else { "those names" },
-                if lost.len() == 1 { "it" } else { "them" },
-            ));
-        }
-    }
-    let lost = mailcow::lost_names(sans, additional);
-    if !lost.is_empty() {
-        out.push(format!(
-            "the new certificate does not cover {} from ADDITIONAL_SAN in mailcow.conf; add {} to the certificate on the NPM host, or remove {} from ADDITIONAL_SAN",
-            lost.join(", "),
-            if lost.len() == 1 { "it" } else { "them" },
-            if lost.len() == 1 { "it" } else { "them" },
-        ));
-    }
-    out
 }
 
 /// Step 5: install into every destination: the configured pair, and the

@@ -254,7 +254,7 @@ fn check_flags_a_stale_per_domain_folder() {
         "{l}"
     );
     assert!(
-        line(&dead).contains("has expired (3 days ago)"),
+        line(&dead).contains("has expired (2 days ago)"),
         "{}",
         line(&dead)
     );
@@ -362,7 +362,7 @@ async fn an_install_that_drops_a_name_says_so() {
     assert!(
         report.contains("WARNING")
             && report.contains(
-                "does not cover imap.example.com, srv1.example.net, which the previous certificate"
+                "no longer covers imap.example.com, srv1.example.net, which the previous certificate"
             ),
         "{report}"
     );
