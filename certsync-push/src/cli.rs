@@ -12,8 +12,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use certsync_core::config::DEFAULT_PUSH_CONFIG;
 
 /// Push TLS certificates from a certbot live dir (Nginx Proxy Manager's
-/// live/npm-N) to certsync-receive on mail hosts, over SSH with a pinned
-/// host key.
+/// live/npm-N) or an uploaded one (its custom_ssl/npm-N) to
+/// certsync-receive on mail hosts, over SSH with a pinned host key.
 #[derive(Debug, Parser)]
 #[command(
     name = "certsync-push",

@@ -567,7 +567,7 @@ fn read_consistent_inner(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(SourceError::NoSuchDir {
                 path: dir.to_path_buf(),
-                hint: "check `source` in push.toml; `certsync-push discover` lists the live dirs",
+                hint: "check `source` in push.toml; `certsync-push discover` lists certbot's live dirs and NPM's custom_ssl dirs",
             })
         }
         Err(e) => return Err(io_err("open the live dir", dir)(e)),
