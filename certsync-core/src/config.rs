@@ -162,11 +162,30 @@ pub struct Target {
     pub command: Option<Vec<String>>,
     /// Seconds to wait for the TCP connect and SSH handshake (default 10).
     pub connect_timeout: Option<u64>,
+    /// Seconds one whole session with this receiver may take, from the
+    /// first protocol byte to its exit (default
+    /// [`DEFAULT_SESSION_TIMEOUT`]).
+    pub session_timeout: Option<u64>,
 }
+
+/// How long one push session may take by default: the receiver may wait
+/// 300 s for another session's lock and 120 s for root's deploy in
+/// handoff mode, then reload and verify; 15 minutes covers that with room,
+/// and still ends a receiver that drips a frame now and then.
+pub const DEFAULT_SESSION_TIMEOUT: u64 = 900;
 
 impl Target {
     pub fn port(&self) -> u16 {
         self.port.unwrap_or(22)
+    }
+
+    /// The bound on one whole session with this target.
+    pub fn session_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.session_timeout
+                .filter(|s| *s > 0)
+                .unwrap_or(DEFAULT_SESSION_TIMEOUT),
+        )
     }
 }
 
