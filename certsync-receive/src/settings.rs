@@ -23,9 +23,11 @@ pub struct CertSpec {
     pub reload: Vec<String>,
     /// Endpoints to check on the wire (`"127.0.0.1:25 smtp"`).
     pub verify: Vec<String>,
-    /// mailcow's per-domain folders (`data/assets/ssl/<domain>/`) whose
-    /// names are covered by this certificate; they get the pair too.
-    pub sni_dirs: Vec<PathBuf>,
+    /// With the `[mailcow]` preset: mailcow's ssl dir, whose per-domain
+    /// folders (`<dir>/` holding `domains`, `cert.pem`, `key.pem`) get the
+    /// new pair too when it covers every name in their `domains` file.
+    /// Decided per install, from the new leaf ([`crate::mailcow`]).
+    pub folders_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,10 @@ pub struct Settings {
     pub session_timeout: Duration,
     pub certs: Vec<CertSpec>,
     pub docker: DockerConfig,
+    /// Other spellings of the compose project, tried when no container is
+    /// in `docker.project`: only when the project came from mailcow.conf
+    /// without a COMPOSE_PROJECT_NAME ([`mailcow::project_names`]).
+    pub project_alternates: Vec<String>,
     pub mailcow: Option<MailcowConf>,
 }
 
@@ -57,8 +63,13 @@ impl Settings {
             None => None,
         };
         let mut docker = raw.docker.clone().unwrap_or_default();
+        let mut project_alternates = Vec::new();
         if docker.project.is_none() {
             docker.project = mc.as_ref().map(|m| m.project.clone());
+            project_alternates = mc
+                .as_ref()
+                .map(|m| m.project_alternates.clone())
+                .unwrap_or_default();
         }
         let mut certs = Vec::new();
         for c in &raw.certs {
@@ -97,10 +108,7 @@ impl Settings {
                     .collect(),
                 (None, None) => Vec::new(),
             };
-            let sni_dirs = match &mc {
-                Some(m) => mailcow::sni_dirs_covering(&m.ssl_dir(), &hostnames),
-                None => Vec::new(),
-            };
+            let folders_root = mc.as_ref().map(|m| m.ssl_dir());
             certs.push(CertSpec {
                 name: c.name.clone(),
                 hostnames,
@@ -108,7 +116,7 @@ impl Settings {
                 key_path,
                 reload,
                 verify,
-                sni_dirs,
+                folders_root,
             });
         }
         Ok(Settings {
@@ -120,6 +128,7 @@ impl Settings {
             session_timeout: raw.session_timeout(),
             certs,
             docker,
+            project_alternates,
             mailcow: mc,
         })
     }
