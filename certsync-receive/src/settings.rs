@@ -24,9 +24,11 @@ pub struct CertSpec {
     pub reload: Vec<String>,
     /// Endpoints to check on the wire (`"127.0.0.1:25 smtp"`).
     pub verify: Vec<String>,
-    /// mailcow's per-domain folders (`data/assets/ssl/<domain>/`) whose
-    /// names are covered by this certificate; they get the pair too.
-    pub sni_dirs: Vec<PathBuf>,
+    /// With the `[mailcow]` preset: mailcow's ssl dir, whose per-domain
+    /// folders (`<dir>/` holding `domains`, `cert.pem`, `key.pem`) get the
+    /// new pair too when it covers every name in their `domains` file.
+    /// Decided per install, from the new leaf ([`crate::mailcow`]).
+    pub folders_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,10 @@ pub struct Settings {
     pub session_timeout: Duration,
     pub certs: Vec<CertSpec>,
     pub docker: DockerConfig,
+    /// Other spellings of the compose project, tried when no container is
+    /// in `docker.project`: only when the project came from mailcow.conf
+    /// without a COMPOSE_PROJECT_NAME ([`mailcow::project_names`]).
+    pub project_alternates: Vec<String>,
     pub mailcow: Option<MailcowConf>,
     /// `allow_remote_force`: whether a pusher's `--force` counts.
     pub allow_remote_force: bool,
@@ -62,8 +68,13 @@ impl Settings {
             None => None,
         };
         let mut docker = raw.docker.clone().unwrap_or_default();
+        let mut project_alternates = Vec::new();
         if docker.project.is_none() {
             docker.project = mc.as_ref().map(|m| m.project.clone());
+            project_alternates = mc
+                .as_ref()
+                .map(|m| m.project_alternates.clone())
+                .unwrap_or_default();
         }
         let mut certs = Vec::new();
         for c in &raw.certs {
@@ -102,10 +113,7 @@ impl Settings {
                     .collect(),
                 (None, None) => Vec::new(),
             };
-            let sni_dirs = match &mc {
-                Some(m) => mailcow::sni_dirs_covering(&m.ssl_dir(), &hostnames),
-                None => Vec::new(),
-            };
+            let folders_root = mc.as_ref().map(|m| m.ssl_dir());
             certs.push(CertSpec {
                 name: c.name.clone(),
                 hostnames,
@@ -113,7 +121,7 @@ impl Settings {
                 key_path,
                 reload,
                 verify,
-                sni_dirs,
+                folders_root,
             });
         }
         let anchors = Anchors::load(raw.ca_file.as_deref())
@@ -129,6 +137,7 @@ impl Settings {
             session_timeout: raw.session_timeout(),
             certs,
             docker,
+            project_alternates,
             mailcow: mc,
         })
     }

@@ -735,6 +735,7 @@ async fn docker_stopped_mid_reload_at_the_reload_step() {
     let plan = ReloadPlan {
         socket: d.socket().to_path_buf(),
         project: Some("faultproj".into()),
+        project_alternates: vec![],
         services: vec![ServiceReload {
             service: "postfix-mailcow".into(),
             command: vec![

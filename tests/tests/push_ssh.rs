@@ -506,6 +506,57 @@ fn local_transport_runs_the_receiver_without_ssh() {
     );
 }
 
+/// NPM keeps uploaded certificates in `data/custom_ssl/npm-<id>/` as plain
+/// files. With `live_root` naming certbot's live dir and that dir, a push
+/// finds the domain in the second and installs exactly those bytes.
+#[test]
+fn a_push_finds_an_uploaded_certificate_under_a_second_live_root() {
+    let ca = TestCa::new();
+    let certbot = ca.leaf(KeyKind::P256, &["www.example.net"]);
+    let npm = NpmHost::new(&certbot);
+    let uploaded = ca.leaf(KeyKind::P384, &[HOST]);
+    let custom_root = npm.root.path().join("data/custom_ssl");
+    let custom = custom_root.join("npm-7");
+    std::fs::create_dir_all(&custom).unwrap();
+    std::fs::write(custom.join("fullchain.pem"), &uploaded.chain_pem).unwrap();
+    std::fs::write(custom.join("privkey.pem"), uploaded.key_pem.expose()).unwrap();
+    let mail = Mailhost::new(&[HOST]);
+    let certs = format!(
+        "[[cert]]\nname = \"mail\"\nlive_root = [{:?}, {:?}]\ndomain = \"{HOST}\"\n",
+        npm.live.live_root(),
+        custom_root
+    );
+    npm.write_config(&certs, &[local_target("here", &mail)]);
+
+    let first = npm.run(&["push"]);
+    assert_eq!(first.code, Some(0), "{}", first.both());
+    assert_eq!(
+        mail.installed(),
+        Some((
+            uploaded.chain_pem.clone(),
+            uploaded.key_pem.expose().to_vec()
+        )),
+        "{}",
+        first.both()
+    );
+    assert!(
+        first.stderr.contains(&custom.display().to_string()),
+        "the chosen dir is logged: {}",
+        first.both()
+    );
+
+    // discover without --live-root lists both roots of the config.
+    let listed = npm.run(&["discover"]);
+    assert_eq!(listed.code, Some(0), "{}", listed.both());
+    for root in [npm.live.live_root(), custom_root] {
+        assert!(
+            listed.stdout.contains(&format!("{}:\n", root.display())),
+            "{}",
+            listed.both()
+        );
+    }
+}
+
 #[test]
 fn discover_json_lists_the_live_dir() {
     let ca = TestCa::new();
