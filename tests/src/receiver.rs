@@ -65,14 +65,15 @@ impl Mailhost {
 
     /// A mailcow checkout in `mailcow/` with this `mailcow.conf`, and a
     /// receive.toml that uses the `[mailcow]` preset for `[[cert]] mail`
-    /// (no reload, no verify: no Docker needed).
+    /// (no reload, no verify: no Docker needed) and trusts the test root.
     pub fn mailcow(mailcow_conf: &str) -> Mailhost {
         let host = Mailhost::new(&[]);
         let dir = host.root.path().join("mailcow");
         std::fs::write(dir.join("mailcow.conf"), mailcow_conf).expect("write mailcow.conf");
         let text = format!(
-            "staging_dir = {staging:?}\nread_timeout = 2\n[mailcow]\ndir = {dir:?}\n[[cert]]\nname = \"mail\"\nreload = []\nverify = []\n",
+            "staging_dir = {staging:?}\nread_timeout = 2\nca_file = {ca_file:?}\n[mailcow]\ndir = {dir:?}\n[[cert]]\nname = \"mail\"\nreload = []\nverify = []\n",
             staging = host.staging,
+            ca_file = write_test_ca(host.root.path()),
         );
         std::fs::write(&host.config, text).expect("write receive.toml");
         host
