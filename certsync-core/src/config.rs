@@ -372,6 +372,15 @@ pub struct ReceiveConfig {
     /// Seconds `serve` waits for each protocol frame before giving up on a
     /// stalled pusher (default 30).
     pub read_timeout: Option<u64>,
+    /// Honour a pusher's `--force` (a rollback to an older certificate).
+    /// Default false: rollback is the receiving host's decision, so that a
+    /// stolen pusher key or the unprivileged `certsync` user cannot
+    /// reinstall an older pair. Root can always force locally.
+    #[serde(default)]
+    pub allow_remote_force: bool,
+    /// A PEM bundle of extra trust anchors (a private CA's root), on top of
+    /// the system store.
+    pub ca_file: Option<PathBuf>,
     /// Seconds one pusher may take for its side of a session while it
     /// holds the receiver's lock (default 300).
     pub session_timeout: Option<u64>,
@@ -534,6 +543,14 @@ impl ReceiveConfig {
                 )));
             }
         }
+        if let Some(file) = &self.ca_file {
+            if !file.is_absolute() {
+                return Err(invalid(format!(
+                    "ca_file {} must be an absolute path",
+                    file.display()
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -572,6 +589,8 @@ command = ["certsync-receive", "--config", "/etc/certsync/receive.toml"]
     const RECEIVE: &str = r#"
 staging_dir = "/var/lib/certsync/staging"
 deploy = "handoff"
+allow_remote_force = false
+ca_file = "/etc/certsync/private-ca.pem"
 
 [[cert]]
 name = "mail"
@@ -601,6 +620,20 @@ project = "mailcowdockerized"
         assert_eq!(p.certs_for(&p.targets[1]).count(), 2);
         let r = ReceiveConfig::from_toml(RECEIVE, Path::new("receive.toml")).unwrap();
         assert_eq!(r.deploy, DeployMode::Handoff);
+        assert!(!r.allow_remote_force);
+        assert_eq!(
+            r.ca_file.as_deref(),
+            Some(Path::new("/etc/certsync/private-ca.pem"))
+        );
+        let r = ReceiveConfig::from_toml(
+            &RECEIVE
+                .replace("allow_remote_force = false\n", "")
+                .replace("ca_file = \"/etc/certsync/private-ca.pem\"\n", ""),
+            Path::new("receive.toml"),
+        )
+        .unwrap();
+        assert!(!r.allow_remote_force, "a remote force is off by default");
+        assert!(r.ca_file.is_none());
         let d = r.docker.unwrap();
         assert_eq!(
             d.reload_command("nginx-mailcow").unwrap(),

@@ -58,7 +58,8 @@ pub struct CertCheck {
     /// Unix seconds.
     pub not_after: Option<i64>,
     pub days_left: Option<i64>,
-    /// Key matches, names covered, chain in order, inside its validity.
+    /// Key matches, names covered, chain in order to a trusted CA, a
+    /// server leaf with a strong key, inside its validity.
     pub valid: bool,
     pub key_matches: bool,
     /// Unix seconds of the last successful install, if recorded.
@@ -354,7 +355,7 @@ async fn check_cert(
                     );
                 }
             }
-            match validate_installed(spec, now) {
+            match validate_installed(settings, spec, now) {
                 Ok(()) => c.valid = true,
                 Err(msg) => c.problem(msg, ExitCode::Refused),
             }
@@ -418,7 +419,7 @@ async fn retry_owed_reload(
         staging,
         now,
         dry_run: false,
-        force: false,
+        force: certsync_core::validate::Force::No,
     };
     if let Some(cr) = pipeline::retry_owed(&run, spec, post).await {
         for line in cr.to_string().lines() {
@@ -439,14 +440,15 @@ async fn retry_owed_reload(
 
 /// Full validation of the installed bytes, as if they had just arrived
 /// (without the rollback rule: there is nothing to compare against).
-fn validate_installed(spec: &CertSpec, now: SystemTime) -> Result<(), String> {
+fn validate_installed(settings: &Settings, spec: &CertSpec, now: SystemTime) -> Result<(), String> {
     let chain = read_limited(&spec.cert_path, MAX_CHAIN_BYTES)?;
     let key = SecretBytes::new(read_limited(&spec.key_path, MAX_KEY_BYTES)?);
     let policy = Policy {
         hostnames: &spec.hostnames,
         now,
         installed_not_after: None,
-        force: false,
+        force: certsync_core::validate::Force::No,
+        anchors: &settings.anchors,
     };
     validate(Bundle::new(chain, key), &policy)
         .map(|_| ())

@@ -51,6 +51,11 @@ pub enum Command {
         /// Validate and say what would be done; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Allow a staged certificate that expires before the installed one
+        /// (root's decision on this host; a pusher's --force counts only with
+        /// allow_remote_force = true in receive.toml).
+        #[arg(long)]
+        force: bool,
     },
     /// Validate and install a pair from local files, as a push would.
     Install {

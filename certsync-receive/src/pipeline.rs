@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use certsync_core::bundle::Bundle;
 use certsync_core::protocol::{OfferedCert, Wanted};
 use certsync_core::report::{CertReport, Step, StepStatus};
-use certsync_core::validate::{validate, Policy, ValidatedBundle};
+use certsync_core::validate::{validate, Force, Policy, ValidatedBundle};
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::install::{self, Dest};
@@ -33,7 +33,8 @@ pub struct Run<'a> {
     pub staging: &'a StagingDir,
     pub now: SystemTime,
     pub dry_run: bool,
-    pub force: bool,
+    /// Whether a rollback is allowed: see [`Settings::remote_force`].
+    pub force: Force,
 }
 
 /// A step failed; what failed and why is already in the [`CertReport`].
@@ -314,13 +315,14 @@ pub fn validate_step(
         now: run.now,
         installed_not_after: installed_not_after(spec),
         force: run.force,
+        anchors: &run.settings.anchors,
     };
     match validate(bundle, &policy) {
         Ok(v) => {
             report.leaf = Some(v.leaf_fingerprint());
             let info = v.info();
             let msg = format!(
-                "{} for {} ({}), {} days left, key matches, chain in order",
+                "{} for {} ({}), {} days left, key matches, chain in order to a trusted CA",
                 v.leaf_fingerprint().short(),
                 info.sans.join(", "),
                 info.key_type,
@@ -695,6 +697,8 @@ mod tests {
             deploy: DeployMode::Inline,
             handoff_timeout: std::time::Duration::from_secs(1),
             read_timeout: std::time::Duration::from_secs(1),
+            allow_remote_force: false,
+            anchors: certsync_core::testutil::test_anchors(),
             session_timeout: std::time::Duration::from_secs(10),
             certs: vec![CertSpec {
                 name: "mail".into(),
@@ -722,7 +726,7 @@ mod tests {
             staging: &staging,
             now: SystemTime::now(),
             dry_run: false,
-            force: false,
+            force: Force::No,
         };
         let post = Flaky {
             fail: Cell::new(true),
@@ -783,7 +787,7 @@ mod tests {
             staging: &staging,
             now: SystemTime::now(),
             dry_run: true,
-            force: false,
+            force: Force::No,
         };
         let post = Flaky {
             fail: Cell::new(true),

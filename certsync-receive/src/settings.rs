@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use certsync_core::config::{DeployMode, DockerConfig, ReceiveConfig};
+use certsync_core::validate::{Anchors, Force};
 
 use crate::error::ReceiveError;
 use crate::mailcow::{self, MailcowConf};
@@ -48,6 +49,10 @@ pub struct Settings {
     /// without a COMPOSE_PROJECT_NAME ([`mailcow::project_names`]).
     pub project_alternates: Vec<String>,
     pub mailcow: Option<MailcowConf>,
+    /// `allow_remote_force`: whether a pusher's `--force` counts.
+    pub allow_remote_force: bool,
+    /// What chains must verify to: the system store and `ca_file`.
+    pub anchors: Anchors,
 }
 
 impl Settings {
@@ -119,7 +124,11 @@ impl Settings {
                 folders_root,
             });
         }
+        let anchors = Anchors::load(raw.ca_file.as_deref())
+            .map_err(|e| ReceiveError::Settings(format!("{}: {e}", path.display())))?;
         Ok(Settings {
+            allow_remote_force: raw.allow_remote_force,
+            anchors,
             config_path: path.to_path_buf(),
             staging_dir: raw.staging_dir(),
             deploy: raw.deploy,
@@ -131,6 +140,16 @@ impl Settings {
             project_alternates,
             mailcow: mc,
         })
+    }
+
+    /// What a `--force` from the pusher (on the wire, or in the request
+    /// file the unprivileged `serve` writes) is worth here.
+    pub fn remote_force(&self, asked: bool) -> Force {
+        match (asked, self.allow_remote_force) {
+            (false, _) => Force::No,
+            (true, true) => Force::Allowed,
+            (true, false) => Force::RemoteRefused,
+        }
     }
 
     pub fn cert(&self, name: &str) -> Option<&CertSpec> {

@@ -166,10 +166,12 @@ impl MailcowFiles {
 
     fn write_config(&self, docker_socket: &Path) {
         let endpoints: Vec<&str> = ENDPOINTS.iter().map(|(e, _)| *e).collect();
+        let ca_file = certsync_tests::receiver::write_test_ca(self.config.parent().unwrap());
         let text = format!(
             r#"staging_dir = {staging:?}
 deploy = "handoff"
 handoff_timeout = 110
+ca_file = {ca_file:?}
 
 [[cert]]
 name = "mail"

@@ -373,7 +373,7 @@ fn two_targets_in_one_run_and_a_third_that_is_down() {
 }
 
 #[test]
-fn dry_run_changes_nothing_and_force_allows_a_rollback() {
+fn dry_run_changes_nothing_and_a_remote_force_needs_allow_remote_force() {
     if !have_sshd() {
         return;
     }
@@ -426,6 +426,30 @@ fn dry_run_changes_nothing_and_force_allows_a_rollback() {
         refused.both()
     );
 
+    // Issue #11 item 3: a pusher's --force is the receiver's decision. Not
+    // opted in: refused over the real sshd, saying why and what to do,
+    // and nothing written.
+    let before = mail.snapshot();
+    let forced = npm.run(&["push", "--force"]);
+    assert_eq!(forced.code, Some(3), "{}", forced.both());
+    assert!(
+        forced.stdout.contains("rollback refused")
+            && forced.stdout.contains("does not allow a remote force")
+            && forced.stdout.contains("allow_remote_force = true")
+            && forced.stdout.contains("install --force"),
+        "{}",
+        forced.both()
+    );
+    assert_eq!(
+        mail.snapshot(),
+        before,
+        "a refused remote force wrote files"
+    );
+    assert!(installed_is_generation(&npm, &mail, 1), "{}", forced.both());
+
+    // Opted in: the same push installs the older pair.
+    let text = std::fs::read_to_string(&mail.config).unwrap();
+    std::fs::write(&mail.config, format!("allow_remote_force = true\n{text}")).unwrap();
     let forced = npm.run(&["push", "--force"]);
     assert_eq!(forced.code, Some(0), "{}", forced.both());
     assert!(installed_is_generation(&npm, &mail, 2), "{}", forced.both());
