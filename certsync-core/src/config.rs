@@ -410,7 +410,15 @@ pub struct ReceiveCert {
     pub reload: Option<Vec<String>>,
     /// Endpoints to check: `"127.0.0.1:25 smtp"`, `"127.0.0.1:993"`.
     pub verify: Option<Vec<String>>,
+    /// A command (program and arguments, no shell) run after each
+    /// successful install of this certificate.
+    pub hook: Option<Vec<String>>,
+    /// Seconds the hook may run before it is killed (default 60).
+    pub hook_timeout: Option<u64>,
 }
+
+/// The default `hook_timeout`, in seconds.
+pub const DEFAULT_HOOK_TIMEOUT: u64 = 60;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -527,6 +535,29 @@ impl ReceiveConfig {
                         p.display()
                     )));
                 }
+            }
+            if let Some(hook) = &c.hook {
+                match hook.first() {
+                    None => {
+                        return Err(invalid(format!(
+                            "[[cert]] {:?}: `hook` is empty: give the program and its arguments, e.g. [\"/usr/local/bin/import-cert\"]",
+                            c.name
+                        )))
+                    }
+                    Some(prog) if !Path::new(prog).is_absolute() => {
+                        return Err(invalid(format!(
+                            "[[cert]] {:?}: the hook program {prog:?} must be an absolute path (it runs as root in handoff mode; no PATH lookup)",
+                            c.name
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            if c.hook_timeout == Some(0) {
+                return Err(invalid(format!(
+                    "[[cert]] {:?}: hook_timeout must be at least 1 second",
+                    c.name
+                )));
             }
             if c.cert_path.is_some() && c.cert_path == c.key_path {
                 return Err(invalid(format!(

@@ -5,7 +5,8 @@
 //! dir, validation is `certsync_core::validate`, [`pipeline`] compares and
 //! orchestrates, [`install`] writes atomically, [`reload`] reloads the
 //! containers through the Docker API, [`probe`] checks what is served on the
-//! wire, and the report goes back to the pusher.
+//! wire, [`hook`] runs the operator's command after an install, and the
+//! report goes back to the pusher.
 
 pub mod authorized_key;
 pub mod check;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod fault;
 pub mod fsutil;
 pub mod handoff;
+pub mod hook;
 pub mod install;
 pub mod lock;
 pub mod mailcow;

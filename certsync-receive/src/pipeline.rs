@@ -20,6 +20,7 @@ use certsync_core::report::{CertReport, Step, StepStatus};
 use certsync_core::validate::{validate, Force, Policy, ValidatedBundle};
 use certsync_core::{ExitCode, Fingerprint};
 
+use crate::hook::{self, HookEnv};
 use crate::install::{self, Dest};
 use crate::mailcow::{self, FolderPlan};
 use crate::settings::{CertSpec, Settings};
@@ -489,7 +490,8 @@ pub async fn deliver<P: PostInstall>(
     }
 }
 
-/// Steps 4–7 for a validated pair.
+/// Steps 4–7 for a validated pair, then the `hook` after an install
+/// (not after "nothing to do", not in a dry run).
 ///
 /// A pair already installed is not installed again, but a reload still owed
 /// from an earlier run (see [`Entry::ReloadOwed`]) is retried here, so a
@@ -522,6 +524,15 @@ pub async fn finish<P: PostInstall>(
         }
     }
     reload_and_verify(run, spec, pair.leaf_fingerprint(), post, report).await;
+    if let (Some(hook), false) = (&spec.hook, run.dry_run) {
+        let env = HookEnv::of(
+            &spec.name,
+            spec.cert_path.clone(),
+            spec.key_path.clone(),
+            pair,
+        );
+        hook::hook_step(hook, &env, report).await;
+    }
 }
 
 /// Steps 6 and 7, remembering a reload that failed (or clearing one that
@@ -708,6 +719,7 @@ mod tests {
                 reload: vec!["postfix-mailcow".into()],
                 verify: vec![],
                 folders_root: None,
+                hook: None,
             }],
             docker: DockerConfig::default(),
             project_alternates: vec![],

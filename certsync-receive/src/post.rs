@@ -244,6 +244,7 @@ mod tests {
             reload: vec![],
             verify: vec![],
             folders_root: None,
+            hook: None,
         };
         let hint = sni_hint(ssl.path(), &spec, served.fingerprint());
         assert!(

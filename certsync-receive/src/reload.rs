@@ -620,7 +620,7 @@ async fn restart(docker: &Docker, service: &str, container: &Found) -> Result<()
 }
 
 /// `: "<output>"`, printable and bounded, or nothing when there is none.
-fn quote_output(output: &[u8]) -> String {
+pub(crate) fn quote_output(output: &[u8]) -> String {
     let text = String::from_utf8_lossy(output);
     let cleaned: String = text
         .chars()

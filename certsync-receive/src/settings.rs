@@ -8,6 +8,7 @@ use certsync_core::config::{DeployMode, DockerConfig, ReceiveConfig};
 use certsync_core::validate::{Anchors, Force};
 
 use crate::error::ReceiveError;
+use crate::hook::Hook;
 use crate::mailcow::{self, MailcowConf};
 
 /// One certificate the receiver accepts, fully resolved.
@@ -29,6 +30,8 @@ pub struct CertSpec {
     /// new pair too when it covers every name in their `domains` file.
     /// Decided per install, from the new leaf ([`crate::mailcow`]).
     pub folders_root: Option<PathBuf>,
+    /// Run after each successful install ([`crate::hook`]).
+    pub hook: Option<Hook>,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +125,13 @@ impl Settings {
                 reload,
                 verify,
                 folders_root,
+                hook: c.hook.clone().map(|command| Hook {
+                    command,
+                    timeout: Duration::from_secs(
+                        c.hook_timeout
+                            .unwrap_or(certsync_core::config::DEFAULT_HOOK_TIMEOUT),
+                    ),
+                }),
             });
         }
         let anchors = Anchors::load(raw.ca_file.as_deref())
