@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::notify::NotifyConfig;
 use crate::protocol::valid_name;
 
 /// The default config files.
@@ -61,6 +62,8 @@ pub struct PushConfig {
     pub certs: Vec<PushCert>,
     #[serde(default, rename = "target")]
     pub targets: Vec<Target>,
+    /// Who to tell what happened ([`crate::notify`]).
+    pub notify: Option<NotifyConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +222,9 @@ impl PushConfig {
             path: path.to_path_buf(),
             message,
         };
+        if let Some(n) = &self.notify {
+            n.check().map_err(invalid)?;
+        }
         if self.certs.is_empty() {
             return Err(invalid(
                 "no [[cert]] section: add one with `name` and `source`".into(),
@@ -388,6 +394,8 @@ pub struct ReceiveConfig {
     #[serde(default, rename = "cert")]
     pub certs: Vec<ReceiveCert>,
     pub docker: Option<DockerConfig>,
+    /// Who to tell what happened ([`crate::notify`]).
+    pub notify: Option<NotifyConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -493,6 +501,9 @@ impl ReceiveConfig {
             path: path.to_path_buf(),
             message,
         };
+        if let Some(n) = &self.notify {
+            n.check().map_err(invalid)?;
+        }
         if self.certs.is_empty() {
             return Err(invalid("no [[cert]] section: add one with `name`, `hostnames`, `cert_path` and `key_path` (or use [mailcow])".into()));
         }

@@ -16,7 +16,7 @@
 //!   leaf's names, space separated); its stdin is this certificate's
 //!   report so far, as JSON (no key material is ever in a report).
 //! - It is bounded in time (`hook_timeout`, killed with its whole process
-//!   group) and in output: at most [`MAX_CAPTURED`] bytes of each stream
+//!   group) and in output: at most `certsync_core::command::MAX_CAPTURED` bytes of each stream
 //!   are kept, the rest read and dropped, and only a printable tail is
 //!   logged and reported.
 //! - Its failure (non-zero exit, no start, killed) is exit 4: the pair is
@@ -24,18 +24,14 @@
 //!   report's `hook` field.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
+use certsync_core::command::{self, Ran};
 use certsync_core::report::{CertReport, HookOutcome, Step};
 use certsync_core::validate::ValidatedBundle;
 use certsync_core::ExitCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::reload::quote_output;
-
-/// Bytes kept of each of the hook's streams (stdout, stderr).
-pub const MAX_CAPTURED: usize = 16 * 1024;
 
 /// A configured hook, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +62,8 @@ impl HookEnv {
         }
     }
 
-    fn vars(&self) -> [(&'static str, String); 5] {
-        [
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
             ("CERTSYNC_NAME", self.name.clone()),
             ("CERTSYNC_CERT_PATH", self.cert_path.display().to_string()),
             ("CERTSYNC_KEY_PATH", self.key_path.display().to_string()),
@@ -75,14 +71,6 @@ impl HookEnv {
             ("CERTSYNC_HOSTNAMES", self.hostnames.join(" ")),
         ]
     }
-}
-
-/// How one run ended.
-#[derive(Debug)]
-struct Ran {
-    outcome: HookOutcome,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
 }
 
 /// Run `hook` and write the step (and `report.hook`) into `report`.
@@ -111,8 +99,11 @@ pub async fn hook_step(hook: &Hook, env: &HookEnv, report: &mut CertReport) {
         tail("stdout", &ran.stdout),
         tail("stderr", &ran.stderr)
     );
-    let outcome = ran.outcome.clone();
-    report.hook = Some(ran.outcome);
+    let outcome = HookOutcome {
+        exit_code: ran.exit_code,
+        timed_out: ran.timed_out,
+    };
+    report.hook = Some(outcome.clone());
     match outcome {
         HookOutcome {
             exit_code: Some(0), ..
@@ -157,91 +148,7 @@ fn tail(stream: &str, bytes: &[u8]) -> String {
 }
 
 async fn run(hook: &Hook, env: &HookEnv, stdin: &[u8]) -> std::io::Result<Ran> {
-    let (program, args) = hook
-        .command
-        .split_first()
-        .ok_or_else(|| std::io::Error::other("empty command"))?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .envs(env.vars())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so that the time limit kills whatever it
-        // started too (a shell script's children hold our pipes open).
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
-    let pgid = child.id();
-    let mut input = child.stdin.take();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let feed = async {
-        if let Some(mut w) = input.take() {
-            // A hook that does not read its stdin closes the pipe: fine.
-            let _ = w.write_all(stdin).await;
-            let _ = w.shutdown().await;
-        }
-    };
-    let work = async {
-        let (status, out, err, ()) = tokio::join!(
-            child.wait(),
-            capture(stdout.as_mut()),
-            capture(stderr.as_mut()),
-            feed
-        );
-        (status, out, err)
-    };
-    let result = tokio::time::timeout(hook.timeout, work).await;
-    match result {
-        Ok((status, stdout, stderr)) => {
-            let status = status?;
-            Ok(Ran {
-                outcome: HookOutcome {
-                    exit_code: status.code(),
-                    timed_out: false,
-                },
-                stdout,
-                stderr,
-            })
-        }
-        Err(_) => {
-            if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: kill(2) with a negative pid signals the process
-                // group we created for this child; no memory is touched.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
-            let _ = child.kill().await;
-            Ok(Ran {
-                outcome: HookOutcome {
-                    exit_code: None,
-                    timed_out: true,
-                },
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            })
-        }
-    }
-}
-
-/// Read a stream to its end, keeping the first [`MAX_CAPTURED`] bytes.
-async fn capture<R: AsyncRead + Unpin>(stream: Option<&mut R>) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let Some(stream) = stream else {
-        return kept;
-    };
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = MAX_CAPTURED.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
+    command::run_bounded(&hook.command, &env.vars(), stdin, hook.timeout).await
 }
 
 #[cfg(test)]

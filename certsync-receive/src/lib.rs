@@ -20,6 +20,7 @@ pub mod hook;
 pub mod install;
 pub mod lock;
 pub mod mailcow;
+pub mod notify;
 pub mod pipeline;
 pub mod post;
 pub mod probe;

@@ -724,6 +724,7 @@ mod tests {
             docker: DockerConfig::default(),
             project_alternates: vec![],
             mailcow: None,
+            notify: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use certsync_core::config::{DeployMode, DockerConfig, ReceiveConfig};
+use certsync_core::notify::NotifyConfig;
 use certsync_core::validate::{Anchors, Force};
 
 use crate::error::ReceiveError;
@@ -56,6 +57,8 @@ pub struct Settings {
     pub allow_remote_force: bool,
     /// What chains must verify to: the system store and `ca_file`.
     pub anchors: Anchors,
+    /// `[notify]`: who to tell ([`crate::notify`]).
+    pub notify: Option<NotifyConfig>,
 }
 
 impl Settings {
@@ -149,6 +152,7 @@ impl Settings {
             docker,
             project_alternates,
             mailcow: mc,
+            notify: raw.notify.clone(),
         })
     }
 

@@ -12,6 +12,7 @@ pub mod bins;
 pub mod docker;
 pub mod e2e;
 pub mod fakerecv;
+pub mod httpsink;
 pub mod livedir;
 pub mod netns;
 pub mod npmhost;
