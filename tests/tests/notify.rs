@@ -154,3 +154,64 @@ fn a_notify_command_gets_the_json_on_stdin_and_on_filters_events() {
     assert_eq!(n["event"], "failure");
     assert_eq!(n["source"], "certsync-receive");
 }
+
+#[test]
+fn the_pusher_posts_install_failure_and_status_problems() {
+    use certsync_tests::npmhost::{local_target, NpmHost};
+    let sink = HttpSink::start();
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::P256, &[HOST]);
+    let mut npm = NpmHost::new(&leaf);
+    let mail = Mailhost::new(&[HOST]);
+    let certs = format!(
+        "{}\n[notify]\nwebhook = {:?}\n",
+        npm.cert_source(),
+        sink.url("/push")
+    );
+    npm.write_config(&certs, &[local_target("here", &mail)]);
+
+    // A push that installs.
+    let run = npm.run(&["push"]);
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    let reqs = sink.wait_for(1);
+    assert_eq!(reqs.len(), 1, "{}", run.both());
+    let n = reqs[0].json();
+    assert_eq!(n["source"], "certsync-push");
+    assert_eq!(n["event"], "install");
+    assert_eq!(n["details"]["results"][0]["target"], "here");
+    assert_eq!(n["details"]["results"][0]["cert"], "mail");
+    assert_eq!(n["details"]["results"][0]["state"], "installed");
+    assert_eq!(
+        n["details"]["results"][0]["local"],
+        leaf.fingerprint().to_string()
+    );
+    assert!(!String::from_utf8_lossy(&reqs[0].body).contains(&key_line(&leaf)));
+
+    // status, all up to date: nothing told.
+    let run = npm.run(&["status"]);
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.requests().len(), 1);
+
+    // The live dir renews to a pair the receiver refuses: status tells a
+    // check problem, push a failure.
+    let bad = ca.leaf(KeyKind::P256, &["other.example.com"]);
+    npm.live.renew(&bad);
+    let run = npm.run(&["status"]);
+    assert_ne!(run.code, Some(0), "{}", run.both());
+    let reqs = sink.wait_for(2);
+    let n = reqs[1].json();
+    assert_eq!(n["event"], "check", "{n}");
+    assert!(
+        n["message"].as_str().unwrap().contains("mail → here"),
+        "{n}"
+    );
+
+    let run = npm.run(&["push"]);
+    assert_eq!(run.code, Some(3), "{}", run.both());
+    let reqs = sink.wait_for(3);
+    let n = reqs[2].json();
+    assert_eq!(n["event"], "failure", "{n}");
+    assert_eq!(n["details"]["results"][0]["exit"], "refused");
+    assert!(!String::from_utf8_lossy(&reqs[2].body).contains(&key_line(&bad)));
+}
