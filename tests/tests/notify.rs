@@ -215,3 +215,34 @@ fn the_pusher_posts_install_failure_and_status_problems() {
     assert_eq!(n["details"]["results"][0]["exit"], "refused");
     assert!(!String::from_utf8_lossy(&reqs[2].body).contains(&key_line(&bad)));
 }
+
+/// The `[notify]` shown (commented) at the end of both example configs
+/// loads when turned on, with every key.
+#[test]
+fn the_examples_notify_sections_load() {
+    use certsync_core::config::{PushConfig, ReceiveConfig};
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let on = |text: &str| -> String {
+        let i = text.find("# [notify]\n").expect("a [notify] example");
+        let tail: String = text[i..]
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("# [notify]")
+                    .map(|_| "[notify]".to_string())
+                    .or_else(|| l.strip_prefix("#   ").map(str::to_string))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("{}\n{tail}\n", &text[..i])
+    };
+    let path = examples.join("receive.toml");
+    let text = on(&std::fs::read_to_string(&path).unwrap());
+    let cfg = ReceiveConfig::from_toml(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    let n = cfg.notify.expect("[notify]");
+    assert!(n.webhook.is_some() && n.command.is_some() && n.on.is_some());
+    assert!(n.timeout.is_some() && n.retries.is_some());
+    let path = examples.join("push.toml");
+    let text = on(&std::fs::read_to_string(&path).unwrap());
+    let cfg = PushConfig::from_toml(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.notify.is_some());
+}
