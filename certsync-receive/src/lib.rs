@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod post;
 pub mod probe;
 pub mod reload;
+pub mod selector;
 pub mod serve;
 pub mod settings;
 pub mod stage;

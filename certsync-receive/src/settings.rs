@@ -111,6 +111,15 @@ impl Settings {
                 (None, Some(_)) => mailcow::SERVICES.iter().map(|s| s.to_string()).collect(),
                 (None, None) => Vec::new(),
             };
+            for entry in &reload {
+                crate::selector::check(entry).map_err(|why| {
+                    ReceiveError::Settings(format!(
+                        "{}: [[cert]] {:?}: {why}",
+                        path.display(),
+                        c.name
+                    ))
+                })?;
+            }
             let verify = match (&c.verify, &mc) {
                 (Some(v), _) => v.clone(),
                 (None, Some(_)) => mailcow::DEFAULT_VERIFY
