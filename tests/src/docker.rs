@@ -785,6 +785,12 @@ impl Container<'_> {
         self.dockerd.docker_ok(&["stop", "-t", "5", &self.name]);
     }
 
+    /// `docker restart` (up to 30 s for the daemon to stop, as the
+    /// receiver gives it).
+    pub fn restart(&self) {
+        self.dockerd.docker_ok(&["restart", "-t", "30", &self.name]);
+    }
+
     pub fn exec(&self, args: &[&str]) -> Output {
         let mut all = vec!["exec", self.name.as_str()];
         all.extend_from_slice(args);
