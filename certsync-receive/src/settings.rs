@@ -88,10 +88,7 @@ impl Settings {
             };
             let verify = match (&c.verify, &mc) {
                 (Some(v), _) => v.clone(),
-                (None, Some(_)) => mailcow::DEFAULT_VERIFY
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                (None, Some(m)) => m.verify.clone(),
                 (None, None) => Vec::new(),
             };
             let sni_dirs = match &mc {
