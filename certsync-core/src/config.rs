@@ -499,10 +499,8 @@ project = "mailcowdockerized"
         let r = ReceiveConfig::from_toml(RECEIVE, Path::new("receive.toml")).unwrap();
         assert_eq!(r.deploy, DeployMode::Handoff);
         let d = r.docker.unwrap();
-        assert_eq!(
-            d.reload_command("nginx-mailcow").unwrap(),
-            ["nginx", "-s", "reload"]
-        );
+        // Not configured: the receiver falls back to mailcow's own.
+        assert!(d.reload_command("nginx-mailcow").is_none());
         assert_eq!(
             d.reload_command("postfix-mailcow").unwrap(),
             ["postfix", "reload"]
