@@ -269,13 +269,20 @@ pub async fn connect(socket: &Path) -> Result<Docker, ReloadError> {
     docker.negotiate_version().await.map_err(negotiate)
 }
 
-/// Reload every service of `plan`, in order. `Err` only when Docker cannot
-/// be reached at all; every per-service problem is a [`ServiceOutcome`].
+/// Reload every service of `plan`, concurrently (each is its own
+/// container: the step takes as long as the slowest reload, not the sum);
+/// the outcomes are in the plan's order. `Err` only when Docker cannot be
+/// reached at all; every per-service problem is a [`ServiceOutcome`].
 pub async fn reload(plan: &ReloadPlan, dry_run: bool) -> Result<Vec<ServiceOutcome>, ReloadError> {
     let docker = connect(&plan.socket).await?;
-    let mut outcomes = Vec::with_capacity(plan.services.len());
-    for service in &plan.services {
-        let outcome = reload_service(&docker, plan.project.as_deref(), service, dry_run).await;
+    let project = plan.project.as_deref();
+    let outcomes = futures_util::future::join_all(
+        plan.services
+            .iter()
+            .map(|service| reload_service(&docker, project, service, dry_run)),
+    )
+    .await;
+    for outcome in &outcomes {
         tracing::info!(
             service = %outcome.service,
             status = %outcome.status,
@@ -283,7 +290,6 @@ pub async fn reload(plan: &ReloadPlan, dry_run: bool) -> Result<Vec<ServiceOutco
             "reload: {}",
             outcome.message
         );
-        outcomes.push(outcome);
     }
     Ok(outcomes)
 }
