@@ -909,7 +909,7 @@ impl Bench {
         for i in 0..n {
             npm.live.renew(&self.leaf());
             wait_until(Duration::from_secs(120), || {
-                passes(watch) >= passes_so_far + i + 1
+                passes(watch) > passes_so_far + i
             });
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -1034,15 +1034,17 @@ fn wait_all_served(
     None
 }
 
+/// What one client saw: endpoint, attempts, failures, first error.
+type ClientTally = (String, usize, usize, Option<String>);
+
 /// One client thread per endpoint, connecting in a loop until stopped.
 struct Clients {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<(String, usize, usize, Option<String>)>>,
+    threads: Vec<std::thread::JoinHandle<ClientTally>>,
 }
 
-/// What the clients saw: per endpoint, (name, attempts, failures, first
-/// error).
-struct Tally(Vec<(String, usize, usize, Option<String>)>);
+/// What the clients saw, per endpoint.
+struct Tally(Vec<ClientTally>);
 
 impl Clients {
     fn start(targets: &[(String, Endpoint)]) -> Clients {
