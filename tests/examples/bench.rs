@@ -859,7 +859,7 @@ impl Bench {
         });
         let c = &m.conf;
         self.notes.push(format!(
-            "propagation: the mailcow-faithful environment (Debian's postfix, dovecot and nginx started as mailcow's images start them; SMTP_PORT={}, SUBMISSION_PORT={}, SMTPS_PORT={}, IMAPS_PORT={}, HTTPS_BIND={} HTTPS_PORT={}; an acme-left data/assets/ssl/{HOST}/), the `[mailcow]` preset, reloads through the Docker API (postfix: rebuilt SNI map + reload), served = every default endpoint with and without SNI ({} probes per poll); debounce {} ms; {failed} renewals not seen within 60 s, {failures} passes FAILED, {restarts} container restarts; min {} max {}",
+            "propagation: the mailcow-faithful environment (Debian's postfix, dovecot and nginx started as mailcow's images start them; SMTP_PORT={}, SUBMISSION_PORT={}, SMTPS_PORT={}, IMAPS_PORT={}, HTTPS_BIND={} HTTPS_PORT={}; an acme-left data/assets/ssl/{HOST}/), the `[mailcow]` preset, reloads through the Docker API (postfix: rebuilt SNI map + reload), served = every default endpoint with and without SNI ({} probes, each polling every 10 ms from its own thread); debounce {} ms; {failed} renewals not seen within 60 s, {failures} passes FAILED, {restarts} container restarts; min {} max {}",
             c.smtp_port,
             c.submission_port,
             c.smtps_port,
@@ -1010,28 +1010,35 @@ impl Bench {
     }
 }
 
-/// Poll every (endpoint, SNI) every 10 ms until each has served `want`
-/// once.
+/// Poll every (endpoint, SNI) every 10 ms, each from a thread of its own
+/// (so one slow handshake does not delay the others), until each has
+/// served `want` once; `Some` when all did within `limit`.
 fn wait_all_served(
     probes: &[(Endpoint, Option<&str>)],
     want: Fingerprint,
     limit: Duration,
 ) -> Option<()> {
-    let start = Instant::now();
-    let mut seen = vec![false; probes.len()];
-    while start.elapsed() < limit {
-        for (i, (endpoint, sni)) in probes.iter().enumerate() {
-            if !seen[i] {
-                seen[i] = served_leaf_with(endpoint, *sni, Duration::from_secs(2))
-                    .is_ok_and(|info| info.fingerprint == want);
-            }
-        }
-        if seen.iter().all(|s| *s) {
-            return Some(());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
+    std::thread::scope(|scope| {
+        let pollers: Vec<_> = probes
+            .iter()
+            .map(|(endpoint, sni)| {
+                scope.spawn(move || {
+                    let start = Instant::now();
+                    while start.elapsed() < limit {
+                        if served_leaf_with(endpoint, *sni, Duration::from_secs(2))
+                            .is_ok_and(|info| info.fingerprint == want)
+                        {
+                            return true;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    false
+                })
+            })
+            .collect();
+        let all = pollers.into_iter().all(|p| p.join().unwrap_or(false));
+        all.then_some(())
+    })
 }
 
 /// What one client saw: endpoint, attempts, failures, first error.
