@@ -105,11 +105,30 @@ pub struct Target {
     pub command: Option<Vec<String>>,
     /// Seconds to wait for the TCP connect and SSH handshake (default 10).
     pub connect_timeout: Option<u64>,
+    /// Seconds one whole session with this receiver may take, from the
+    /// first protocol byte to its exit (default
+    /// [`DEFAULT_SESSION_TIMEOUT`]).
+    pub session_timeout: Option<u64>,
 }
+
+/// How long one push session may take by default: the receiver may wait
+/// 300 s for another session's lock and 120 s for root's deploy in
+/// handoff mode, then reload and verify; 15 minutes covers that with room,
+/// and still ends a receiver that drips a frame now and then.
+pub const DEFAULT_SESSION_TIMEOUT: u64 = 900;
 
 impl Target {
     pub fn port(&self) -> u16 {
         self.port.unwrap_or(22)
+    }
+
+    /// The bound on one whole session with this target.
+    pub fn session_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.session_timeout
+                .filter(|s| *s > 0)
+                .unwrap_or(DEFAULT_SESSION_TIMEOUT),
+        )
     }
 }
 
@@ -290,6 +309,9 @@ pub struct ReceiveConfig {
     /// Seconds `serve` waits for each protocol frame before giving up on a
     /// stalled pusher (default 30).
     pub read_timeout: Option<u64>,
+    /// Seconds one pusher may take for its side of a session while it
+    /// holds the receiver's lock (default 300).
+    pub session_timeout: Option<u64>,
     pub mailcow: Option<MailcowPreset>,
     #[serde(default, rename = "cert")]
     pub certs: Vec<ReceiveCert>,
@@ -366,6 +388,10 @@ impl ReceiveConfig {
 
     pub fn read_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.read_timeout.unwrap_or(30).max(1))
+    }
+
+    pub fn session_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.session_timeout.unwrap_or(300).max(1))
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {

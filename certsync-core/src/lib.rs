@@ -15,6 +15,7 @@
 //! - [`config`]: `push.toml` and `receive.toml`.
 //! - [`report`]: the structured result the receiver sends back.
 //! - [`exit`]: the exit codes both binaries use (a contract).
+//! - [`hardening`]: what both binaries do to their own process first.
 //!
 //! What is `pub` here is the contract between the two sides.
 
@@ -23,6 +24,7 @@ pub mod bundle;
 pub mod config;
 pub mod exit;
 pub mod fingerprint;
+pub mod hardening;
 pub mod logging;
 pub mod protocol;
 pub mod report;

@@ -20,8 +20,8 @@
 //!
 //! A frame is `tag: u8, len: u32 (big endian), payload`. The length is
 //! checked against the tag's limit *before* anything is allocated, the
-//! number of frames per session is bounded, and each frame must arrive
-//! within [`Limits::frame_timeout`]. Control messages are JSON; the bundle is
+//! number of frames per session is bounded, and each frame (header and
+//! body together) must arrive within [`Limits::frame_timeout`]. Control messages are JSON; the bundle is
 //! binary (`name_len: u8, name, chain_len: u32, chain, key_len: u32, key`),
 //! read into memory that is zeroed on drop.
 
@@ -349,16 +349,16 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
-    /// Read exactly `buf.len()` bytes within the frame timeout.
+    /// Read exactly `buf.len()` bytes by `deadline`, the frame's.
     async fn fill(
         &mut self,
         buf: &mut [u8],
+        deadline: tokio::time::Instant,
         at_boundary: bool,
         expected: &'static str,
     ) -> Result<(), ProtocolError> {
         let want = buf.len();
         let mut got = 0;
-        let deadline = tokio::time::Instant::now() + self.limits.frame_timeout;
         while got < want {
             let n = match tokio::time::timeout_at(deadline, self.inner.read(&mut buf[got..])).await
             {
@@ -382,9 +382,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if self.frames >= self.limits.max_frames {
             return Err(ProtocolError::TooManyFrames(self.limits.max_frames));
         }
+        // One deadline for the whole frame, header and body: a peer that
+        // drips bytes cannot stretch a frame past `frame_timeout`.
+        let deadline = tokio::time::Instant::now() + self.limits.frame_timeout;
         let mut header = [0u8; 5];
-        self.fill(&mut header[..1], true, expected).await?;
-        self.fill(&mut header[1..], false, expected).await?;
+        self.fill(&mut header[..1], deadline, true, expected)
+            .await?;
+        self.fill(&mut header[1..], deadline, false, expected)
+            .await?;
         let first = self.frames == 0;
         self.frames += 1;
         let tag = header[0];
@@ -417,7 +422,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             return Err(ProtocolError::Oversized { kind, len, max });
         }
         let mut body = Zeroizing::new(vec![0u8; len]);
-        self.fill(&mut body, false, expected).await?;
+        self.fill(&mut body, deadline, false, expected).await?;
         match tag {
             tag::HELLO => Ok(Message::Hello(parse_json(kind, &body)?)),
             tag::OFFER => {
@@ -667,6 +672,35 @@ mod tests {
             Err(ProtocolError::Timeout(_))
         ));
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Issue 11 item 5: each piece of a frame (its tag, its length, its
+    /// body) arrives within the timeout, the whole frame does not: one
+    /// deadline for the frame ends it.
+    #[tokio::test]
+    async fn a_frame_dripped_in_pieces_has_one_deadline() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let frame = encode(&Message::Log("x".repeat(100))).unwrap().to_vec();
+        let piece = Duration::from_millis(150);
+        let dripper = tokio::spawn(async move {
+            for part in [&frame[..1], &frame[1..5], &frame[5..]] {
+                tokio::time::sleep(piece).await;
+                if server.write_all(part).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let mut r = Reader::new(
+            client,
+            Limits {
+                frame_timeout: Duration::from_millis(350),
+                ..Limits::default()
+            },
+        );
+        let got = r.next("log").await;
+        dripper.abort();
+        assert!(matches!(got, Err(ProtocolError::Timeout(_))), "{got:?}");
     }
 
     #[tokio::test]

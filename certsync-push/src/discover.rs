@@ -84,14 +84,24 @@ fn natural_key(name: &str) -> Vec<(u8, u64, String)> {
     key
 }
 
-/// The leaf of `fullchain.pem` alone, for a dir that is not consistent.
+/// The leaf of `fullchain.pem` alone, for a dir that is not consistent
+/// (for display only). Opened once, `O_NONBLOCK`, checked to be a regular
+/// file and read with a cap: the link may point anywhere (a FIFO,
+/// `/dev/zero`, swapped meanwhile).
 fn leaf_info_only(dir: &Path) -> Option<CertInfo> {
-    let path = dir.join("fullchain.pem");
-    let meta = fs::metadata(&path).ok()?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(dir.join("fullchain.pem"))
+        .ok()?;
+    let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() > MAX_PEM_BYTES {
         return None;
     }
-    let bytes = fs::read(&path).ok()?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES).read_to_end(&mut bytes).ok()?;
     let certs = parse_chain(&bytes).ok()?;
     certs.first().map(CertInfo::of)
 }
@@ -339,7 +349,14 @@ pub fn choice_changed(
         .mode(0o700)
         .create(state_dir)
         .map_err(state_err("create the dir of", &path))?;
-    let tmp = state_dir.join(format!(".choice-{cert_name}.tmp{}", std::process::id()));
+    // Unique per call: the watch daemon's targets run their passes
+    // concurrently, and two may record the same cert's choice at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = state_dir.join(format!(
+        ".choice-{cert_name}.tmp{}.{seq}",
+        std::process::id()
+    ));
     let write = || -> io::Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)

@@ -17,6 +17,11 @@ use certsync_push::push::PushOptions;
 const DEFAULT_LIVE_ROOT: &str = "/opt/npm/letsencrypt/live";
 
 fn main() -> ProcessExit {
+    // Before any key is read: no core dump may hold one.
+    if let Err(e) = certsync_core::hardening::no_core_dumps() {
+        eprintln!("certsync-push: cannot disable core dumps: {e}");
+        return ExitCode::Runtime.into();
+    }
     let cli = Cli::parse();
     certsync_core::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -20,8 +20,20 @@
 //! - no `previous_*.pem` is present (before *and* after reading);
 //! - all four links exist and resolve, into the same archive directory and
 //!   the same generation N;
-//! - the bytes are the real file contents: each resolved target is opened
-//!   with `O_NOFOLLOW` (the link text itself is never read as a certificate)
+//! - every link resolves inside this lineage's own archive dir,
+//!   `<config>/archive/<name>/` for the live dir `<config>/live/<name>/`,
+//!   and nowhere else: not an absolute path, not a `../` climb, not through
+//!   a symlinked directory, not another lineage's archive. Whoever writes
+//!   the live dir (NPM's internet-facing container, through its bind
+//!   mount) must not be able to make the pusher, which runs as root, send
+//!   another file it can read (`/etc/ssh/ssh_host_*`, another lineage's
+//!   key). Such a link is refused at once, not retried
+//!   ([`SourceError::LinkOutsideArchive`]);
+//! - the bytes are the real file contents: the archive dir is opened once
+//!   without following links (`archive`, then `<name>`, each
+//!   `O_DIRECTORY|O_NOFOLLOW`), each target is opened relative to it with
+//!   `O_NOFOLLOW|O_NONBLOCK` (the link text itself is never read as a
+//!   certificate, a swapped-in link or FIFO never followed or waited on)
 //!   and must be a regular file of bounded size;
 //! - the links did not change while we read: resolve, read, resolve again,
 //!   compare;
@@ -239,6 +251,29 @@ pub enum SourceError {
         dir: PathBuf,
         reason: String,
     },
+    #[error(
+        "{} points at {} (resolved: {}), outside {}, the archive dir of this certbot lineage: \
+         refusing to read it, because whoever can write the live dir could otherwise make certsync-push send any file it can read. \
+         If certbot wrote this link, repair the lineage (`certbot update_symlinks`); if not, find out who changed it",
+        link.display(), text.display(), target.display(), archive.display()
+    )]
+    LinkOutsideArchive {
+        link: PathBuf,
+        text: PathBuf,
+        target: PathBuf,
+        archive: PathBuf,
+    },
+    #[error(
+        "the live dir {} holds links, but its certbot archive dir {} cannot be opened as a real directory: {source}; \
+         certbot keeps live/<name> next to archive/<name>, and neither archive/ nor archive/<name> may be a symlink",
+        dir.display(), archive.display()
+    )]
+    NoArchiveDir {
+        dir: PathBuf,
+        archive: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot {action} the state file {}: {source}; check that state_dir is writable", path.display())]
     State {
         action: &'static str,
@@ -364,6 +399,78 @@ struct Layout {
     generation: Option<u32>,
 }
 
+/// A lineage's archive dir, opened without following links: where the
+/// live dir's links may point, and the only directory their targets are
+/// read from.
+struct Archive {
+    dir: File,
+}
+
+/// `<config>/archive/<name>` for the live dir `<config>/live/<name>`,
+/// with `<config>` (the operator's prefix, e.g. `/opt/npm/letsencrypt`)
+/// canonical and `archive/<name>` as certbot names them.
+fn archive_path(dir: &Path) -> Option<PathBuf> {
+    let name = dir.file_name()?;
+    let config = match dir.parent()?.parent()? {
+        p if p.as_os_str().is_empty() => Path::new("."),
+        p => p,
+    };
+    Some(fs::canonicalize(config).ok()?.join("archive").join(name))
+}
+
+/// Check that every link of `entries` resolves directly into this
+/// lineage's archive dir, then open that dir component by component
+/// with `O_NOFOLLOW`, so a directory swapped for a link meanwhile is
+/// refused rather than followed.
+fn open_archive(dir: &Path, entries: &[Entry; 4]) -> Result<Archive, SourceError> {
+    use rustix::fs::{openat, Mode, OFlags, CWD};
+    let Some(path) = archive_path(dir) else {
+        return Err(SourceError::NoArchiveDir {
+            dir: dir.to_path_buf(),
+            archive: dir.join("../../archive"),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        });
+    };
+    for (name, entry) in LIVE_FILES.iter().zip(entries) {
+        if let Entry::Link { text, target } = entry {
+            if target.parent() != Some(path.as_path()) || target.file_name().is_none() {
+                return Err(SourceError::LinkOutsideArchive {
+                    link: dir.join(name),
+                    text: text.clone(),
+                    target: target.clone(),
+                    archive: path.clone(),
+                });
+            }
+        }
+    }
+    let no_archive = |source: io::Error| SourceError::NoArchiveDir {
+        dir: dir.to_path_buf(),
+        archive: path.clone(),
+        source,
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut components = path.components();
+    let (Some(name), Some(archive)) = (components.next_back(), components.next_back()) else {
+        return Err(no_archive(io::Error::from(io::ErrorKind::NotFound)));
+    };
+    // The operator's prefix may contain links (it is canonical already);
+    // `archive` and `<name>` are the lineage's and must be real dirs.
+    let config = openat(
+        CWD,
+        components.as_path(),
+        flags & !OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| no_archive(e.into()))?;
+    let archive = openat(&config, archive.as_os_str(), flags, Mode::empty())
+        .map_err(|e| no_archive(e.into()))?;
+    let lineage = openat(&archive, name.as_os_str(), flags, Mode::empty())
+        .map_err(|e| no_archive(e.into()))?;
+    Ok(Archive {
+        dir: File::from(lineage),
+    })
+}
+
 /// Check the shape of the dir (links, generations, previous_*). Pushes
 /// problems; returns the layout only when there are none.
 fn check_layout(entries: &[Entry; 4], dir: &Path, problems: &mut Vec<Problem>) -> Option<Layout> {
@@ -460,17 +567,33 @@ fn check_layout(entries: &[Entry; 4], dir: &Path, problems: &mut Vec<Problem>) -
     })
 }
 
-/// Read one file's real contents: the (already resolved) path is opened
-/// with `O_NOFOLLOW`, so a link swapped in meanwhile is refused, not read.
+/// Read one file's real contents. The (already resolved) path is opened
+/// with `O_NOFOLLOW|O_NONBLOCK`, so a link swapped in meanwhile is
+/// refused, not read, and a FIFO does not block; a link's target is
+/// opened relative to its lineage's `archive` dir, never by path.
 fn read_file(
     path: &Path,
+    archive: Option<&Archive>,
     name: &'static str,
     problems: &mut Vec<Problem>,
 ) -> Result<Option<Zeroizing<Vec<u8>>>, SourceError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path);
+    let file = match (archive, path.file_name()) {
+        (Some(archive), Some(file_name)) => {
+            use rustix::fs::{openat, Mode, OFlags};
+            openat(
+                &archive.dir,
+                file_name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map(File::from)
+            .map_err(io::Error::from)
+        }
+        _ => OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path),
+    };
     let mut file: File = match file {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => {
@@ -566,11 +689,15 @@ fn read_consistent_inner(
         _ => return Err(inconsistent(dir, problems)),
     };
 
-    // 2. Read the real bytes.
+    // 2. Links only into this lineage's archive; then read the real bytes.
+    let archive = match layout.generation {
+        Some(_) => Some(open_archive(dir, &entries)?),
+        None => None,
+    };
     let mut contents: [Option<Zeroizing<Vec<u8>>>; 4] = [None, None, None, None];
     for (i, path) in layout.paths.iter().enumerate() {
         if let Some(path) = path {
-            contents[i] = read_file(path, LIVE_FILES[i], &mut problems)?;
+            contents[i] = read_file(path, archive.as_ref(), LIVE_FILES[i], &mut problems)?;
         }
     }
     if !problems.is_empty() {

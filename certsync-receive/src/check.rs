@@ -20,6 +20,7 @@
 //! receiver's lock), so `check` from a timer also repairs that.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -34,6 +35,7 @@ use crate::pipeline::{self, Run};
 use crate::post::Post;
 use crate::probe::{self, Endpoint};
 use crate::settings::{CertSpec, Settings};
+use crate::stage::{Entry, StageError, StagingDir};
 
 /// What `check` found for one certificate.
 #[derive(Debug, Clone, Serialize)]
@@ -119,9 +121,25 @@ pub async fn run(
 /// Check every configured certificate at `now`.
 pub async fn check(settings: &Settings, warn_days: i64, now: SystemTime) -> CheckReport {
     let post = Post { settings };
+    // `check` never creates the staging dir; under certsync-check.service
+    // (no capabilities) root may not even enter it: then there are no
+    // markers to see, and certsync-deploy.timer retries owed reloads.
+    let staging = match StagingDir::open_existing(&settings.staging_dir) {
+        Ok(s) => s.map(Arc::new),
+        Err(StageError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            tracing::debug!("the staging dir is not readable here; no markers to look at");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("not looking at the staging dir: {e}");
+            None
+        }
+    };
     let mut certs = Vec::new();
     for spec in &settings.certs {
-        certs.push(check_cert(settings, spec, &post, warn_days, now).await);
+        certs.push(check_cert(settings, staging.as_ref(), spec, &post, warn_days, now).await);
     }
     CheckReport {
         checked_at: unix(now),
@@ -135,6 +153,7 @@ pub async fn check(settings: &Settings, warn_days: i64, now: SystemTime) -> Chec
 
 async fn check_cert(
     settings: &Settings,
+    staging: Option<&Arc<StagingDir>>,
     spec: &CertSpec,
     post: &Post<'_>,
     warn_days: i64,
@@ -150,13 +169,15 @@ async fn check_cert(
         days_left: None,
         valid: false,
         key_matches: false,
-        last_install: pipeline::installed_at(settings, &spec.name),
+        last_install: staging.and_then(|s| pipeline::installed_at(s, &spec.name)),
         reload_owed: false,
         endpoints: Vec::new(),
         problems: Vec::new(),
         exit: ExitCode::Success,
     };
-    retry_owed_reload(settings, spec, post, now, &mut c).await;
+    if let Some(staging) = staging {
+        retry_owed_reload(settings, staging, spec, post, now, &mut c).await;
+    }
 
     match install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path)) {
         Ok(None) => c.problem(
@@ -220,25 +241,23 @@ async fn check_cert(
 /// Retry a reload owed since an earlier install; record what remains.
 async fn retry_owed_reload(
     settings: &Settings,
+    staging: &Arc<StagingDir>,
     spec: &CertSpec,
     post: &Post<'_>,
     now: SystemTime,
     c: &mut CertCheck,
 ) {
-    if !pipeline::reload_owed(settings, &spec.name) {
+    if !pipeline::reload_owed(staging, &spec.name) {
         return;
     }
     // Under the receiver's lock, so an install in progress is not raced.
-    let dir = settings.staging_dir.clone();
-    let lock = tokio::task::spawn_blocking(move || {
-        crate::lock::acquire(&dir, Duration::from_secs(60), || {
-            tracing::info!("waiting for another certsync-receive to finish")
-        })
+    let lock = crate::lock::acquire(staging, Entry::Lock, Duration::from_secs(60), || {
+        tracing::info!("waiting for another certsync-receive to finish")
     })
     .await;
     let _lock = match lock {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
+        Ok(l) => l,
+        Err(e) => {
             c.reload_owed = true;
             c.problem(
                 format!("a reload is owed and could not be retried: {e}"),
@@ -246,13 +265,10 @@ async fn retry_owed_reload(
             );
             return;
         }
-        Err(e) => {
-            c.problem(format!("lock task failed: {e}"), ExitCode::Runtime);
-            return;
-        }
     };
     let run = Run {
         settings,
+        staging,
         now,
         dry_run: false,
         force: false,
@@ -262,7 +278,7 @@ async fn retry_owed_reload(
             tracing::info!("{line}");
         }
     }
-    if pipeline::reload_owed(settings, &spec.name) {
+    if pipeline::reload_owed(staging, &spec.name) {
         c.reload_owed = true;
         c.problem(
             format!(
@@ -442,7 +458,7 @@ pub fn metrics_text(report: &CheckReport) -> String {
 /// Write the textfile atomically: a temp file beside it, then rename.
 pub fn write_metrics(path: &Path, report: &CheckReport) -> std::io::Result<()> {
     // World-readable: node_exporter's textfile collector reads it.
-    crate::fsutil::replace(path, metrics_text(report).as_bytes(), 0o644, None)
+    crate::fsutil::replace(path, metrics_text(report).as_bytes(), 0o644)
 }
 
 fn unix(t: SystemTime) -> i64 {

@@ -63,10 +63,17 @@ pub fn parse_conf(text: &str) -> Vec<(String, String)> {
 /// Read `<dir>/mailcow.conf`.
 pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
     let path = dir.join("mailcow.conf");
-    let text = std::fs::read_to_string(&path).map_err(|source| ReceiveError::ReadInput {
-        path: path.clone(),
-        source,
-    })?;
+    // mailcow.conf is a few KiB; the cap only keeps a mistake bounded.
+    let text = match crate::fsutil::read_capped(&path, 1024 * 1024) {
+        Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(None) => {
+            return Err(ReceiveError::ReadInput {
+                path,
+                source: std::io::ErrorKind::NotFound.into(),
+            })
+        }
+        Err(source) => return Err(ReceiveError::ReadInput { path, source }),
+    };
     let vars = parse_conf(&text);
     let get = |k: &str| {
         vars.iter()

@@ -21,6 +21,11 @@ fn print_report(report: &Report) {
 }
 
 fn main() -> ProcessExit {
+    // Before any key is read: no core dump may hold one.
+    if let Err(e) = certsync_core::hardening::no_core_dumps() {
+        eprintln!("certsync-receive: cannot disable core dumps: {e}");
+        return ExitCode::Runtime.into();
+    }
     let cli = Cli::parse();
     certsync_core::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -12,7 +12,6 @@
 //! into the report (and the log), so the caller only needs to stop.
 #![allow(clippy::result_unit_err)]
 
-use std::path::PathBuf;
 use std::time::SystemTime;
 
 use certsync_core::bundle::Bundle;
@@ -23,12 +22,14 @@ use certsync_core::{ExitCode, Fingerprint};
 
 use crate::install::{self, Dest};
 use crate::settings::{CertSpec, Settings};
-use crate::stage;
+use crate::stage::{Entry, StagingDir};
 
 /// One run of the pipeline: the settings and the run's flags and clock.
 #[derive(Debug, Clone)]
 pub struct Run<'a> {
     pub settings: &'a Settings,
+    /// The staging dir, opened once for the whole run.
+    pub staging: &'a StagingDir,
     pub now: SystemTime,
     pub dry_run: bool,
     pub force: bool,
@@ -60,14 +61,35 @@ pub fn destinations(spec: &CertSpec) -> Vec<Dest> {
 }
 
 /// Repair any interrupted install of this certificate (call under the lock).
-pub fn recover(spec: &CertSpec) -> Result<(), install::InstallError> {
+///
+/// A mismatched pair that no kept backup can repair is not an error that
+/// stops the run: installing a valid pair over it is the repair. It is
+/// logged, and remembered in the staging dir ([`Entry::RepairOwed`]) so
+/// that the next push delivers the pair even when the certificate itself
+/// is unchanged: in handoff mode the unprivileged `serve` cannot read
+/// root's key.pem, so it could not tell on its own.
+pub fn recover(staging: &StagingDir, spec: &CertSpec) -> Result<(), install::InstallError> {
     for dest in destinations(spec) {
-        let r = install::recover(&dest)?;
-        if r != install::Recovery::Clean {
-            tracing::warn!(cert = %spec.name, path = %dest.cert.display(), "recovered an interrupted install: {r:?}");
+        match install::recover(&dest) {
+            Ok(install::Recovery::Clean) => {}
+            Ok(r) => {
+                tracing::warn!(cert = %spec.name, path = %dest.cert.display(), "recovered an interrupted install: {r:?}");
+            }
+            Err(e @ install::InstallError::Unrepairable { .. }) => {
+                tracing::error!(cert = %spec.name, "{e}");
+                if let Err(e) = staging.write(Entry::RepairOwed(&spec.name), b"1\n", 0o600) {
+                    tracing::error!(cert = %spec.name, "cannot remember the repair: {e}");
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Did root find this certificate's installed pair broken, with no backup?
+pub fn repair_owed(staging: &StagingDir, name: &str) -> bool {
+    staging.exists(Entry::RepairOwed(name))
 }
 
 /// Is this exact pair installed everywhere it belongs?
@@ -124,12 +146,17 @@ pub fn decide(spec: &CertSpec, offered: &OfferedCert) -> (Wanted, String) {
 /// asked for anyway: delivering it runs [`finish`], which retries that
 /// reload, so the next push settles it.
 pub fn decide_owed(
-    settings: &Settings,
+    staging: &StagingDir,
     spec: &CertSpec,
     offered: &OfferedCert,
 ) -> (Wanted, String) {
     match decide(spec, offered) {
-        (Wanted::Have, _) if reload_owed(settings, &spec.name) => (
+        (Wanted::Have, _) if repair_owed(staging, &spec.name) => (
+            Wanted::Send,
+            "the installed pair was found broken (the key does not match); send it to repair it"
+                .into(),
+        ),
+        (Wanted::Have, _) if reload_owed(staging, &spec.name) => (
             Wanted::Send,
             "already installed, but a reload is owed; send it to retry the reload".into(),
         ),
@@ -166,7 +193,7 @@ pub fn stage_step(
         report.skipped(Step::Stage, "dry run: the bytes stay in memory");
         return Ok(());
     }
-    match stage::stage(&run.settings.staging_dir, &spec.name, bundle) {
+    match run.staging.stage(&spec.name, bundle) {
         Ok(dir) => {
             tracing::info!(cert = %spec.name, dir = %dir.display(), "staged");
             report.done(Step::Stage, format!("staged in {}", dir.display()));
@@ -304,19 +331,19 @@ pub async fn deliver<P: PostInstall>(
         return;
     }
     let Some(pair) = validate_step(run, spec, bundle, report) else {
-        stage::clear(&run.settings.staging_dir, &spec.name);
+        run.staging.clear(&spec.name);
         return;
     };
     finish(run, spec, &pair, post, report).await;
     if !run.dry_run {
-        stage::clear(&run.settings.staging_dir, &spec.name);
+        run.staging.clear(&spec.name);
     }
 }
 
 /// Steps 4–7 for a validated pair.
 ///
 /// A pair already installed is not installed again, but a reload still owed
-/// from an earlier run (see [`owed_reload_marker`]) is retried here, so a
+/// from an earlier run (see [`Entry::ReloadOwed`]) is retried here, so a
 /// push of the same pair settles it.
 pub async fn finish<P: PostInstall>(
     run: &Run<'_>,
@@ -328,7 +355,7 @@ pub async fn finish<P: PostInstall>(
     match compare_step(spec, pair, report) {
         Ok(true) => {}
         Ok(false) => {
-            if reload_owed(run.settings, &spec.name) {
+            if reload_owed(run.staging, &spec.name) {
                 settle_owed(run, spec, pair.leaf_fingerprint(), post, report).await;
             }
             return;
@@ -340,12 +367,15 @@ pub async fn finish<P: PostInstall>(
     }
     if !run.dry_run {
         record_installed_at(run, spec);
+        if let Err(e) = run.staging.remove(Entry::RepairOwed(&spec.name)) {
+            tracing::error!(cert = %spec.name, "{e}");
+        }
     }
     reload_and_verify(run, spec, pair.leaf_fingerprint(), post, report).await;
 }
 
 /// Steps 6 and 7, remembering a pair that is installed but not proven
-/// served (see [`owed_reload_marker`]).
+/// served (see [`reload_owed`]).
 ///
 /// The marker is written before the reload and removed only once the
 /// reload and the verify both succeeded: a failed reload, a failed verify,
@@ -362,25 +392,24 @@ async fn reload_and_verify<P: PostInstall>(
         post.reload(spec, true, report).await;
         return;
     }
-    let marker = owed_reload_marker(run.settings, &spec.name);
-    // `deploy` runs as root in a staging dir the serve user owns: never
-    // follow a link planted there.
-    if let Err(e) = crate::fsutil::replace(&marker, format!("{leaf}\n").as_bytes(), 0o600, None) {
-        tracing::error!(cert = %spec.name, "cannot remember the owed reload in {}: {e}; if this run fails, run `certsync-receive deploy` once it can succeed", marker.display());
+    let marker = Entry::ReloadOwed(&spec.name);
+    if let Err(e) = run
+        .staging
+        .write(marker, format!("{leaf}\n").as_bytes(), 0o600)
+    {
+        tracing::error!(cert = %spec.name, "cannot remember the owed reload: {e}; if this run fails, run `certsync-receive deploy` once it can succeed");
     }
     let failed_before = failed_posts(report);
     post.reload(spec, false, report).await;
     post.verify(spec, leaf, report).await;
     if failed_posts(report) > failed_before {
-        tracing::warn!(cert = %spec.name, marker = %marker.display(), "installed but not proven served; the next deploy, check or push retries the reload and the verify");
+        tracing::warn!(cert = %spec.name, marker = %run.staging.display(marker).display(), "installed but not proven served; the next deploy, check or push retries the reload and the verify");
         return;
     }
-    match std::fs::remove_file(&marker) {
-        Ok(()) => tracing::debug!(cert = %spec.name, "reloaded and verified; nothing owed"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::error!(cert = %spec.name, "cannot remove {}: {e}", marker.display())
-        }
+    match run.staging.remove(marker) {
+        Ok(true) => tracing::debug!(cert = %spec.name, "reloaded and verified; nothing owed"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(cert = %spec.name, "{e}"),
     }
 }
 
@@ -400,7 +429,7 @@ async fn settle_owed<P: PostInstall>(
     post: &P,
     report: &mut CertReport,
 ) {
-    let marker = owed_reload_marker(run.settings, &spec.name);
+    let marker = run.staging.display(Entry::ReloadOwed(&spec.name));
     tracing::info!(cert = %spec.name, marker = %marker.display(), "retrying the reload and verify owed since an earlier install");
     let what = if run.dry_run {
         "would retry it"
@@ -425,7 +454,7 @@ pub async fn retry_owed<P: PostInstall>(
     spec: &CertSpec,
     post: &P,
 ) -> Option<CertReport> {
-    if !reload_owed(run.settings, &spec.name) {
+    if !reload_owed(run.staging, &spec.name) {
         return None;
     }
     let mut cr = CertReport::new(&spec.name, None);
@@ -454,45 +483,35 @@ pub async fn retry_owed<P: PostInstall>(
     Some(cr)
 }
 
-/// Where a pair that is installed but not proven served (its reload or
-/// its verify failed, or the run stopped in between) is remembered, so
-/// that the next push, `deploy` or `check` retries the reload and the
-/// verify instead of saying "nothing to do".
-pub fn owed_reload_marker(settings: &Settings, name: &str) -> PathBuf {
-    settings.staging_dir.join(format!("{name}.reload-owed"))
-}
-
 /// Is a reload (and verify) of this certificate's services still owed?
-pub fn reload_owed(settings: &Settings, name: &str) -> bool {
-    owed_reload_marker(settings, name).exists()
+/// The marker ([`Entry::ReloadOwed`]) remembers a pair that is installed
+/// but not proven served (its reload or its verify failed, or the run
+/// stopped in between), so that the next push, `deploy` or `check`
+/// retries the reload and the verify instead of saying "nothing to do".
+pub fn reload_owed(staging: &StagingDir, name: &str) -> bool {
+    staging.exists(Entry::ReloadOwed(name))
 }
 
-/// Where the time of the last successful install is kept (Unix seconds),
-/// for `check --metrics`. The pair on disk stays the truth for everything
+/// Remember the time of this successful install (Unix seconds), for
+/// `check --metrics`. The pair on disk stays the truth for everything
 /// else; this file only answers "when".
-pub fn installed_at_file(settings: &Settings, name: &str) -> PathBuf {
-    settings.staging_dir.join(format!("{name}.installed-at"))
-}
-
 fn record_installed_at(run: &Run<'_>, spec: &CertSpec) {
-    let path = installed_at_file(run.settings, &spec.name);
-    let res = crate::fsutil::replace(
-        &path,
-        format!("{}\n", unix(run.now)).as_bytes(),
-        0o600,
-        None,
-    );
-    if let Err(e) = res {
+    let entry = Entry::InstalledAt(&spec.name);
+    if let Err(e) = run
+        .staging
+        .write(entry, format!("{}\n", unix(run.now)).as_bytes(), 0o600)
+    {
         // Only the metrics lose the timestamp; the install itself is done.
-        tracing::warn!(cert = %spec.name, "cannot record the install time in {}: {e}", path.display());
+        tracing::warn!(cert = %spec.name, "cannot record the install time: {e}");
     }
 }
 
 /// The last successful install of `name`, in Unix seconds, if recorded.
-pub fn installed_at(settings: &Settings, name: &str) -> Option<i64> {
-    std::fs::read_to_string(installed_at_file(settings, name))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
+/// Read capped and never through a link: whoever owns the staging dir may
+/// have put a link to /dev/zero there.
+pub fn installed_at(staging: &StagingDir, name: &str) -> Option<i64> {
+    let bytes = staging.read(Entry::InstalledAt(name)).ok().flatten()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -548,6 +567,7 @@ mod tests {
             deploy: DeployMode::Inline,
             handoff_timeout: std::time::Duration::from_secs(1),
             read_timeout: std::time::Duration::from_secs(1),
+            session_timeout: std::time::Duration::from_secs(10),
             certs: vec![CertSpec {
                 name: "mail".into(),
                 hostnames: vec!["mail.example.com".into()],
@@ -566,10 +586,11 @@ mod tests {
     async fn a_failed_reload_is_owed_until_a_later_run_succeeds() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path());
-        crate::stage::ensure_dir(&s.staging_dir).unwrap();
+        let staging = StagingDir::open(&s.staging_dir).unwrap();
         let spec = &s.certs[0];
         let run = Run {
             settings: &s,
+            staging: &staging,
             now: SystemTime::now(),
             dry_run: false,
             force: false,
@@ -586,30 +607,30 @@ mod tests {
         let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
         finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(cr.exit, ExitCode::Unverified, "{cr}");
-        assert!(reload_owed(&s, "mail"));
+        assert!(reload_owed(&staging, "mail"));
         assert!(
-            installed_at(&s, "mail").is_some(),
+            installed_at(&staging, "mail").is_some(),
             "the install is recorded"
         );
         assert_eq!(post.verifies.get(), 1, "verify still runs");
         assert!(retry_owed(&run, spec, &post)
             .await
             .is_some_and(|r| r.exit == ExitCode::Unverified));
-        assert!(reload_owed(&s, "mail"), "still failing: still owed");
+        assert!(reload_owed(&staging, "mail"), "still failing: still owed");
 
         // The same pair again: nothing to install, but the owed reload runs.
         post.fail.set(false);
-        let (wanted, _) = decide_owed(&s, spec, &offered(&leaf));
+        let (wanted, _) = decide_owed(&staging, spec, &offered(&leaf));
         assert_eq!(wanted, Wanted::Send, "a push is asked to deliver it again");
         let mut cr = CertReport::new("mail", None);
         let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
         finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(cr.exit, ExitCode::Success, "{cr}");
         assert!(cr.nothing_to_do);
-        assert!(!reload_owed(&s, "mail"));
+        assert!(!reload_owed(&staging, "mail"));
         assert_eq!(post.reloads.get(), 3);
         assert!(retry_owed(&run, spec, &post).await.is_none());
-        let (wanted, _) = decide_owed(&s, spec, &offered(&leaf));
+        let (wanted, _) = decide_owed(&staging, spec, &offered(&leaf));
         assert_eq!(wanted, Wanted::Have);
     }
 
@@ -617,10 +638,11 @@ mod tests {
     async fn a_failed_verify_is_owed_too_and_a_repeat_delivery_retries_it() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path());
-        crate::stage::ensure_dir(&s.staging_dir).unwrap();
+        let staging = StagingDir::open(&s.staging_dir).unwrap();
         let spec = &s.certs[0];
         let run = Run {
             settings: &s,
+            staging: &staging,
             now: SystemTime::now(),
             dry_run: false,
             force: false,
@@ -636,8 +658,11 @@ mod tests {
         let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
         finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(cr.exit, ExitCode::Unverified, "{cr}");
-        assert!(reload_owed(&s, "mail"), "a failed verify is remembered");
-        let (wanted, why) = decide_owed(&s, spec, &offered(&leaf));
+        assert!(
+            reload_owed(&staging, "mail"),
+            "a failed verify is remembered"
+        );
+        let (wanted, why) = decide_owed(&staging, spec, &offered(&leaf));
         assert_eq!(wanted, Wanted::Send, "not 'nothing to do': {why}");
 
         post.stale.set(false);
@@ -646,8 +671,8 @@ mod tests {
         finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(cr.exit, ExitCode::Success, "{cr}");
         assert_eq!((post.reloads.get(), post.verifies.get()), (2, 2));
-        assert!(!reload_owed(&s, "mail"));
-        assert_eq!(decide_owed(&s, spec, &offered(&leaf)).0, Wanted::Have);
+        assert!(!reload_owed(&staging, "mail"));
+        assert_eq!(decide_owed(&staging, spec, &offered(&leaf)).0, Wanted::Have);
     }
 
     fn offered(leaf: &certsync_core::testutil::TestLeaf) -> OfferedCert {
@@ -665,9 +690,10 @@ mod tests {
     async fn a_dry_run_writes_no_marker() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path());
-        crate::stage::ensure_dir(&s.staging_dir).unwrap();
+        let staging = StagingDir::open(&s.staging_dir).unwrap();
         let run = Run {
             settings: &s,
+            staging: &staging,
             now: SystemTime::now(),
             dry_run: true,
             force: false,
@@ -684,7 +710,7 @@ mod tests {
         finish(&run, &s.certs[0], &pair, &post, &mut cr).await;
         assert_eq!(post.reloads.get(), 1);
         assert_eq!(post.verifies.get(), 0);
-        assert!(!reload_owed(&s, "mail"));
-        assert!(installed_at(&s, "mail").is_none());
+        assert!(!reload_owed(&staging, "mail"));
+        assert!(installed_at(&staging, "mail").is_none());
     }
 }

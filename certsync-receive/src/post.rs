@@ -6,7 +6,7 @@
 //! - Both steps run after the pair is installed, so neither undoes it: a
 //!   failure is a failed step with exit 4 ([`ExitCode::Unverified`]) whose
 //!   message names the service or endpoint and what to do. The pipeline
-//!   remembers a failed reload ([`crate::pipeline::owed_reload_marker`]).
+//!   remembers a failed reload ([`crate::stage::Entry::ReloadOwed`]).
 //! - Nothing is silently skipped: an empty `reload` or `verify` list is a
 //!   "skipped: none configured" step; every service and every endpoint gets
 //!   a line of its own.
@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use certsync_core::bundle::{parse_chain, CertInfo};
+use certsync_core::protocol::MAX_CHAIN_BYTES;
 use certsync_core::report::{CertReport, Step, StepStatus};
 use certsync_core::{ExitCode, Fingerprint};
 
@@ -274,8 +275,9 @@ fn sni_folders(ssl_dir: &Path) -> Vec<(PathBuf, Option<CertInfo>)> {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| {
-            let info = std::fs::read(e.path().join("cert.pem"))
+            let info = crate::fsutil::read_capped(&e.path().join("cert.pem"), MAX_CHAIN_BYTES)
                 .ok()
+                .flatten()
                 .and_then(|pem| parse_chain(&pem).ok())
                 .and_then(|certs| certs.first().map(CertInfo::of));
             (e.path(), info)

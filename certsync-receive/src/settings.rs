@@ -36,6 +36,9 @@ pub struct Settings {
     pub handoff_timeout: Duration,
     /// How long each protocol frame may take to arrive.
     pub read_timeout: Duration,
+    /// How long one pusher may hold the receiver's lock for its frames
+    /// (and, before the lock, for hello and offer).
+    pub session_timeout: Duration,
     pub certs: Vec<CertSpec>,
     pub docker: DockerConfig,
     pub mailcow: Option<MailcowConf>,
@@ -111,6 +114,7 @@ impl Settings {
             deploy: raw.deploy,
             handoff_timeout: raw.handoff_timeout(),
             read_timeout: raw.read_timeout(),
+            session_timeout: raw.session_timeout(),
             certs,
             docker,
             mailcow: mc,

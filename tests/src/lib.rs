@@ -13,6 +13,7 @@
 pub mod bins;
 pub mod docker;
 pub mod e2e;
+pub mod fakerecv;
 pub mod livedir;
 pub mod mailcow;
 pub mod netns;

@@ -592,3 +592,109 @@ fn time_one_read_of_a_p384_dir() {
     let each = start.elapsed() / N;
     eprintln!("read_consistent on a P-384 certbot dir: {each:?} per read (mean of {N})");
 }
+
+/// Issue 11 item 9: the pusher runs as root and whoever writes the live dir
+/// (NPM's container, through its bind mount) must not choose what it
+/// sends. A link that resolves outside its lineage's `archive/<name>/`
+/// (absolute, `../` relative, through a symlinked directory, or into
+/// another lineage) is refused by name, and `push` never connects.
+#[test]
+fn live_links_outside_the_lineage_archive_are_refused_and_nothing_is_sent() {
+    use certsync_tests::npmhost::{local_target, NpmHost};
+    use certsync_tests::receiver::Mailhost;
+    use std::os::unix::fs::symlink;
+
+    let ca = TestCa::new();
+    let ours = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+    // A consistent pair root can read that is not this lineage's: the
+    // attacker wants it sent.
+    let victim = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+    type Plant = fn(&NpmHost, &Path) -> String;
+    // Each returns the text the refusal must show (where the link points).
+    let cases: [(&str, Plant); 4] = [
+        ("absolute links to files outside", |npm, outside| {
+            for kind in ["cert", "privkey", "chain", "fullchain"] {
+                let link = npm.live.link(kind);
+                fs::remove_file(&link).unwrap();
+                symlink(outside.join(format!("{kind}1.pem")), &link).unwrap();
+            }
+            outside.display().to_string()
+        }),
+        ("../ links that climb out of the archive", |npm, outside| {
+            // live/npm-5 → ../../../outside/<kind>1.pem (outside sits
+            // beside letsencrypt/).
+            for kind in ["cert", "privkey", "chain", "fullchain"] {
+                let link = npm.live.link(kind);
+                fs::remove_file(&link).unwrap();
+                symlink(format!("../../../outside/{kind}1.pem"), &link).unwrap();
+            }
+            outside.display().to_string()
+        }),
+        (
+            "certbot's own links through a symlinked archive dir",
+            |npm, outside| {
+                // The links are exactly what certbot writes; archive/npm-5
+                // itself was replaced by a link to elsewhere.
+                fs::remove_dir_all(npm.live.archive()).unwrap();
+                symlink(outside, npm.live.archive()).unwrap();
+                outside.display().to_string()
+            },
+        ),
+        ("links into another lineage's archive", |npm, outside| {
+            let other = npm.root.path().join("letsencrypt/archive/npm-9");
+            fs::create_dir_all(&other).unwrap();
+            for kind in ["cert", "privkey", "chain", "fullchain"] {
+                fs::copy(
+                    outside.join(format!("{kind}1.pem")),
+                    other.join(format!("{kind}1.pem")),
+                )
+                .unwrap();
+                let link = npm.live.link(kind);
+                fs::remove_file(&link).unwrap();
+                symlink(format!("../../archive/npm-9/{kind}1.pem"), &link).unwrap();
+            }
+            "archive/npm-9".to_string()
+        }),
+    ];
+    for (what, plant) in cases {
+        let npm = NpmHost::new(&ours);
+        let mail = Mailhost::new(&["mail.example.com"]);
+        npm.write_config(&npm.cert_source(), &[local_target("mailcow", &mail)]);
+        let outside = npm.root.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("cert1.pem"), &victim.cert_pem).unwrap();
+        fs::write(outside.join("chain1.pem"), &victim.intermediates_pem).unwrap();
+        fs::write(outside.join("fullchain1.pem"), &victim.chain_pem).unwrap();
+        fs::write(outside.join("privkey1.pem"), victim.key_pem.expose()).unwrap();
+        let points_at = plant(&npm, &outside);
+
+        let run = npm.run(&["push"]);
+        let out = run.both();
+        assert_ne!(run.code, Some(0), "{what}: {out}");
+        assert!(
+            out.contains(&npm.live.link("cert").display().to_string())
+                || out.contains(&npm.live.link("privkey").display().to_string())
+                || out.contains(&npm.live.link("chain").display().to_string())
+                || out.contains(&npm.live.link("fullchain").display().to_string()),
+            "{what}: the refusal names the link: {out}"
+        );
+        assert!(
+            out.contains(&points_at),
+            "{what}: and where it points: {out}"
+        );
+        assert!(out.contains("outside"), "{what}: {out}");
+        assert!(
+            !out.contains("connected") && !out.contains(" offer"),
+            "{what}: never connects: {out}"
+        );
+        assert!(
+            mail.nothing_installed(),
+            "{what}: nothing reached the receiver: {out}"
+        );
+        assert!(!out.contains("PRIVATE KEY"), "{what}: {out}");
+        eprintln!(
+            "RESULT {what}: {}",
+            out.lines().find(|l| l.contains("outside")).unwrap_or("")
+        );
+    }
+}
