@@ -24,6 +24,9 @@
 //!   exec make them re-read the mounted certificate. They need Debian's
 //!   `postfix dovecot-imapd dovecot-pop3d dovecot-managesieved` on the host.
 //!
+//! (Those are configured simply; [`crate::mailcow`] starts the three the
+//! way mailcow's images do, with postfix's SNI map and dovecot's sni.conf.)
+//!
 //! Those pick free ports on 127.0.0.1; their `_on` variants
 //! ([`Dockerd::nginx_mailcow_on`], [`Dockerd::postfix_mailcow_on`],
 //! [`Dockerd::dovecot_mailcow_on`]) take the ports, so a test that owns a

@@ -10,7 +10,9 @@
 //! - with `NGINX_USE_PROXY_PROTOCOL=YES` the HTTPS probe sends a PROXY
 //!   header;
 //! - a verify that fails leaves the pair owed: the next push does not say
-//!   "nothing to do" but retries the reload and the verify.
+//!   "nothing to do" but retries the reload and the verify;
+//! - a server that is stale only for clients without SNI fails verify and
+//!   `check`.
 //!
 //! Each test starts its own dockerd; timings are printed (`--nocapture`).
 
@@ -313,4 +315,63 @@ fn a_failed_verify_is_retried_by_the_next_push_instead_of_nothing_to_do() {
     assert_eq!(third.code, Some(0), "{}", third.both());
     assert!(third.both().contains("nothing to do"), "{}", third.both());
     assert_served_everywhere(&m, &new, false);
+}
+
+/// A server that gives clients with SNI the installed leaf and clients
+/// without SNI another (mailcow's per-domain folder fresh, its top-level
+/// pair stale): `install`'s verify and `check` both say so, naming the
+/// clients without SNI. Before, both probed with SNI only and passed.
+#[test]
+fn a_stale_certificate_for_clients_without_sni_is_caught_by_verify_and_check() {
+    if !require("openssl", Path::new("/usr/bin/openssl").exists()) {
+        return;
+    }
+    let ca = TestCa::new();
+    let installed = ca.leaf(KeyKind::P256, &[HOST]);
+    let stale = mailcows_own(&ca);
+    let dir = tempfile::tempdir().unwrap();
+    let pem = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let port = certsync_tests::docker::free_port();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_server", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(pem("stale.pem", &stale.chain_pem))
+        .arg("-key")
+        .arg(pem("stale.key", stale.key_pem.expose()))
+        .args(["-servername", HOST, "-cert2"])
+        .arg(pem("new.pem", &installed.chain_pem))
+        .arg("-key2")
+        .arg(pem("new.key", installed.key_pem.expose()));
+    let _server = Process::spawn("openssl s_server", cmd, &dir.path().join("s_server.log"));
+    wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .expect("openssl s_server listens");
+
+    let host = certsync_tests::receiver::Mailhost::new(&[HOST]);
+    let text = std::fs::read_to_string(&host.config).unwrap().replace(
+        "verify = []",
+        &format!("verify = [\"127.0.0.1:{port} tls\"]"),
+    );
+    std::fs::write(&host.config, text).unwrap();
+    let out = host.install_leaf(&installed, &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{all}");
+    assert!(all.contains("(no SNI) serves"), "{all}");
+
+    let out = host.cmd().arg("check").output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{all}");
+    assert!(
+        all.contains(&format!(
+            "serves {} to clients without SNI",
+            stale.fingerprint()
+        )),
+        "{all}"
+    );
 }
