@@ -354,11 +354,11 @@ fn a_stale_certificate_for_clients_without_sni_is_caught_by_verify_and_check() {
     .expect("openssl s_server listens");
 
     let host = certsync_tests::receiver::Mailhost::new(&[HOST]);
-    let text = std::fs::read_to_string(&host.config).unwrap().replace(
+    let toml = std::fs::read_to_string(&host.config).unwrap().replace(
         "verify = []",
         &format!("verify = [\"127.0.0.1:{port} tls\"]"),
     );
-    std::fs::write(&host.config, text).unwrap();
+    std::fs::write(&host.config, toml).unwrap();
     let out = host.install_leaf(&installed, &[]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
