@@ -119,9 +119,10 @@ impl Hello {
     /// Check that the peer speaks certsync v1.
     pub fn check(&self) -> Result<(), ProtocolError> {
         if self.magic != MAGIC {
+            // The peer's magic is not shown: it is input (see
+            // [`ProtocolError`]).
             return Err(ProtocolError::NotCertsync(format!(
-                "hello magic {:?}",
-                self.magic.chars().take(32).collect::<String>()
+                "the hello's magic is not {MAGIC:?}"
             )));
         }
         if self.version != VERSION {
@@ -130,6 +131,30 @@ impl Hello {
             });
         }
         Ok(())
+    }
+
+    /// The peer's agent for a log line: `certsync-push 1.2.3` as sent when
+    /// it is exactly a certsync binary and a version, else only its length.
+    /// The agent is the peer's free text; logging it raw would let a peer
+    /// write anything, newlines and secrets included, into our log.
+    pub fn agent_for_log(&self) -> String {
+        let known = ["certsync-push ", "certsync-receive "]
+            .iter()
+            .find_map(|p| self.agent.strip_prefix(p))
+            .is_some_and(|v| {
+                !v.is_empty()
+                    && v.len() <= 32
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+            });
+        if known {
+            self.agent.clone()
+        } else {
+            format!(
+                "an unrecognised agent ({} bytes, not shown)",
+                self.agent.len()
+            )
+        }
     }
 }
 
@@ -224,6 +249,9 @@ impl Message {
     }
 }
 
+/// What went wrong on the wire. No variant holds the peer's bytes beyond
+/// a frame tag or a length: whatever a peer sends is data, and a message
+/// that echoed it could carry key material into a log or a report.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error("the connection closed before the {0} message")]
@@ -248,8 +276,8 @@ pub enum ProtocolError {
     Version { theirs: u32 },
     #[error("malformed {kind} frame: {reason}")]
     Malformed { kind: &'static str, reason: String },
-    #[error("invalid certificate name {0:?} on the wire (1–64 of A–Z a–z 0–9 . _ -)")]
-    BadName(String),
+    #[error("an invalid certificate name of {0} bytes on the wire (1–64 of A–Z a–z 0–9 . _ -)")]
+    BadName(usize),
     #[error("protocol error: expected {expected}, got {got}")]
     Unexpected {
         expected: &'static str,
@@ -300,7 +328,7 @@ pub fn encode(msg: &Message) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
         Message::Error(e) => json_frame(tag::ERROR, e)?,
         Message::Bundle { name, bundle } => {
             if !valid_name(name) {
-                return Err(ProtocolError::BadName(name.clone()));
+                return Err(ProtocolError::BadName(name.len()));
             }
             let key = bundle.key.expose();
             let mut body = Zeroizing::new(Vec::with_capacity(
@@ -431,7 +459,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     return Err(ProtocolError::TooManyCerts(self.limits.max_certs));
                 }
                 if let Some(bad) = offer.certs.iter().find(|c| !valid_name(&c.name)) {
-                    return Err(ProtocolError::BadName(printable(&bad.name)));
+                    return Err(ProtocolError::BadName(bad.name.len()));
                 }
                 Ok(Message::Offer(offer))
             }
@@ -457,7 +485,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let (name, rest) = rest.split_at(name_len);
         let name = String::from_utf8(name.to_vec()).map_err(|_| malformed("name is not UTF-8"))?;
         if !valid_name(&name) {
-            return Err(ProtocolError::BadName(printable(&name)));
+            return Err(ProtocolError::BadName(name.len()));
         }
         let (chain, rest) = take_sized(rest, self.limits.max_chain, "chain")?;
         let (key, rest) = take_sized(rest, self.limits.max_key, "key")?;
@@ -496,21 +524,28 @@ fn take_sized<'a>(
     Ok(rest.split_at(len))
 }
 
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(MAX_NAME_LEN)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
 fn parse_json<T: serde::de::DeserializeOwned>(
     kind: &'static str,
     body: &[u8],
 ) -> Result<T, ProtocolError> {
     serde_json::from_slice(body).map_err(|e| ProtocolError::Malformed {
         kind,
-        reason: e.to_string(),
+        reason: json_error(&e),
     })
+}
+
+/// A JSON error without the input: serde_json's own message quotes the
+/// offending value or field name ("invalid type: string \"MHcC…\""), so
+/// only its category and position are kept.
+pub fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "an I/O error",
+        Category::Syntax => "not valid JSON",
+        Category::Data => "a field that is unknown, missing or of the wrong type",
+        Category::Eof => "JSON that ends too early",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 #[cfg(test)]
@@ -755,5 +790,91 @@ mod tests {
         ));
         h.magic = "rsync".into();
         assert!(matches!(h.check(), Err(ProtocolError::NotCertsync(_))));
+    }
+
+    /// Whatever a peer puts in a frame is never echoed: key material in
+    /// any JSON field, the magic, a name or the agent stays out of every
+    /// error and log line.
+    #[tokio::test]
+    async fn no_error_echoes_what_the_peer_sent() {
+        let leaf =
+            crate::testutil::TestCa::new().leaf(crate::testutil::KeyKind::P256, &["a.example"]);
+        let secret = crate::testutil::SecretWindows::of(&leaf.key);
+        let pem = String::from_utf8(leaf.key_pkcs1_or_sec1()).unwrap();
+        let cr_only = pem.replace('\n', "\r");
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut checked = 0;
+        for text in [pem.as_str(), cr_only.as_str(), b64.as_str()] {
+            let s = serde_json::to_string(text).unwrap();
+            let frames: Vec<(u8, String)> = vec![
+                (
+                    tag::HELLO,
+                    format!(r#"{{"magic":{s},"version":1,"agent":"x"}}"#),
+                ),
+                (
+                    tag::HELLO,
+                    format!(r#"{{"magic":"certsync","version":{s},"agent":"x"}}"#),
+                ),
+                (
+                    tag::HELLO,
+                    format!(r#"{{"magic":"certsync","version":1,"agent":"x","dry_run":{s}}}"#),
+                ),
+                (
+                    tag::HELLO,
+                    format!(r#"{{"magic":"certsync","version":1,"agent":"x",{s}:1}}"#),
+                ),
+                (
+                    tag::HELLO,
+                    format!(
+                        r#"{{"magic":"certsync","version":1,"agent":"x"{}"#,
+                        &s[..s.len() / 2]
+                    ),
+                ),
+                (
+                    tag::OFFER,
+                    format!(
+                        r#"{{"certs":[{{"name":{s},"leaf":"00","chain_sha256":"00","key_sha256":"00","not_after":0}}]}}"#
+                    ),
+                ),
+                (
+                    tag::OFFER,
+                    format!(
+                        r#"{{"certs":[{{"name":"mail","leaf":{s},"chain_sha256":"00","key_sha256":"00","not_after":0}}]}}"#
+                    ),
+                ),
+            ];
+            for (t, body) in frames {
+                let buf = frame(t, body.as_bytes());
+                let mut r = Reader::new(&buf[..], limits());
+                let msg = match r.next("hello").await {
+                    Err(e) => format!("{e} {e:?}"),
+                    Ok(Message::Hello(h)) => match h.check() {
+                        Err(e) => format!("{e} {e:?}"),
+                        Ok(()) => h.agent_for_log(),
+                    },
+                    Ok(other) => format!("{other:?}"),
+                };
+                assert!(
+                    secret.leak_in(msg.as_bytes()).is_none(),
+                    "echoed: frame {checked}"
+                );
+                checked += 1;
+            }
+            // A bundle whose name is the secret.
+            let mut body = vec![text.len().min(255) as u8];
+            body.extend_from_slice(&text.as_bytes()[..text.len().min(255)]);
+            let buf = frame(tag::BUNDLE, &body);
+            let e = Reader::new(&buf[..], limits())
+                .next("bundle")
+                .await
+                .unwrap_err();
+            assert!(secret.leak_in(format!("{e} {e:?}").as_bytes()).is_none());
+            // An agent that is the secret.
+            let mut h = Hello::new(text, false, false);
+            assert!(secret.leak_in(h.agent_for_log().as_bytes()).is_none());
+            h.agent = "certsync-push 0.1.0".into();
+            assert_eq!(h.agent_for_log(), "certsync-push 0.1.0");
+        }
+        assert_eq!(checked, 21);
     }
 }

@@ -1,10 +1,16 @@
-//! `discover`: what certificates sit in a certbot `live` dir, and which one
-//! covers a domain.
+//! `discover`: what certificates sit in a certbot `live` dir (or NPM's
+//! `custom_ssl` dir), and which one covers a domain.
 //!
-//! NPM names its certbot lineages `npm-1`, `npm-2`, …, so an operator cannot
-//! tell from the name which dir holds `mail.example.com`. [`discover`] lists
-//! every lineage (any subdir holding a `fullchain.pem`; certbot's `README`
-//! and stray files are skipped) with what an operator compares: subject,
+//! NPM keeps two kinds of certificates, both in dirs named `npm-<id>`:
+//! those it obtains with certbot, in `letsencrypt/live/npm-<id>/` (links
+//! into `archive/`), and those uploaded in its UI ("custom"), in
+//! `data/custom_ssl/npm-<id>/` (plain `fullchain.pem` and `privkey.pem`).
+//! The host paths depend on NPM's volumes (`./letsencrypt:/etc/letsencrypt`,
+//! `./data:/data`). An operator cannot tell from the name which dir holds
+//! `mail.example.com`. [`discover`] lists every lineage of one root (any
+//! subdir holding a `fullchain.pem`; certbot's `README` and stray files are
+//! skipped), [`discover_roots`] those of several, with what an operator
+//! compares: subject,
 //! SANs, key type, notAfter, days left, the leaf's SHA-256 fingerprint, and
 //! whether [`crate::source::read_consistent`] accepts it (with the reason if
 //! not). For an inconsistent dir the facts come from `fullchain.pem` alone,
@@ -120,7 +126,7 @@ pub fn discover(live_root: &Path, now: i64) -> Result<Vec<DiscoveredCert>, Sourc
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(SourceError::NoSuchDir {
                 path: live_root.to_path_buf(),
-                hint: "the live root is certbot's `live` dir, e.g. /opt/npm/letsencrypt/live",
+                hint: "a live root is certbot's `live` dir (e.g. /opt/npm/letsencrypt/live) or NPM's custom certificate dir (e.g. /opt/npm/data/custom_ssl)",
             })
         }
         Err(e) => return Err(list_err(e)),
@@ -251,6 +257,16 @@ pub fn render_table(certs: &[DiscoveredCert]) -> String {
     out
 }
 
+/// Every lineage under each of `roots`, root by root in the order given.
+/// Every root must exist: a misspelt one is an error naming it.
+pub fn discover_roots(roots: &[PathBuf], now: i64) -> Result<Vec<DiscoveredCert>, SourceError> {
+    let mut all = Vec::new();
+    for root in roots {
+        all.extend(discover(root, now)?);
+    }
+    Ok(all)
+}
+
 /// The lineage under `live_root` whose leaf covers `domain`, newest notAfter
 /// first. Errors list what was found, or name the newest covering dir when
 /// it is inconsistent (try again: certbot may be renewing it).
@@ -259,7 +275,17 @@ pub fn pick_for_domain(
     domain: &str,
     now: i64,
 ) -> Result<DiscoveredCert, SourceError> {
-    let all = discover(live_root, now)?;
+    pick_for_domain_in(&[live_root.to_path_buf()], domain, now)
+}
+
+/// [`pick_for_domain`] over several roots (certbot's live dir and NPM's
+/// custom_ssl dir): the newest covering certificate wherever it is.
+pub fn pick_for_domain_in(
+    roots: &[PathBuf],
+    domain: &str,
+    now: i64,
+) -> Result<DiscoveredCert, SourceError> {
+    let all = discover_roots(roots, now)?;
     let newest = all
         .iter()
         .filter(|c| c.covers(domain))
@@ -272,14 +298,16 @@ pub fn pick_for_domain(
             reason: c.problem.clone().unwrap_or_default(),
         }),
         None => Err(SourceError::NoMatch {
-            live_root: live_root.to_path_buf(),
+            live_roots: roots.to_vec(),
             domain: domain.to_string(),
-            found: describe_found(&all),
+            found: describe_found(&all, roots.len() > 1),
         }),
     }
 }
 
-fn describe_found(all: &[DiscoveredCert]) -> String {
+/// What was found, for an error. With several roots a lineage is named by
+/// its path (`npm-3` may be in either).
+fn describe_found(all: &[DiscoveredCert], by_path: bool) -> String {
     if all.is_empty() {
         return "no lineage (no subdir with a fullchain.pem)".to_string();
     }
@@ -290,9 +318,14 @@ fn describe_found(all: &[DiscoveredCert]) -> String {
             } else {
                 c.sans.join(", ")
             };
+            let name = if by_path {
+                c.dir.display().to_string()
+            } else {
+                c.name.clone()
+            };
             match &c.problem {
-                None => format!("{} ({sans})", c.name),
-                Some(p) => format!("{} ({sans}; inconsistent: {p})", c.name),
+                None => format!("{name} ({sans})"),
+                Some(p) => format!("{name} ({sans}; inconsistent: {p})"),
             }
         })
         .collect::<Vec<_>>()

@@ -27,7 +27,7 @@ use certsync_core::config::{PushCert, PushConfig, Target};
 use certsync_core::report::{CertReport, StepStatus};
 use certsync_core::{ExitCode, Fingerprint};
 
-use crate::discover::{choice_changed, pick_for_domain, Choice};
+use crate::discover::{choice_changed, pick_for_domain_in, Choice};
 use crate::error::{source_exit, PushError};
 use crate::session::{self, Offering, Options};
 use crate::source::{read_consistent_retry_async, Retry, SourceError, SourcePair};
@@ -272,12 +272,12 @@ pub async fn read_source(
     };
     let start = Instant::now();
     let dir = loop {
-        let (r, d) = (root.clone(), domain.clone());
-        let picked = tokio::task::spawn_blocking(move || pick_for_domain(&r, &d, now_unix()))
+        let (r, d) = (root.paths().to_vec(), domain.clone());
+        let picked = tokio::task::spawn_blocking(move || pick_for_domain_in(&r, &d, now_unix()))
             .await
             .map_err(|e| SourceError::Io {
                 action: "search (the task failed)",
-                path: root.clone(),
+                path: root.paths().first().cloned().unwrap_or_default(),
                 source: std::io::Error::other(e.to_string()),
             })?;
         match picked {

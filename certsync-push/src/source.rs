@@ -41,10 +41,18 @@
 //!   so RSA, ECDSA and Ed25519 alike), and `cert.pem` / `chain.pem` agree
 //!   with `fullchain.pem`.
 //!
-//! A plain directory of regular files (someone copied the pair) is accepted
-//! too, under the same rules minus the generation: `fullchain.pem` and
-//! `privkey.pem` must exist, `cert.pem` and `chain.pem` are checked if
-//! present. A directory that mixes links and regular files is refused.
+//! A plain directory of regular files is accepted too, under the same rules
+//! minus the generation: `fullchain.pem` and `privkey.pem` must exist,
+//! `cert.pem` and `chain.pem` are checked if present. A directory that
+//! mixes links and regular files is refused. This is how Nginx Proxy
+//! Manager keeps an uploaded ("custom") certificate:
+//! `/data/custom_ssl/npm-<id>/fullchain.pem` (the certificate, then the
+//! intermediate) and `privkey.pem`, written in that order by `fs.writeFile`,
+//! which truncates and rewrites each file in place: no link, no rename, and
+//! the inode stays the same. So a plain file counts as unchanged only when
+//! its inode, size, mtime and ctime all are, and a reader caught between
+//! the two writes sees the new chain with the old key, which the key check
+//! refuses until NPM has written both.
 //!
 //! [`read_consistent_retry`] re-reads for a bounded window while the dir is
 //! inconsistent (a renewal takes milliseconds) and then gives up with the
@@ -228,7 +236,7 @@ pub enum SourceError {
     },
     #[error("{} does not exist; {hint}", path.display())]
     NoSuchDir { path: PathBuf, hint: &'static str },
-    #[error("{} is not a directory; `source` must be a certbot live dir such as /opt/npm/letsencrypt/live/npm-5", path.display())]
+    #[error("{} is not a directory; `source` must be a certbot live dir such as /opt/npm/letsencrypt/live/npm-5, or NPM's custom certificate dir such as /opt/npm/data/custom_ssl/npm-3", path.display())]
     NotADirectory { path: PathBuf },
     #[error("{} is larger than {limit} bytes; it is not a certificate or key file", path.display())]
     TooLarge { path: PathBuf, limit: u64 },
@@ -239,9 +247,9 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
-    #[error("no consistent live dir under {} holds a certificate covering {domain:?}; found: {found}. Check `domain` in push.toml, or run `certsync-push discover --live-root {}`", live_root.display(), live_root.display())]
+    #[error("no consistent certificate dir under {} covers {domain:?}; found: {found}. Check `domain` and `live_root` in push.toml (certbot's live dir, NPM's custom_ssl dir for uploaded certificates, or both), or run `certsync-push discover{}`", join_roots(live_roots), discover_args(live_roots))]
     NoMatch {
-        live_root: PathBuf,
+        live_roots: Vec<PathBuf>,
         domain: String,
         found: String,
     },
@@ -305,6 +313,23 @@ impl SourceError {
     }
 }
 
+/// `a, b and c` for the roots searched.
+fn join_roots(roots: &[PathBuf]) -> String {
+    let names: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
+}
+
+/// ` --live-root A --live-root B`.
+fn discover_args(roots: &[PathBuf]) -> String {
+    roots
+        .iter()
+        .map(|r| format!(" --live-root {}", r.display()))
+        .collect()
+}
+
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SourceError {
     let path = path.to_path_buf();
     move |source| SourceError::Io {
@@ -326,10 +351,14 @@ enum Entry {
     Dangling {
         text: PathBuf,
     },
-    /// A regular file (not a link), by identity.
+    /// A regular file (not a link), by identity and by what an in-place
+    /// rewrite changes (NPM's custom certificates are rewritten in place).
     File {
         dev: u64,
         ino: u64,
+        size: u64,
+        mtime: (i64, i64),
+        ctime: (i64, i64),
     },
     Other,
 }
@@ -360,6 +389,9 @@ fn stat_entry(dir: &Path, name: &str) -> Result<Entry, SourceError> {
         Ok(Entry::File {
             dev: meta.dev(),
             ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
         })
     } else {
         Ok(Entry::Other)
@@ -658,7 +690,7 @@ fn read_consistent_inner(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(SourceError::NoSuchDir {
                 path: dir.to_path_buf(),
-                hint: "check `source` in push.toml; `certsync-push discover` lists the live dirs",
+                hint: "check `source` in push.toml; `certsync-push discover` lists certbot's live dirs and NPM's custom_ssl dirs",
             })
         }
         Err(e) => return Err(io_err("open the live dir", dir)(e)),
@@ -1152,5 +1184,46 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(pair.bundle.chain, leaf.chain_pem);
+    }
+
+    /// NPM rewrites an uploaded certificate's files in place (same inode):
+    /// a rewrite while the files were being read must count as a change,
+    /// as a relink does for certbot, or torn bytes could pass.
+    #[test]
+    fn an_in_place_rewrite_of_a_plain_dir_is_a_change() {
+        let ca = TestCa::new();
+        let old = ca.leaf(KeyKind::P384, &["mail.example.com"]);
+        let new = ca.leaf(KeyKind::Rsa2048, &["mail.example.com"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("custom_ssl/npm-3");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("fullchain.pem"), &old.chain_pem).unwrap();
+        fs::write(dir.join("privkey.pem"), old.key_pem.expose()).unwrap();
+        let inode = fs::metadata(dir.join("fullchain.pem")).unwrap().ino();
+
+        let err = read_consistent_inner(&dir, &mut || {
+            // fs.writeFile: truncate and write, fullchain first.
+            fs::write(dir.join("fullchain.pem"), &new.chain_pem).unwrap();
+            fs::write(dir.join("privkey.pem"), new.key_pem.expose()).unwrap();
+        })
+        .unwrap_err();
+        assert_eq!(
+            fs::metadata(dir.join("fullchain.pem")).unwrap().ino(),
+            inode
+        );
+        let p = err.problems().unwrap_or_else(|| panic!("{err}"));
+        assert!(
+            p.iter().any(|p| matches!(
+                p,
+                Problem::Changed {
+                    file: "fullchain.pem"
+                }
+            )),
+            "{err}"
+        );
+        // Once NPM is done, the new pair reads cleanly.
+        let pair = read_consistent(&dir).unwrap();
+        assert_eq!(pair.info.fingerprint, new.fingerprint());
+        assert_eq!(pair.generation, None);
     }
 }

@@ -81,7 +81,7 @@ pub fn watch_dirs(cfg: &PushConfig) -> Vec<(PathBuf, RecursiveMode)> {
                 dirs.push((parent.to_path_buf(), RecursiveMode::NonRecursive));
             }
         }
-        if let Some(root) = &c.live_root {
+        for root in c.live_root.iter().flat_map(|r| r.paths()) {
             dirs.push((root.clone(), RecursiveMode::Recursive));
         }
     }
@@ -99,7 +99,7 @@ pub fn renewal_in_progress(cfg: &PushConfig) -> bool {
         if let Some(src) = &c.source {
             dirs.push(src.clone());
         }
-        if let Some(root) = &c.live_root {
+        for root in c.live_root.iter().flat_map(|r| r.paths()) {
             if let Ok(entries) = std::fs::read_dir(root) {
                 dirs.extend(entries.flatten().map(|e| e.path()));
             }

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use certsync_core::bundle::{Bundle, SecretBytes};
 use certsync_core::protocol::{MAX_CHAIN_BYTES, MAX_KEY_BYTES};
 use certsync_core::report::{CertReport, Report, Step};
+use certsync_core::validate::Force;
 use certsync_core::ExitCode;
 
 use crate::error::ReceiveError;
@@ -69,7 +70,7 @@ pub async fn install_files<P: PostInstall>(
         staging: &staging,
         now: SystemTime::now(),
         dry_run,
-        force,
+        force: if force { Force::Allowed } else { Force::No },
     };
     let mut cr = CertReport::new(name, None);
     cr.done(
@@ -86,7 +87,10 @@ pub async fn install_files<P: PostInstall>(
     })
 }
 
-/// `certsync-receive deploy [--dry-run]`.
+/// `certsync-receive deploy [--dry-run] [--force]`. `force` is root's own
+/// `--force` on this host; a request's `force` is the pusher's, and counts
+/// only with `allow_remote_force = true` (the request file is written by
+/// the unprivileged `serve`).
 ///
 /// Root opens the staging dir once ([`StagingDir::open`] checks it and
 /// every directory above it) and does everything else through that
@@ -94,6 +98,7 @@ pub async fn install_files<P: PostInstall>(
 pub async fn deploy<P: PostInstall>(
     settings: &Settings,
     dry_run: bool,
+    force: bool,
     post: &P,
 ) -> Result<Report, ReceiveError> {
     // Never created here: a staging dir that root made would be root's, and
@@ -148,7 +153,11 @@ pub async fn deploy<P: PostInstall>(
             }
         }
     };
-    let force = request.as_ref().is_some_and(|r| r.force);
+    let force = if force {
+        Force::Allowed
+    } else {
+        settings.remote_force(request.as_ref().is_some_and(|r| r.force))
+    };
     let run = Run {
         settings,
         staging: &staging,

@@ -84,7 +84,7 @@ fn read_json<T: serde::de::DeserializeOwned>(
         .map(Some)
         .map_err(|e| HandoffError::Bad {
             path: staging.display(entry),
-            reason: format!("malformed: {e}"),
+            reason: format!("malformed: {}", certsync_core::protocol::json_error(&e)),
         })
 }
 

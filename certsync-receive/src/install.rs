@@ -344,7 +344,8 @@ mod tests {
                 hostnames: &hosts,
                 now: SystemTime::now(),
                 installed_not_after: None,
-                force: false,
+                force: Default::default(),
+                anchors: &certsync_core::testutil::test_anchors(),
             },
         )
         .unwrap()

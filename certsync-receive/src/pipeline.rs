@@ -17,10 +17,11 @@ use std::time::SystemTime;
 use certsync_core::bundle::Bundle;
 use certsync_core::protocol::{OfferedCert, Wanted};
 use certsync_core::report::{CertReport, Step, StepStatus};
-use certsync_core::validate::{validate, Policy, ValidatedBundle};
+use certsync_core::validate::{validate, Force, Policy, ValidatedBundle};
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::install::{self, Dest};
+use crate::mailcow::{self, FolderPlan};
 use crate::settings::{CertSpec, Settings};
 use crate::stage::{Entry, StagingDir};
 
@@ -32,7 +33,8 @@ pub struct Run<'a> {
     pub staging: &'a StagingDir,
     pub now: SystemTime,
     pub dry_run: bool,
-    pub force: bool,
+    /// Whether a rollback is allowed: see [`Settings::remote_force`].
+    pub force: Force,
 }
 
 /// A step failed; what failed and why is already in the [`CertReport`].
@@ -50,38 +52,102 @@ pub trait PostInstall {
     async fn verify(&self, spec: &CertSpec, leaf: Fingerprint, report: &mut CertReport);
 }
 
-/// Every place this certificate is installed: the configured pair, plus
-/// mailcow's per-domain SNI folders that cover its hostnames.
-pub fn destinations(spec: &CertSpec) -> Vec<Dest> {
-    let mut d = vec![Dest::new(&spec.cert_path, &spec.key_path)];
-    for dir in &spec.sni_dirs {
-        d.push(Dest::new(dir.join("cert.pem"), dir.join("key.pem")));
+/// The configured pair of this certificate.
+pub fn main_dest(spec: &CertSpec) -> Dest {
+    Dest::new(&spec.cert_path, &spec.key_path)
+}
+
+/// The pair inside one of mailcow's per-domain folders.
+fn folder_dest(dir: &std::path::Path) -> Dest {
+    Dest::new(dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// mailcow's per-domain folders for a leaf with `sans`: the pairs to write
+/// (the leaf covers every name in the folder's `domains`) and, for every
+/// other folder mailcow serves, why it is left alone.
+#[derive(Debug, Default)]
+pub struct Folders {
+    pub write: Vec<Dest>,
+    pub left: Vec<String>,
+}
+
+pub fn folders(spec: &CertSpec, sans: &[String]) -> std::io::Result<Folders> {
+    let mut out = Folders::default();
+    let Some(root) = &spec.folders_root else {
+        return Ok(out);
+    };
+    for folder in mailcow::served_folders(root)? {
+        match mailcow::plan_folder(&folder, sans) {
+            FolderPlan::Write => out.write.push(folder_dest(&folder.dir)),
+            FolderPlan::Leave(why) => out.left.push(why),
+        }
     }
-    d
+    Ok(out)
+}
+
+/// Does `dest` hold a file certsync leaves during or after an install?
+fn has_certsync_files(dest: &Dest) -> bool {
+    [
+        install::new_path(&dest.cert),
+        install::new_path(&dest.key),
+        install::prev_path(&dest.cert),
+    ]
+    .iter()
+    .any(|p| std::fs::symlink_metadata(p).is_ok())
 }
 
 /// Repair any interrupted install of this certificate (call under the lock).
 ///
-/// A mismatched pair that no kept backup can repair is not an error that
-/// stops the run: installing a valid pair over it is the repair. It is
-/// logged, and remembered in the staging dir ([`Entry::RepairOwed`]) so
-/// that the next push delivers the pair even when the certificate itself
-/// is unchanged: in handoff mode the unprivileged `serve` cannot read
-/// root's key.pem, so it could not tell on its own.
+/// The configured pair must end up matching. A mismatched pair that no
+/// kept backup can repair is not an error that stops the run: installing a
+/// valid pair over it is the repair. It is logged, and remembered in the
+/// staging dir ([`Entry::RepairOwed`]) so that the next push delivers the
+/// pair even when the certificate itself is unchanged: in handoff mode the
+/// unprivileged `serve` cannot read root's key.pem, so it could not tell on
+/// its own.
+///
+/// A per-domain folder is repaired only when certsync has written there (a
+/// folder's own mismatched pair is not ours to judge here), and a folder
+/// that cannot be repaired is a warning: `check` and the next install name
+/// it.
 pub fn recover(staging: &StagingDir, spec: &CertSpec) -> Result<(), install::InstallError> {
-    for dest in destinations(spec) {
+    let main = main_dest(spec);
+    match install::recover(&main) {
+        Ok(install::Recovery::Clean) => {}
+        Ok(r) => {
+            tracing::warn!(cert = %spec.name, path = %main.cert.display(), "recovered an interrupted install: {r:?}");
+        }
+        Err(e @ install::InstallError::Unrepairable { .. }) => {
+            tracing::error!(cert = %spec.name, "{e}");
+            if let Err(e) = staging.write(Entry::RepairOwed(&spec.name), b"1\n", 0o600) {
+                tracing::error!(cert = %spec.name, "cannot remember the repair: {e}");
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let Some(root) = &spec.folders_root else {
+        return Ok(());
+    };
+    let served = match mailcow::served_folders(root) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(cert = %spec.name, "cannot list the per-domain folders in {}: {e}", root.display());
+            return Ok(());
+        }
+    };
+    for folder in served.iter().filter(|f| !f.is_link) {
+        let dest = folder_dest(&folder.dir);
+        if !has_certsync_files(&dest) {
+            continue;
+        }
         match install::recover(&dest) {
             Ok(install::Recovery::Clean) => {}
             Ok(r) => {
-                tracing::warn!(cert = %spec.name, path = %dest.cert.display(), "recovered an interrupted install: {r:?}");
+                tracing::warn!(cert = %spec.name, path = %dest.cert.display(), "recovered an interrupted install: {r:?}")
             }
-            Err(e @ install::InstallError::Unrepairable { .. }) => {
-                tracing::error!(cert = %spec.name, "{e}");
-                if let Err(e) = staging.write(Entry::RepairOwed(&spec.name), b"1\n", 0o600) {
-                    tracing::error!(cert = %spec.name, "cannot remember the repair: {e}");
-                }
+            Err(e) => {
+                tracing::warn!(cert = %spec.name, "per-domain folder {}: {e}", folder.dir.display())
             }
-            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -92,28 +158,58 @@ pub fn repair_owed(staging: &StagingDir, name: &str) -> bool {
     staging.exists(Entry::RepairOwed(name))
 }
 
-/// Is this exact pair installed everywhere it belongs?
+/// Is this exact pair at `dest`?
+fn pair_at(
+    dest: &Dest,
+    chain: Fingerprint,
+    key: Fingerprint,
+) -> Result<bool, install::InstallError> {
+    match install::read_installed(dest) {
+        Ok(Some(i)) => Ok(i.chain_sha256 == chain && i.key_sha256 == key),
+        Ok(None) => Ok(false),
+        // In handoff mode `serve` runs unprivileged and key.pem is 0600
+        // root. Compare the certificate alone: root's install keeps the
+        // installed pair matching, and a leaf has exactly one key, so
+        // the same full chain means the same pair. Root's `deploy`
+        // compares both files again before it writes anything.
+        Err(e) if e.is_permission_denied() => match install::read_installed_cert(dest)? {
+            Some(c) if c.chain_sha256 == chain => {
+                tracing::debug!(path = %dest.key.display(), "key not readable by this user; compared the certificate only");
+                Ok(true)
+            }
+            _ => Ok(false),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Is this exact pair installed everywhere it belongs? The configured pair
+/// decides first; when it holds this chain, its leaf (the offered one)
+/// says which per-domain folders belong too.
 fn installed_everywhere(
     spec: &CertSpec,
     chain: Fingerprint,
     key: Fingerprint,
 ) -> Result<bool, install::InstallError> {
-    for dest in destinations(spec) {
-        match install::read_installed(&dest) {
-            Ok(Some(i)) if i.chain_sha256 == chain && i.key_sha256 == key => {}
-            Ok(_) => return Ok(false),
-            // In handoff mode `serve` runs unprivileged and key.pem is 0600
-            // root. Compare the certificate alone: root's install keeps the
-            // installed pair matching, and a leaf has exactly one key, so
-            // the same full chain means the same pair. Root's `deploy`
-            // compares both files again before it writes anything.
-            Err(e) if e.is_permission_denied() => match install::read_installed_cert(&dest)? {
-                Some(c) if c.chain_sha256 == chain => {
-                    tracing::debug!(path = %dest.key.display(), "key not readable by this user; compared the certificate only");
-                }
-                _ => return Ok(false),
-            },
-            Err(e) => return Err(e),
+    let main = main_dest(spec);
+    if !pair_at(&main, chain, key)? {
+        return Ok(false);
+    }
+    if spec.folders_root.is_none() {
+        return Ok(true);
+    }
+    let sans = install::read_installed_cert(&main)?
+        .and_then(|c| c.info)
+        .map(|i| i.sans)
+        .unwrap_or_default();
+    let write = match folders(spec, &sans) {
+        Ok(f) => f.write,
+        // Unknown: let the pair come, the install step lists them again.
+        Err(_) => return Ok(false),
+    };
+    for dest in &write {
+        if !pair_at(dest, chain, key)? {
+            return Ok(false);
         }
     }
     Ok(true)
@@ -166,7 +262,7 @@ pub fn decide_owed(
 
 /// The leaf installed at the configured paths now, if any.
 pub fn installed_leaf(spec: &CertSpec) -> Option<Fingerprint> {
-    install::read_installed_cert(&Dest::new(&spec.cert_path, &spec.key_path))
+    install::read_installed_cert(&main_dest(spec))
         .ok()
         .flatten()
         .and_then(|i| i.info.map(|c| c.fingerprint))
@@ -219,13 +315,14 @@ pub fn validate_step(
         now: run.now,
         installed_not_after: installed_not_after(spec),
         force: run.force,
+        anchors: &run.settings.anchors,
     };
     match validate(bundle, &policy) {
         Ok(v) => {
             report.leaf = Some(v.leaf_fingerprint());
             let info = v.info();
             let msg = format!(
-                "{} for {} ({}), {} days left, key matches, chain in order",
+                "{} for {} ({}), {} days left, key matches, chain in order to a trusted CA",
                 v.leaf_fingerprint().short(),
                 info.sans.join(", "),
                 info.key_type,
@@ -282,14 +379,66 @@ pub fn compare_step(
     }
 }
 
-/// Step 5: install into every destination.
+/// Before step 5: warn when the new leaf drops a name the installed leaf
+/// covers, or a literal name of mailcow.conf's `ADDITIONAL_SAN`. A warning
+/// only: the configured `hostnames` are the rule, checked by validation.
+pub fn lost_names_step(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    pair: &ValidatedBundle,
+    report: &mut CertReport,
+) {
+    let sans = &pair.info().sans;
+    let installed = install::read_installed_cert(&main_dest(spec))
+        .ok()
+        .flatten()
+        .and_then(|c| c.info);
+    let additional = run
+        .settings
+        .mailcow
+        .as_ref()
+        .map(|m| m.additional_sans.clone())
+        .unwrap_or_default();
+    let earlier = installed
+        .as_ref()
+        .map(|i| ("the installed one", i.sans.as_slice()));
+    for warning in mailcow::lost_name_warnings("the new certificate", sans, earlier, &additional) {
+        tracing::warn!(cert = %spec.name, leaf = %pair.leaf_fingerprint(), "{warning}");
+        report.warn(warning);
+    }
+}
+
+/// Step 5: install into every destination: the configured pair, and the
+/// per-domain folders whose every listed name the leaf covers. Every other
+/// folder mailcow serves is named in the report, with why.
 pub fn install_step(
     run: &Run<'_>,
     spec: &CertSpec,
     pair: &ValidatedBundle,
     report: &mut CertReport,
 ) -> Result<(), StepFailed> {
-    let dests = destinations(spec);
+    let mut dests = vec![main_dest(spec)];
+    match folders(spec, &pair.info().sans) {
+        Ok(f) => {
+            dests.extend(f.write);
+            for why in f.left {
+                tracing::warn!(cert = %spec.name, "{why}");
+                report.warn(why);
+            }
+        }
+        Err(e) => {
+            let root = spec
+                .folders_root
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            let why = format!(
+                "cannot list mailcow's per-domain folders in {}: {e}; only the configured pair is installed",
+                root.display()
+            );
+            tracing::warn!(cert = %spec.name, "{why}");
+            report.warn(why);
+        }
+    }
     let names = || {
         dests
             .iter()
@@ -362,6 +511,7 @@ pub async fn finish<P: PostInstall>(
         }
         Err(StepFailed) => return,
     }
+    lost_names_step(run, spec, pair, report);
     if install_step(run, spec, pair, report).is_err() {
         return;
     }
@@ -567,6 +717,8 @@ mod tests {
             deploy: DeployMode::Inline,
             handoff_timeout: std::time::Duration::from_secs(1),
             read_timeout: std::time::Duration::from_secs(1),
+            allow_remote_force: false,
+            anchors: certsync_core::testutil::test_anchors(),
             session_timeout: std::time::Duration::from_secs(10),
             certs: vec![CertSpec {
                 name: "mail".into(),
@@ -575,9 +727,10 @@ mod tests {
                 key_path: ssl.join("key.pem"),
                 reload: vec!["postfix-mailcow".into()],
                 verify: vec![],
-                sni_dirs: vec![],
+                folders_root: None,
             }],
             docker: DockerConfig::default(),
+            project_alternates: vec![],
             mailcow: None,
         }
     }
@@ -593,7 +746,7 @@ mod tests {
             staging: &staging,
             now: SystemTime::now(),
             dry_run: false,
-            force: false,
+            force: Force::No,
         };
         let post = Flaky {
             fail: Cell::new(true),
@@ -645,7 +798,7 @@ mod tests {
             staging: &staging,
             now: SystemTime::now(),
             dry_run: false,
-            force: false,
+            force: Force::No,
         };
         let post = Flaky {
             fail: Cell::new(false),
@@ -696,7 +849,7 @@ mod tests {
             staging: &staging,
             now: SystemTime::now(),
             dry_run: true,
-            force: false,
+            force: Force::No,
         };
         let post = Flaky {
             fail: Cell::new(true),

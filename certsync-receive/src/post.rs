@@ -61,7 +61,10 @@ impl PostInstall for Post<'_> {
             return;
         }
         let plan = match ReloadPlan::from_config(&self.settings.docker, &spec.reload) {
-            Ok(plan) => plan,
+            Ok(plan) => ReloadPlan {
+                project_alternates: self.settings.project_alternates.clone(),
+                ..plan
+            },
             Err(e) => {
                 report.failed(Step::Reload, e.to_string(), ExitCode::Unverified);
                 return;
@@ -287,23 +290,24 @@ fn sni_folders(ssl_dir: &Path) -> Vec<(PathBuf, Option<CertInfo>)> {
     dirs
 }
 
-/// mailcow serves `data/assets/ssl/<domain>/cert.pem` ahead of the
-/// top-level pair for SNI names that folder covers (ENABLE_SSL_SNI). A
-/// folder holding the served certificate, or covering our hostnames, is
-/// the likely explanation of a mismatch: name it.
+/// mailcow serves `data/assets/ssl/<dir>/cert.pem` ahead of the top-level
+/// pair for the names in `<dir>/domains`, whatever ENABLE_SSL_SNI says
+/// ([`crate::mailcow`]). A folder holding the served certificate, or
+/// serving our hostnames, is the likely explanation of a mismatch: name it.
 fn sni_hint(ssl_dir: &Path, spec: &CertSpec, served: Fingerprint) -> String {
-    let covering = mailcow::sni_dirs_covering(ssl_dir, &spec.hostnames);
+    let serving = mailcow::folders_serving(ssl_dir, &spec.hostnames);
     let mut hints = Vec::new();
     for (dir, info) in sni_folders(ssl_dir) {
         if info.as_ref().is_some_and(|i| i.fingerprint == served) {
             hints.push(format!(
-                "{} holds the served certificate: mailcow serves that per-domain folder ahead of {}; remove the folder or add its domain to hostnames",
+                "{} holds the served certificate: mailcow serves that per-domain folder ahead of {}; push a certificate that covers every name in {}, or remove or archive the folder and restart postfix-mailcow, dovecot-mailcow and nginx-mailcow",
                 dir.join("cert.pem").display(),
-                spec.cert_path.display()
+                spec.cert_path.display(),
+                dir.join("domains").display(),
             ));
-        } else if covering.contains(&dir) {
+        } else if serving.contains(&dir) {
             hints.push(format!(
-                "per-domain folder {} covers {} and was given the new pair too; was the daemon reloaded after it?",
+                "per-domain folder {} serves {} (its domains file lists it); postfix-mailcow and dovecot-mailcow read these folders when they start",
                 dir.display(),
                 spec.hostnames.join(", ")
             ));
@@ -326,9 +330,16 @@ mod tests {
         let ssl = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
         let served = ca.leaf(KeyKind::P256, &["mail.example.com"]);
-        let folder = ssl.path().join("mail.example.com");
+        // Named after nothing: its domains file decides what it serves.
+        let folder = ssl.path().join("acme-old");
         std::fs::create_dir(&folder).unwrap();
         std::fs::write(folder.join("cert.pem"), &served.chain_pem).unwrap();
+        std::fs::write(folder.join("key.pem"), served.key_pem.expose()).unwrap();
+        std::fs::write(
+            folder.join("domains"),
+            "mail.example.com autodiscover.example.com",
+        )
+        .unwrap();
         let other = ssl.path().join("other.example.org");
         std::fs::create_dir(&other).unwrap();
         std::fs::write(other.join("cert.pem"), &served.chain_pem).unwrap();
@@ -339,7 +350,7 @@ mod tests {
             key_path: ssl.path().join("key.pem"),
             reload: vec![],
             verify: vec![],
-            sni_dirs: vec![folder.clone()],
+            folders_root: None,
         };
         let hint = sni_hint(ssl.path(), &spec, served.fingerprint());
         assert!(
@@ -355,7 +366,7 @@ mod tests {
         let hint = sni_hint(ssl.path(), &spec, unrelated);
         assert!(
             hint.contains(&format!(
-                "per-domain folder {} covers mail.example.com",
+                "per-domain folder {} serves mail.example.com",
                 folder.display()
             )),
             "{hint}"

@@ -68,6 +68,11 @@ pub struct ReloadPlan {
     /// `com.docker.compose.project` to match; `None` accepts any single
     /// project.
     pub project: Option<String>,
+    /// Other spellings of `project`, tried in order for a service that has
+    /// no container in `project`: with COMPOSE_PROJECT_NAME unset, compose
+    /// v2 names the project `mailcow-dockerized` and old docker-compose v1
+    /// `mailcowdockerized` ([`crate::mailcow::project_names`]).
+    pub project_alternates: Vec<String>,
     pub services: Vec<ServiceReload>,
 }
 
@@ -106,6 +111,7 @@ impl ReloadPlan {
         Ok(ReloadPlan {
             socket: docker.socket(),
             project: docker.project.clone(),
+            project_alternates: Vec::new(),
             services,
         })
     }
@@ -275,12 +281,10 @@ pub async fn connect(socket: &Path) -> Result<Docker, ReloadError> {
 /// reached at all; every per-service problem is a [`ServiceOutcome`].
 pub async fn reload(plan: &ReloadPlan, dry_run: bool) -> Result<Vec<ServiceOutcome>, ReloadError> {
     let docker = connect(&plan.socket).await?;
-    let project = plan.project.as_deref();
-    let outcomes = futures_util::future::join_all(
-        plan.services
-            .iter()
-            .map(|service| reload_service(&docker, project, service, dry_run)),
-    )
+    let outcomes = futures_util::future::join_all(plan.services.iter().map(|service| async {
+        let project = project_for(&docker, plan, &service.service).await;
+        reload_service(&docker, project.as_deref(), service, dry_run).await
+    }))
     .await;
     for outcome in &outcomes {
         tracing::info!(
@@ -304,7 +308,8 @@ pub async fn restart_service(
     why: &str,
 ) -> Result<ServiceOutcome, ReloadError> {
     let docker = connect(&plan.socket).await?;
-    let project = plan.project.as_deref();
+    let project = project_for(&docker, plan, service).await;
+    let project = project.as_deref();
     let outcome = |containers, status, message| ServiceOutcome {
         service: service.to_string(),
         containers,
@@ -351,6 +356,30 @@ pub async fn restart_service(
         }
     }
     Ok(outcome(names(&found), status, parts.join("; ")))
+}
+
+/// The project to match for `service`: the plan's, unless none of its
+/// containers is there and an alternate spelling has some.
+async fn project_for(docker: &Docker, plan: &ReloadPlan, service: &str) -> Option<String> {
+    let project = plan.project.as_deref()?;
+    if plan.project_alternates.is_empty() {
+        return Some(project.to_string());
+    }
+    // A listing error is reported by reload_service's own listing.
+    match list(docker, Some(project), service).await {
+        Ok(found) if found.is_empty() => {}
+        _ => return Some(project.to_string()),
+    }
+    for alt in &plan.project_alternates {
+        if list(docker, Some(alt), service)
+            .await
+            .is_ok_and(|found| !found.is_empty())
+        {
+            tracing::info!(service, "no container in compose project {project:?}; found the service in {alt:?} (the other spelling of an unset COMPOSE_PROJECT_NAME)");
+            return Some(alt.clone());
+        }
+    }
+    Some(project.to_string())
 }
 
 /// A container as this module needs it.

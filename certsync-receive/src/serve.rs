@@ -20,6 +20,7 @@ use certsync_core::protocol::{
     WireError,
 };
 use certsync_core::report::{CertReport, Report, Step};
+use certsync_core::validate::Force;
 use certsync_core::ExitCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -141,7 +142,16 @@ where
         }
     };
     hello.check().map_err(proto)?;
-    tracing::info!(peer = %hello.agent, dry_run = hello.dry_run, force = hello.force, "session started");
+    tracing::info!(peer = %hello.agent_for_log(), dry_run = hello.dry_run, force = hello.force, "session started");
+    let force = settings.remote_force(hello.force);
+    if force == Force::RemoteRefused {
+        let line = format!(
+            "the pusher asked for --force, but {} does not set allow_remote_force = true: a rollback will be refused (root on this host can force locally)",
+            settings.config_path.display()
+        );
+        tracing::warn!("{line}");
+        let _ = write_message(output, &Message::Log(line)).await;
+    }
 
     let offer: Offer = match next(&mut reader, "offer", deadline, limit).await? {
         Message::Offer(o) => o,
@@ -284,7 +294,7 @@ where
         staging: &staging,
         now: SystemTime::now(),
         dry_run: hello.dry_run,
-        force: hello.force,
+        force,
     };
     let handoff = settings.deploy == DeployMode::Handoff && !run.dry_run;
     let mut staged = Vec::new();
@@ -327,10 +337,12 @@ where
         }
     }
     if handoff && !staged.is_empty() {
+        // What the pusher asked; root's `deploy` weighs it against its
+        // own reading of allow_remote_force, never trusting this file.
         let req = handoff::Request {
             id: handoff::new_id(),
             names: staged.clone(),
-            force: run.force,
+            force: hello.force,
         };
         let outcome = match handoff::write_request(&staging, &req) {
             Ok(()) => {

@@ -775,8 +775,9 @@ impl Bench {
         std::fs::write(
             &config,
             format!(
-                "staging_dir = {:?}\n\n[mailcow]\ndir = {:?}\n\n[[cert]]\nname = \"mail\"\n\n[docker]\nsocket = {:?}\n",
+                "staging_dir = {:?}\nca_file = {:?}\n\n[mailcow]\ndir = {:?}\n\n[[cert]]\nname = \"mail\"\n\n[docker]\nsocket = {:?}\n",
                 side.path().join("staging"),
+                certsync_tests::receiver::write_test_ca(side.path()),
                 m.dir,
                 d.socket()
             ),

@@ -149,10 +149,13 @@ impl MailcowFiles {
     /// hostname, paths, services, project and verify endpoints from
     /// mailcow.conf.
     fn write_config(&self, mailcow_dir: &Path, docker_socket: &Path) {
+        let ca_file = certsync_tests::receiver::write_test_ca(self.config.parent().unwrap());
         let text = format!(
             r#"staging_dir = {staging:?}
 deploy = "handoff"
 handoff_timeout = 110
+ca_file = {ca_file:?}
+ca_file = {ca_file:?}
 
 [mailcow]
 dir = {mailcow_dir:?}

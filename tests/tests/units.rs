@@ -515,6 +515,8 @@ fn example_push_config_loads() {
     let by_domain = toggle(&text, &["live_root", "domain"], &["source"]);
     let cfg = PushConfig::from_toml(&by_domain, &path).unwrap_or_else(|e| panic!("{e}"));
     assert!(cfg.certs[0].live_root.is_some() && cfg.certs[0].domain.is_some());
+    // certbot's live dir and NPM's uploaded certificates.
+    assert_eq!(cfg.certs[0].live_root.as_ref().unwrap().paths().len(), 2);
 
     let pinned = toggle(&text, &["host_key"], &["known_hosts"]);
     let cfg = PushConfig::from_toml(&pinned, &path).unwrap_or_else(|e| panic!("{e}"));
