@@ -155,7 +155,6 @@ impl MailcowFiles {
 deploy = "handoff"
 handoff_timeout = 110
 ca_file = {ca_file:?}
-ca_file = {ca_file:?}
 
 [mailcow]
 dir = {mailcow_dir:?}
