@@ -5,7 +5,8 @@
 //! [`discover`] lists live dirs, [`transport`] reaches the receiver over SSH
 //! or locally, [`session`] speaks the protocol, [`push`] runs one pass over
 //! every target, [`status`] compares local and installed fingerprints,
-//! [`watch`] pushes on change, [`keygen`] makes the pusher's key.
+//! [`watch`] pushes on change, [`keygen`] makes the pusher's key, [`units`]
+//! points certsync-push.path at the configured live dirs.
 
 pub mod cli;
 pub mod discover;
@@ -16,4 +17,5 @@ pub mod session;
 pub mod source;
 pub mod status;
 pub mod transport;
+pub mod units;
 pub mod watch;

@@ -36,7 +36,15 @@ pub fn write_new(
         // The umask may have narrowed the mode given to open(2).
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+            // Only when the owner differs from what open(2) gave us: the
+            // push units' syscall filter (`~@privileged`) denies fchown
+            // even as a no-op, and a receiver spawned there through
+            // `transport = "local"` replaces its own root-owned files.
+            use std::os::unix::fs::MetadataExt;
+            let made = f.metadata()?;
+            if (made.uid(), made.gid()) != (uid, gid) {
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+            }
         }
         f.write_all(bytes)?;
         f.sync_all()
