@@ -5,8 +5,7 @@
 #
 #   .ci/rootfs.sh systemd   booted with systemd as PID 1 by the systemd
 #                           tests (tests/src/machine.rs): the packages'
-#                           runtime dependencies, sshd, and nothing else —
-#                           no procps, so a unit that needs /bin/kill fails
+#                           runtime dependencies, sshd, and nothing else
 #   .ci/rootfs.sh bare      the README's commands on a machine without any
 #                           of the real parts: only what building needs
 #                           (gcc, libssl-dev, pkg-config)

@@ -4,8 +4,7 @@
 //! - The rootfs is a Debian bookworm made once by `.ci/rootfs.sh systemd`
 //!   (debootstrap from Debian's mirror, cached in /var/cache/certsync-ci):
 //!   systemd, dbus, OpenSSH, openssl and the packages' runtime
-//!   dependencies. Deliberately no procps: a unit that needs `/bin/kill`
-//!   fails here as it would on a host without it.
+//!   dependencies.
 //! - Each [`Machine`] boots a throw-away overlay of that rootfs with
 //!   `systemd-nspawn -b` in its own network namespace (loopback only, so
 //!   every machine has its own port 22), so tests never change the cache
@@ -418,7 +417,11 @@ impl Drop for Machine {
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
         let _ = Command::new("umount").arg(&self.merged).status();
-        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.merged)
+            .stderr(Stdio::null())
+            .status();
         for cg in &self.cgroups {
             // Child cgroups systemd made inside, deepest first.
             let mut dirs: Vec<PathBuf> = walk_dirs(cg);

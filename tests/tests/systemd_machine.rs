@@ -352,8 +352,10 @@ fn watch_service_is_notify_pushes_reloads_and_stops_fast() {
         s.installed_is(SSL_DIR, 2)
     });
 
-    // Reload (SIGHUP) works on a machine without procps' /bin/kill.
-    assert!(!s.m.path("/bin/kill").exists() && !s.m.path("/usr/bin/kill").exists());
+    // Reload (SIGHUP) works on a host without procps' /bin/kill (the
+    // package does not depend on procps; it is in this machine only for
+    // openssh-server).
+    s.m.ok("rm /bin/kill");
     s.m.ok("systemctl reload certsync-push-watch.service");
     s.m.wait("config re-read after reload", SETTLE, || {
         s.m.journal("certsync-push-watch.service")
