@@ -422,13 +422,19 @@ impl Drop for Machine {
             .arg(&self.merged)
             .stderr(Stdio::null())
             .status();
-        for cg in &self.cgroups {
-            // Child cgroups systemd made inside, deepest first.
-            let mut dirs: Vec<PathBuf> = walk_dirs(cg);
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            for d in dirs {
-                let _ = std::fs::remove_dir(d);
+        // Child cgroups systemd made inside, deepest first; a cgroup can
+        // be removed only once the kernel has reaped its last process,
+        // which may take a moment after the SIGKILL.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cgroups.iter().any(|c| c.exists()) && Instant::now() < deadline {
+            for cg in &self.cgroups {
+                let mut dirs: Vec<PathBuf> = walk_dirs(cg);
+                dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+                for d in dirs {
+                    let _ = std::fs::remove_dir(d);
+                }
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
         // nspawn leaves this behind when it cannot remove it itself.
         let _ =
