@@ -54,6 +54,7 @@ systemd-nspawn --quiet --register=no --keep-unit --directory="$work/root" \
     --setenv=CARGO_HOME=/root/.cargo \
     --setenv=CARGO_TARGET_DIR=/target \
     --setenv=CARGO_TERM_COLOR=never \
+    --setenv=CARGO_TERM_PROGRESS_WHEN=never \
     --chdir=/src \
     /bin/sh -c 'set -e
         echo "== what this machine lacks:"

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use certsync_core::units::{self, DropIn, PathUse, UnitsError};
 
 use crate::handoff;
+use crate::install::under_home;
 use crate::settings::Settings;
 
 pub const DEPLOY_SERVICE: &str = "certsync-deploy.service";
@@ -47,13 +48,6 @@ pub fn writable_dirs(settings: &Settings) -> Vec<PathBuf> {
     dirs.retain(|d| !covered.iter().any(|c| c != d && d.starts_with(c)));
     dirs.push(settings.staging_dir.clone());
     dirs
-}
-
-/// Under a dir that `ProtectHome=yes` hides?
-fn under_home(path: &Path) -> bool {
-    ["/home", "/root", "/run/user"]
-        .iter()
-        .any(|h| path.starts_with(h))
 }
 
 /// The two drop-ins for `settings`.

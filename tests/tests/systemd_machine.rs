@@ -434,10 +434,10 @@ fn local_transport_replaces_a_pair_under_the_push_units() {
 }
 
 /// NPM's compose dir under /root (ProtectHome=yes used to hide it: "does
-/// not exist"), and mailcow under /srv with the deploy unit's paths from
-/// `certsync-receive units`.
+/// not exist"), and mailcow under /home, found through `[mailcow] dir`: the
+/// deploy unit may write there only after `certsync-receive units`.
 #[test]
-fn npm_under_root_and_mailcow_elsewhere() {
+fn npm_under_root_and_mailcow_under_home() {
     let Some(debs) = machine::require() else {
         return;
     };
@@ -451,17 +451,24 @@ fn npm_under_root_and_mailcow_elsewhere() {
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     LiveDir::new(&m.path("/root/npm/letsencrypt"), "npm-2", &leaf);
-    let ssl = "/srv/mailcow/data/assets/ssl";
-    std::fs::create_dir_all(m.path(ssl)).unwrap();
-    let staging = "/var/lib/certsync/staging";
+    let mailcow = "/home/admin/mailcow-dockerized";
+    let ssl = format!("{mailcow}/data/assets/ssl");
+    std::fs::create_dir_all(m.path(&ssl)).unwrap();
+    std::fs::write(
+        m.path(&format!("{mailcow}/mailcow.conf")),
+        format!("MAILCOW_HOSTNAME={HOST}\nCOMPOSE_PROJECT_NAME=mailcowdockerized\nSKIP_LETS_ENCRYPT=y\nENABLE_SSL_SNI=n\n"),
+    )
+    .unwrap();
     std::fs::write(
         m.path("/etc/certsync/receive.toml"),
-        receive_toml("handoff", staging, ssl),
+        format!(
+            "deploy = \"handoff\"\nhandoff_timeout = 20\n[mailcow]\ndir = \"{mailcow}\"\n\n[[cert]]\nname = \"mail\"\n\
+             # No Docker in this machine.\nreload = []\nverify = []\n"
+        ),
     )
     .unwrap();
     m.ok("certsync-push keygen --out /etc/certsync/id_ed25519 > /dev/null");
     m.ok("certsync-receive authorized-key --pubkey /etc/certsync/id_ed25519.pub --from 127.0.0.1/32 >> /var/lib/certsync/.ssh/authorized_keys");
-    m.ok("certsync-receive units && systemctl daemon-reload");
     m.ok("systemctl enable --now certsync-deploy.path");
     m.ok("ssh-keyscan -t ed25519 127.0.0.1 > /etc/certsync/known_hosts");
     std::fs::write(
@@ -472,10 +479,31 @@ fn npm_under_root_and_mailcow_elsewhere() {
         ),
     )
     .unwrap();
+    let installed = || std::fs::read(m.path(&format!("{ssl}/cert.pem"))).unwrap_or_default();
+
+    // The shipped deploy unit cannot see mailcow's ssl dir there: the
+    // push reaches root's deploy, which fails naming the cause and the
+    // fix, and nothing is installed.
     let run = m.sh("systemctl start certsync-push.service");
-    let installed = std::fs::read(m.path(&format!("{ssl}/cert.pem"))).unwrap_or_default();
+    assert!(!run.ok() && installed().is_empty(), "{}", run.both());
+    assert_eq!(
+        m.unit_prop("certsync-deploy.service", "Result"),
+        "exit-code"
+    );
+    let journal = m.journal("certsync-deploy.service");
     assert!(
-        run.ok() && installed == leaf.chain_pem,
+        journal.contains("ProtectHome=yes hides it")
+            && journal.contains("certsync-receive units && systemctl daemon-reload"),
+        "{journal}"
+    );
+
+    // What the README says to run after editing receive.toml.
+    let out = m.ok("certsync-receive units && systemctl daemon-reload");
+    assert!(out.contains(&format!("writable {ssl}")), "{out}");
+    m.ok("systemctl reset-failed");
+    let run = m.sh("systemctl start certsync-push.service");
+    assert!(
+        run.ok() && installed() == leaf.chain_pem,
         "{}\n{}",
         run.both(),
         m.journal("certsync-*")

@@ -418,7 +418,10 @@ fn every_service_has_the_hardening_directives() {
                 set(&["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"]),
                 "{name}"
             );
-            assert_eq!(writable, set(&[MAILCOW_SSL_DIR, DEFAULT_STAGING_DIR]));
+            assert_eq!(
+                writable,
+                set(&[&format!("-{MAILCOW_SSL_DIR}"), DEFAULT_STAGING_DIR])
+            );
             assert!(
                 unit.all("Service", "StateDirectory").is_empty(),
                 "{name}: StateDirectory= would chown the staging dir to root"
