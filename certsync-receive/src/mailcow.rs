@@ -62,10 +62,23 @@ pub fn parse_conf(text: &str) -> Vec<(String, String)> {
 /// Read `<dir>/mailcow.conf`.
 pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
     let path = dir.join("mailcow.conf");
-    let text = std::fs::read_to_string(&path).map_err(|source| ReceiveError::ReadInput {
-        path: path.clone(),
-        source,
-    })?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        // A unit with ProtectHome=yes sees an empty /home and /root: the
+        // checkout seems missing there while the admin can see it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && crate::install::under_home(dir) => {
+            return Err(ReceiveError::Settings(format!(
+                "{} does not exist; check `[mailcow] dir` in receive.toml. If it does exist, a unit with ProtectHome=yes hides /home and /root from it: for certsync-deploy.service run `certsync-receive units && systemctl daemon-reload`",
+                path.display()
+            )))
+        }
+        Err(source) => {
+            return Err(ReceiveError::ReadInput {
+                path: path.clone(),
+                source,
+            })
+        }
+    };
     let vars = parse_conf(&text);
     let get = |k: &str| {
         vars.iter()
