@@ -43,7 +43,7 @@ inside_bin=/root/.rustup/${toolchain_bin#"$HOME"/.rustup/}
 
 log="$work/test.log"
 status=0
-systemd-nspawn --quiet --register=no --keep-unit --directory="$work/root" \
+systemd-nspawn --quiet --register=no --keep-unit --console=pipe --directory="$work/root" \
     --machine="certsync-bare-$$" \
     --bind-ro="$HOME/.rustup:/root/.rustup" \
     --overlay="$HOME/.cargo:$work/cargo-upper:/root/.cargo" \
