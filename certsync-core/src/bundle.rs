@@ -65,10 +65,10 @@ pub enum BundleError {
         "the certificate file holds no PEM certificate (expected \"-----BEGIN CERTIFICATE-----\")"
     )]
     NoCertificate,
-    #[error("the certificate file holds a PEM block of type {0:?}; only CERTIFICATE blocks belong in a full chain")]
-    UnexpectedCertBlock(String),
-    #[error("the certificate file holds {0} certificates; at most {max} are accepted", max = MAX_CHAIN_CERTS)]
-    TooManyCertificates(usize),
+    #[error("the certificate file holds a PEM block labelled {0}; only CERTIFICATE blocks belong in a full chain")]
+    UnexpectedCertBlock(PemLabel),
+    #[error("the certificate file holds {0} certificates; at most {1} are accepted")]
+    TooManyCertificates(usize, usize),
     #[error("certificate {index} of the chain does not parse: {reason}")]
     BadCertificate { index: usize, reason: String },
     #[error("the private key file holds no PEM private key (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)")]
@@ -77,12 +77,14 @@ pub enum BundleError {
         "the private key is encrypted; certsync needs the unencrypted key that certbot writes"
     )]
     EncryptedKey,
-    #[error("the private key file holds a PEM block of type {0:?}, which is not a private key")]
-    UnexpectedKeyBlock(String),
+    #[error("the private key file holds a PEM block labelled {0}, which is not a private key")]
+    UnexpectedKeyBlock(PemLabel),
     #[error("the private key file holds more than one private key")]
     SeveralKeys,
     #[error("the private key does not parse (PKCS#8, PKCS#1 and SEC1 PEM are accepted)")]
     BadKey,
+    #[error("the {0} file's lines end in CR alone, which OpenSSL's PEM reader does not accept; convert it to LF line endings (tr '\\r' '\\n')")]
+    CrOnlyLineEndings(&'static str),
 }
 
 /// At most this many certificates in a full chain (leaf + intermediates).
@@ -129,14 +131,78 @@ impl Bundle {
     }
 }
 
+/// A PEM block's label as operators see it in an error.
+///
+/// Only the well-known labels are ever shown, as this crate's own
+/// constants: a label is input, and input may be key material. A key file
+/// with CR-only line endings is one long "line", so its "label" runs on
+/// into the base64 of the private key; echoing even part of it once put
+/// 8 bytes of a private scalar into the log, the report and
+/// `deploy.result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemLabel {
+    /// One of [`KNOWN_LABELS`].
+    Known(&'static str),
+    /// Anything else; never shown.
+    Unknown,
+}
+
+/// The PEM labels of RFC 7468 and OpenSSL that may be named in an error.
+pub const KNOWN_LABELS: &[&str] = &[
+    "CERTIFICATE",
+    "TRUSTED CERTIFICATE",
+    "X509 CRL",
+    "CERTIFICATE REQUEST",
+    "NEW CERTIFICATE REQUEST",
+    "PKCS7",
+    "CMS",
+    "PUBLIC KEY",
+    "RSA PUBLIC KEY",
+    "PRIVATE KEY",
+    "ENCRYPTED PRIVATE KEY",
+    "RSA PRIVATE KEY",
+    "EC PRIVATE KEY",
+    "DSA PRIVATE KEY",
+    "OPENSSH PRIVATE KEY",
+    "EC PARAMETERS",
+    "DH PARAMETERS",
+    "X9.42 DH PARAMETERS",
+];
+
+impl PemLabel {
+    fn of(label: &[u8]) -> PemLabel {
+        KNOWN_LABELS
+            .iter()
+            .find(|k| k.as_bytes() == label)
+            .map_or(PemLabel::Unknown, |k| PemLabel::Known(k))
+    }
+
+    fn is(&self, name: &str) -> bool {
+        matches!(self, PemLabel::Known(k) if *k == name)
+    }
+}
+
+impl fmt::Display for PemLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PemLabel::Known(k) => write!(f, "{k:?}"),
+            PemLabel::Unknown => {
+                f.write_str("with an unrecognised label (not shown: it may hold key material)")
+            }
+        }
+    }
+}
+
 /// The labels of the PEM blocks in `text`, in order (`BEGIN` lines only).
-pub(crate) fn pem_labels(text: &[u8]) -> Vec<String> {
+/// Lines end at LF, CR or CRLF, so a file with CR-only endings still has
+/// its labels recognised.
+pub(crate) fn pem_labels(text: &[u8]) -> Vec<PemLabel> {
     let mut labels = Vec::new();
-    for line in text.split(|b| *b == b'\n') {
+    for line in text.split(|b| *b == b'\n' || *b == b'\r') {
         let line = trim_ascii(line);
         if let Some(rest) = line.strip_prefix(b"-----BEGIN ") {
             if let Some(label) = rest.strip_suffix(b"-----") {
-                labels.push(String::from_utf8_lossy(label).into_owned());
+                labels.push(PemLabel::of(label));
             }
         }
     }
@@ -163,17 +229,25 @@ fn trim_ascii(mut s: &[u8]) -> &[u8] {
 
 /// Parse a PEM full chain: CERTIFICATE blocks only, leaf first.
 pub fn parse_chain(pem: &[u8]) -> Result<Vec<X509>, BundleError> {
+    parse_certificates(pem, MAX_CHAIN_CERTS)
+}
+
+/// Parse PEM holding only CERTIFICATE blocks, at most `max` of them (counted
+/// before anything is decoded), every one of which must decode: a full
+/// chain, or the trust anchors of receive.toml's `ca_file`.
+pub fn parse_certificates(pem: &[u8], max: usize) -> Result<Vec<X509>, BundleError> {
+    if cr_only(pem) {
+        return Err(BundleError::CrOnlyLineEndings("certificate"));
+    }
     let labels = pem_labels(pem);
-    if let Some(other) = labels.iter().find(|l| l.as_str() != "CERTIFICATE") {
-        return Err(BundleError::UnexpectedCertBlock(
-            other.chars().take(40).collect(),
-        ));
+    if let Some(other) = labels.iter().find(|l| !l.is("CERTIFICATE")) {
+        return Err(BundleError::UnexpectedCertBlock(*other));
     }
     if labels.is_empty() {
         return Err(BundleError::NoCertificate);
     }
-    if labels.len() > MAX_CHAIN_CERTS {
-        return Err(BundleError::TooManyCertificates(labels.len()));
+    if labels.len() > max {
+        return Err(BundleError::TooManyCertificates(labels.len(), max));
     }
     let certs = X509::stack_from_pem(pem).map_err(|e| BundleError::BadCertificate {
         index: 0,
@@ -195,15 +269,11 @@ pub fn parse_key(pem: &[u8]) -> Result<PKey<Private>, BundleError> {
     let labels = pem_labels(pem);
     let mut keys = 0;
     for label in &labels {
-        match label.as_str() {
-            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => keys += 1,
-            "ENCRYPTED PRIVATE KEY" => return Err(BundleError::EncryptedKey),
-            "EC PARAMETERS" => {}
-            other => {
-                return Err(BundleError::UnexpectedKeyBlock(
-                    other.chars().take(40).collect(),
-                ))
-            }
+        match label {
+            PemLabel::Known("PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY") => keys += 1,
+            PemLabel::Known("ENCRYPTED PRIVATE KEY") => return Err(BundleError::EncryptedKey),
+            PemLabel::Known("EC PARAMETERS") => {}
+            other => return Err(BundleError::UnexpectedKeyBlock(*other)),
         }
     }
     if keys == 0 {
@@ -212,12 +282,20 @@ pub fn parse_key(pem: &[u8]) -> Result<PKey<Private>, BundleError> {
     if keys > 1 {
         return Err(BundleError::SeveralKeys);
     }
+    if cr_only(pem) {
+        return Err(BundleError::CrOnlyLineEndings("private key"));
+    }
     // Traditional PEM encryption puts a Proc-Type header inside the block.
     if pem.windows(b"Proc-Type:".len()).any(|w| w == b"Proc-Type:") {
         return Err(BundleError::EncryptedKey);
     }
     // A callback that never supplies a passphrase: OpenSSL must not prompt.
     PKey::private_key_from_pem_callback(pem, |_buf| Ok(0)).map_err(|_| BundleError::BadKey)
+}
+
+/// Line breaks that are CR alone (no LF anywhere).
+fn cr_only(pem: &[u8]) -> bool {
+    pem.contains(&b'\r') && !pem.contains(&b'\n')
 }
 
 fn first_reason(e: &openssl::error::ErrorStack) -> String {
@@ -392,6 +470,26 @@ mod tests {
         let mut two = leaf.key_pem.expose().to_vec();
         two.extend_from_slice(leaf.key_pem.expose());
         assert!(matches!(parse_key(&two), Err(BundleError::SeveralKeys)));
+        // CR-only line endings: the labels are still recognised (none is
+        // echoed), and the error says what to do.
+        let cr: Vec<u8> = leaf
+            .key_pkcs1_or_sec1()
+            .iter()
+            .map(|&b| if b == b'\n' { b'\r' } else { b })
+            .collect();
+        assert!(matches!(
+            parse_key(&cr),
+            Err(BundleError::CrOnlyLineEndings("private key"))
+        ));
+        let cr: Vec<u8> = leaf
+            .chain_pem
+            .iter()
+            .map(|&b| if b == b'\n' { b'\r' } else { b })
+            .collect();
+        assert!(matches!(
+            parse_chain(&cr),
+            Err(BundleError::CrOnlyLineEndings("certificate"))
+        ));
         let broken = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(matches!(
             parse_chain(broken),

@@ -68,11 +68,68 @@ pub struct PushConfig {
 pub struct PushCert {
     /// The name the receiver knows this certificate by.
     pub name: String,
-    /// A certbot live dir (`…/live/npm-5`); its symlinks are followed.
+    /// A certbot live dir (`…/live/npm-5`, its symlinks are followed), or
+    /// a dir of plain `fullchain.pem` + `privkey.pem` (NPM's uploaded
+    /// certificates: `…/data/custom_ssl/npm-3`).
     pub source: Option<PathBuf>,
-    /// Instead of `source`: the `live` dir to search, with `domain`.
-    pub live_root: Option<PathBuf>,
+    /// Instead of `source`: the dirs to search, with `domain`: certbot's
+    /// `live` dir, NPM's `custom_ssl` dir, or both.
+    pub live_root: Option<LiveRoots>,
     pub domain: Option<String>,
+}
+
+/// `live_root`: one dir (`live_root = "/opt/npm/letsencrypt/live"`) or
+/// several (`live_root = ["/opt/npm/letsencrypt/live",
+/// "/opt/npm/data/custom_ssl"]`). Written back the way it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveRoots {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl LiveRoots {
+    /// Every root, in the order given.
+    pub fn paths(&self) -> &[PathBuf] {
+        match self {
+            LiveRoots::One(p) => std::slice::from_ref(p),
+            LiveRoots::Many(v) => v,
+        }
+    }
+}
+
+impl Serialize for LiveRoots {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LiveRoots::One(p) => p.serialize(s),
+            LiveRoots::Many(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LiveRoots {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = LiveRoots;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a directory, or a list of directories")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LiveRoots, E> {
+                Ok(LiveRoots::One(PathBuf::from(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<LiveRoots, A::Error> {
+                let mut v = Vec::new();
+                while let Some(p) = seq.next_element::<PathBuf>()? {
+                    v.push(p);
+                }
+                Ok(LiveRoots::Many(v))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -105,11 +162,30 @@ pub struct Target {
     pub command: Option<Vec<String>>,
     /// Seconds to wait for the TCP connect and SSH handshake (default 10).
     pub connect_timeout: Option<u64>,
+    /// Seconds one whole session with this receiver may take, from the
+    /// first protocol byte to its exit (default
+    /// [`DEFAULT_SESSION_TIMEOUT`]).
+    pub session_timeout: Option<u64>,
 }
+
+/// How long one push session may take by default: the receiver may wait
+/// 300 s for another session's lock and 120 s for root's deploy in
+/// handoff mode, then reload and verify; 15 minutes covers that with room,
+/// and still ends a receiver that drips a frame now and then.
+pub const DEFAULT_SESSION_TIMEOUT: u64 = 900;
 
 impl Target {
     pub fn port(&self) -> u16 {
         self.port.unwrap_or(22)
+    }
+
+    /// The bound on one whole session with this target.
+    pub fn session_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.session_timeout
+                .filter(|s| *s > 0)
+                .unwrap_or(DEFAULT_SESSION_TIMEOUT),
+        )
     }
 }
 
@@ -167,6 +243,12 @@ impl PushConfig {
             }
             match (&c.source, &c.live_root, &c.domain) {
                 (Some(_), None, None) => {}
+                (None, Some(roots), Some(_)) if roots.paths().is_empty() => {
+                    return Err(invalid(format!(
+                        "[[cert]] {:?}: `live_root` lists no directory; give certbot's live dir, NPM's custom_ssl dir, or both",
+                        c.name
+                    )))
+                }
                 (None, Some(_), Some(_)) => {}
                 _ => {
                     return Err(invalid(format!(
@@ -290,6 +372,18 @@ pub struct ReceiveConfig {
     /// Seconds `serve` waits for each protocol frame before giving up on a
     /// stalled pusher (default 30).
     pub read_timeout: Option<u64>,
+    /// Honour a pusher's `--force` (a rollback to an older certificate).
+    /// Default false: rollback is the receiving host's decision, so that a
+    /// stolen pusher key or the unprivileged `certsync` user cannot
+    /// reinstall an older pair. Root can always force locally.
+    #[serde(default)]
+    pub allow_remote_force: bool,
+    /// A PEM bundle of extra trust anchors (a private CA's root), on top of
+    /// the system store.
+    pub ca_file: Option<PathBuf>,
+    /// Seconds one pusher may take for its side of a session while it
+    /// holds the receiver's lock (default 300).
+    pub session_timeout: Option<u64>,
     pub mailcow: Option<MailcowPreset>,
     #[serde(default, rename = "cert")]
     pub certs: Vec<ReceiveCert>,
@@ -382,6 +476,10 @@ impl ReceiveConfig {
         std::time::Duration::from_secs(self.read_timeout.unwrap_or(30).max(1))
     }
 
+    pub fn session_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.session_timeout.unwrap_or(300).max(1))
+    }
+
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -445,6 +543,14 @@ impl ReceiveConfig {
                 )));
             }
         }
+        if let Some(file) = &self.ca_file {
+            if !file.is_absolute() {
+                return Err(invalid(format!(
+                    "ca_file {} must be an absolute path",
+                    file.display()
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -483,6 +589,8 @@ command = ["certsync-receive", "--config", "/etc/certsync/receive.toml"]
     const RECEIVE: &str = r#"
 staging_dir = "/var/lib/certsync/staging"
 deploy = "handoff"
+allow_remote_force = false
+ca_file = "/etc/certsync/private-ca.pem"
 
 [[cert]]
 name = "mail"
@@ -512,6 +620,20 @@ project = "mailcowdockerized"
         assert_eq!(p.certs_for(&p.targets[1]).count(), 2);
         let r = ReceiveConfig::from_toml(RECEIVE, Path::new("receive.toml")).unwrap();
         assert_eq!(r.deploy, DeployMode::Handoff);
+        assert!(!r.allow_remote_force);
+        assert_eq!(
+            r.ca_file.as_deref(),
+            Some(Path::new("/etc/certsync/private-ca.pem"))
+        );
+        let r = ReceiveConfig::from_toml(
+            &RECEIVE
+                .replace("allow_remote_force = false\n", "")
+                .replace("ca_file = \"/etc/certsync/private-ca.pem\"\n", ""),
+            Path::new("receive.toml"),
+        )
+        .unwrap();
+        assert!(!r.allow_remote_force, "a remote force is off by default");
+        assert!(r.ca_file.is_none());
         let d = r.docker.unwrap();
         assert_eq!(
             d.reload_command("nginx-mailcow").unwrap(),
@@ -522,6 +644,59 @@ project = "mailcowdockerized"
             ["postfix", "reload"]
         );
         assert!(d.reload_command("unknown").is_none());
+    }
+
+    #[test]
+    fn live_root_is_one_dir_or_a_list() {
+        let one = PushConfig::from_toml(PUSH, Path::new("push.toml")).unwrap();
+        let roots = one.certs[1].live_root.as_ref().unwrap();
+        assert_eq!(roots.paths(), [PathBuf::from("/opt/npm/letsencrypt/live")]);
+        let text = PUSH.replace(
+            "live_root = \"/opt/npm/letsencrypt/live\"",
+            "live_root = [\"/opt/npm/letsencrypt/live\", \"/opt/npm/data/custom_ssl\"]",
+        );
+        let many = PushConfig::from_toml(&text, Path::new("push.toml")).unwrap();
+        let roots = many.certs[1].live_root.as_ref().unwrap();
+        assert_eq!(
+            roots.paths(),
+            [
+                PathBuf::from("/opt/npm/letsencrypt/live"),
+                PathBuf::from("/opt/npm/data/custom_ssl")
+            ]
+        );
+        // Written back as given.
+        let back = toml::to_string(&many).unwrap();
+        assert!(
+            back.contains(
+                "live_root = [\"/opt/npm/letsencrypt/live\", \"/opt/npm/data/custom_ssl\"]"
+            ),
+            "{back}"
+        );
+        let back = toml::to_string(&one).unwrap();
+        assert!(
+            back.contains("live_root = \"/opt/npm/letsencrypt/live\"\n"),
+            "{back}"
+        );
+
+        let empty = PUSH.replace(
+            "live_root = \"/opt/npm/letsencrypt/live\"",
+            "live_root = []",
+        );
+        let msg = PushConfig::from_toml(&empty, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("live_root") && msg.contains("custom_ssl"),
+            "{msg}"
+        );
+        let wrong = PUSH.replace("live_root = \"/opt/npm/letsencrypt/live\"", "live_root = 5");
+        let msg = PushConfig::from_toml(&wrong, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("a directory, or a list of directories"),
+            "{msg}"
+        );
     }
 
     #[test]

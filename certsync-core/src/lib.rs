@@ -16,6 +16,7 @@
 //! - [`report`]: the structured result the receiver sends back.
 //! - [`exit`]: the exit codes both binaries use (a contract).
 //! - [`units`]: the systemd drop-ins certsync writes from its config.
+//! - [`hardening`]: what both binaries do to their own process first.
 //!
 //! What is `pub` here is the contract between the two sides.
 
@@ -24,6 +25,7 @@ pub mod bundle;
 pub mod config;
 pub mod exit;
 pub mod fingerprint;
+pub mod hardening;
 pub mod logging;
 pub mod protocol;
 pub mod report;

@@ -20,8 +20,8 @@
 //!
 //! A frame is `tag: u8, len: u32 (big endian), payload`. The length is
 //! checked against the tag's limit *before* anything is allocated, the
-//! number of frames per session is bounded, and each frame must arrive
-//! within [`Limits::frame_timeout`]. Control messages are JSON; the bundle is
+//! number of frames per session is bounded, and each frame (header and
+//! body together) must arrive within [`Limits::frame_timeout`]. Control messages are JSON; the bundle is
 //! binary (`name_len: u8, name, chain_len: u32, chain, key_len: u32, key`),
 //! read into memory that is zeroed on drop.
 
@@ -119,9 +119,10 @@ impl Hello {
     /// Check that the peer speaks certsync v1.
     pub fn check(&self) -> Result<(), ProtocolError> {
         if self.magic != MAGIC {
+            // The peer's magic is not shown: it is input (see
+            // [`ProtocolError`]).
             return Err(ProtocolError::NotCertsync(format!(
-                "hello magic {:?}",
-                self.magic.chars().take(32).collect::<String>()
+                "the hello's magic is not {MAGIC:?}"
             )));
         }
         if self.version != VERSION {
@@ -130,6 +131,30 @@ impl Hello {
             });
         }
         Ok(())
+    }
+
+    /// The peer's agent for a log line: `certsync-push 1.2.3` as sent when
+    /// it is exactly a certsync binary and a version, else only its length.
+    /// The agent is the peer's free text; logging it raw would let a peer
+    /// write anything, newlines and secrets included, into our log.
+    pub fn agent_for_log(&self) -> String {
+        let known = ["certsync-push ", "certsync-receive "]
+            .iter()
+            .find_map(|p| self.agent.strip_prefix(p))
+            .is_some_and(|v| {
+                !v.is_empty()
+                    && v.len() <= 32
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+            });
+        if known {
+            self.agent.clone()
+        } else {
+            format!(
+                "an unrecognised agent ({} bytes, not shown)",
+                self.agent.len()
+            )
+        }
     }
 }
 
@@ -224,6 +249,9 @@ impl Message {
     }
 }
 
+/// What went wrong on the wire. No variant holds the peer's bytes beyond
+/// a frame tag or a length: whatever a peer sends is data, and a message
+/// that echoed it could carry key material into a log or a report.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error("the connection closed before the {0} message")]
@@ -248,8 +276,8 @@ pub enum ProtocolError {
     Version { theirs: u32 },
     #[error("malformed {kind} frame: {reason}")]
     Malformed { kind: &'static str, reason: String },
-    #[error("invalid certificate name {0:?} on the wire (1–64 of A–Z a–z 0–9 . _ -)")]
-    BadName(String),
+    #[error("an invalid certificate name of {0} bytes on the wire (1–64 of A–Z a–z 0–9 . _ -)")]
+    BadName(usize),
     #[error("protocol error: expected {expected}, got {got}")]
     Unexpected {
         expected: &'static str,
@@ -300,7 +328,7 @@ pub fn encode(msg: &Message) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
         Message::Error(e) => json_frame(tag::ERROR, e)?,
         Message::Bundle { name, bundle } => {
             if !valid_name(name) {
-                return Err(ProtocolError::BadName(name.clone()));
+                return Err(ProtocolError::BadName(name.len()));
             }
             let key = bundle.key.expose();
             let mut body = Zeroizing::new(Vec::with_capacity(
@@ -349,16 +377,16 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
-    /// Read exactly `buf.len()` bytes within the frame timeout.
+    /// Read exactly `buf.len()` bytes by `deadline`, the frame's.
     async fn fill(
         &mut self,
         buf: &mut [u8],
+        deadline: tokio::time::Instant,
         at_boundary: bool,
         expected: &'static str,
     ) -> Result<(), ProtocolError> {
         let want = buf.len();
         let mut got = 0;
-        let deadline = tokio::time::Instant::now() + self.limits.frame_timeout;
         while got < want {
             let n = match tokio::time::timeout_at(deadline, self.inner.read(&mut buf[got..])).await
             {
@@ -382,9 +410,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if self.frames >= self.limits.max_frames {
             return Err(ProtocolError::TooManyFrames(self.limits.max_frames));
         }
+        // One deadline for the whole frame, header and body: a peer that
+        // drips bytes cannot stretch a frame past `frame_timeout`.
+        let deadline = tokio::time::Instant::now() + self.limits.frame_timeout;
         let mut header = [0u8; 5];
-        self.fill(&mut header[..1], true, expected).await?;
-        self.fill(&mut header[1..], false, expected).await?;
+        self.fill(&mut header[..1], deadline, true, expected)
+            .await?;
+        self.fill(&mut header[1..], deadline, false, expected)
+            .await?;
         let first = self.frames == 0;
         self.frames += 1;
         let tag = header[0];
@@ -417,7 +450,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             return Err(ProtocolError::Oversized { kind, len, max });
         }
         let mut body = Zeroizing::new(vec![0u8; len]);
-        self.fill(&mut body, false, expected).await?;
+        self.fill(&mut body, deadline, false, expected).await?;
         match tag {
             tag::HELLO => Ok(Message::Hello(parse_json(kind, &body)?)),
             tag::OFFER => {
@@ -426,7 +459,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     return Err(ProtocolError::TooManyCerts(self.limits.max_certs));
                 }
                 if let Some(bad) = offer.certs.iter().find(|c| !valid_name(&c.name)) {
-                    return Err(ProtocolError::BadName(printable(&bad.name)));
+                    return Err(ProtocolError::BadName(bad.name.len()));
                 }
                 Ok(Message::Offer(offer))
             }
@@ -452,7 +485,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let (name, rest) = rest.split_at(name_len);
         let name = String::from_utf8(name.to_vec()).map_err(|_| malformed("name is not UTF-8"))?;
         if !valid_name(&name) {
-            return Err(ProtocolError::BadName(printable(&name)));
+            return Err(ProtocolError::BadName(name.len()));
         }
         let (chain, rest) = take_sized(rest, self.limits.max_chain, "chain")?;
         let (key, rest) = take_sized(rest, self.limits.max_key, "key")?;
@@ -491,21 +524,28 @@ fn take_sized<'a>(
     Ok(rest.split_at(len))
 }
 
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(MAX_NAME_LEN)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
 fn parse_json<T: serde::de::DeserializeOwned>(
     kind: &'static str,
     body: &[u8],
 ) -> Result<T, ProtocolError> {
     serde_json::from_slice(body).map_err(|e| ProtocolError::Malformed {
         kind,
-        reason: e.to_string(),
+        reason: json_error(&e),
     })
+}
+
+/// A JSON error without the input: serde_json's own message quotes the
+/// offending value or field name ("invalid type: string \"MHcC…\""), so
+/// only its category and position are kept.
+pub fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "an I/O error",
+        Category::Syntax => "not valid JSON",
+        Category::Data => "a field that is unknown, missing or of the wrong type",
+        Category::Eof => "JSON that ends too early",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 #[cfg(test)]
@@ -669,6 +709,35 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
+    /// Issue 11 item 5: each piece of a frame (its tag, its length, its
+    /// body) arrives within the timeout, the whole frame does not: one
+    /// deadline for the frame ends it.
+    #[tokio::test]
+    async fn a_frame_dripped_in_pieces_has_one_deadline() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let frame = encode(&Message::Log("x".repeat(100))).unwrap().to_vec();
+        let piece = Duration::from_millis(150);
+        let dripper = tokio::spawn(async move {
+            for part in [&frame[..1], &frame[1..5], &frame[5..]] {
+                tokio::time::sleep(piece).await;
+                if server.write_all(part).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let mut r = Reader::new(
+            client,
+            Limits {
+                frame_timeout: Duration::from_millis(350),
+                ..Limits::default()
+            },
+        );
+        let got = r.next("log").await;
+        dripper.abort();
+        assert!(matches!(got, Err(ProtocolError::Timeout(_))), "{got:?}");
+    }
+
     #[tokio::test]
     async fn names_on_the_wire_are_checked() {
         for bad in [
@@ -721,5 +790,91 @@ mod tests {
         ));
         h.magic = "rsync".into();
         assert!(matches!(h.check(), Err(ProtocolError::NotCertsync(_))));
+    }
+
+    /// Whatever a peer puts in a frame is never echoed: key material in
+    /// any JSON field, the magic, a name or the agent stays out of every
+    /// error and log line.
+    #[tokio::test]
+    async fn no_error_echoes_what_the_peer_sent() {
+        let leaf =
+            crate::testutil::TestCa::new().leaf(crate::testutil::KeyKind::P256, &["a.example"]);
+        let secret = crate::testutil::SecretWindows::of(&leaf.key);
+        let pem = String::from_utf8(leaf.key_pkcs1_or_sec1()).unwrap();
+        let cr_only = pem.replace('\n', "\r");
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut checked = 0;
+        for text in [pem.as_str(), cr_only.as_str(), b64.as_str()] {
+            let s = serde_json::to_string(text).unwrap();
+            let frames: Vec<(u8, String)> = vec![
+                (
+                    tag::HELLO,
+                    format!(r#"{{"magic":{s},"version":1,"agent":"x"}}"#),
+                ),
+                (
+                    tag::HELLO,
+                    format!(r#"{{"magic":"certsync","version":{s},"agent":"x"}}"#),
+                ),
+                (
+                    tag::HELLO,
+                    format!(r#"{{"magic":"certsync","version":1,"agent":"x","dry_run":{s}}}"#),
+                ),
+                (
+                    tag::HELLO,
+                    format!(r#"{{"magic":"certsync","version":1,"agent":"x",{s}:1}}"#),
+                ),
+                (
+                    tag::HELLO,
+                    format!(
+                        r#"{{"magic":"certsync","version":1,"agent":"x"{}"#,
+                        &s[..s.len() / 2]
+                    ),
+                ),
+                (
+                    tag::OFFER,
+                    format!(
+                        r#"{{"certs":[{{"name":{s},"leaf":"00","chain_sha256":"00","key_sha256":"00","not_after":0}}]}}"#
+                    ),
+                ),
+                (
+                    tag::OFFER,
+                    format!(
+                        r#"{{"certs":[{{"name":"mail","leaf":{s},"chain_sha256":"00","key_sha256":"00","not_after":0}}]}}"#
+                    ),
+                ),
+            ];
+            for (t, body) in frames {
+                let buf = frame(t, body.as_bytes());
+                let mut r = Reader::new(&buf[..], limits());
+                let msg = match r.next("hello").await {
+                    Err(e) => format!("{e} {e:?}"),
+                    Ok(Message::Hello(h)) => match h.check() {
+                        Err(e) => format!("{e} {e:?}"),
+                        Ok(()) => h.agent_for_log(),
+                    },
+                    Ok(other) => format!("{other:?}"),
+                };
+                assert!(
+                    secret.leak_in(msg.as_bytes()).is_none(),
+                    "echoed: frame {checked}"
+                );
+                checked += 1;
+            }
+            // A bundle whose name is the secret.
+            let mut body = vec![text.len().min(255) as u8];
+            body.extend_from_slice(&text.as_bytes()[..text.len().min(255)]);
+            let buf = frame(tag::BUNDLE, &body);
+            let e = Reader::new(&buf[..], limits())
+                .next("bundle")
+                .await
+                .unwrap_err();
+            assert!(secret.leak_in(format!("{e} {e:?}").as_bytes()).is_none());
+            // An agent that is the secret.
+            let mut h = Hello::new(text, false, false);
+            assert!(secret.leak_in(h.agent_for_log().as_bytes()).is_none());
+            h.agent = "certsync-push 0.1.0".into();
+            assert_eq!(h.agent_for_log(), "certsync-push 0.1.0");
+        }
+        assert_eq!(checked, 21);
     }
 }

@@ -72,6 +72,12 @@ pub struct CertReport {
     /// True when the receiver already had this exact pair.
     pub nothing_to_do: bool,
     pub steps: Vec<StepResult>,
+    /// What the operator should know although nothing failed: names the
+    /// new certificate no longer covers, per-domain folders left alone.
+    /// They never change `exit`. Absent on the wire when empty, and
+    /// defaulted when absent, so peers without it still understand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl CertReport {
@@ -82,7 +88,13 @@ impl CertReport {
             exit: ExitCode::Success,
             nothing_to_do: false,
             steps: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// Record a warning: said to the operator, no effect on `exit`.
+    pub fn warn(&mut self, message: impl Into<String>) {
+        self.warnings.push(message.into());
     }
 
     pub fn done(&mut self, step: Step, message: impl Into<String>) {
@@ -125,14 +137,55 @@ impl Report {
 }
 
 impl fmt::Display for CertReport {
-    /// One line per step: `mail: validate done: …`.
+    /// One line per step: `mail: validate done: …`, then one line per
+    /// warning: `mail: WARNING: …`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, s) in self.steps.iter().enumerate() {
+        let steps = self
+            .steps
+            .iter()
+            .map(|s| format!("{}: {} {}: {}", self.name, s.step, s.status, s.message));
+        let warnings = self
+            .warnings
+            .iter()
+            .map(|w| format!("{}: WARNING: {w}", self.name));
+        for (i, line) in steps.chain(warnings).enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}: {} {}: {}", self.name, s.step, s.status, s.message)?;
+            f.write_str(&line)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_print_after_the_steps_and_never_change_the_exit() {
+        let mut c = CertReport::new("mail", None);
+        c.done(Step::Install, "installed /ssl/cert.pem");
+        c.warn("no longer covers imap.example.com");
+        assert_eq!(c.exit, ExitCode::Success);
+        assert_eq!(
+            c.to_string(),
+            "mail: install done: installed /ssl/cert.pem\nmail: WARNING: no longer covers imap.example.com"
+        );
+    }
+
+    #[test]
+    fn warnings_are_optional_on_the_wire() {
+        // A report from a receiver that predates warnings still parses…
+        let old = r#"{"name":"mail","leaf":null,"exit":"success","nothing_to_do":true,"steps":[]}"#;
+        let parsed: CertReport = serde_json::from_str(old).unwrap();
+        assert!(parsed.warnings.is_empty());
+        // …and a report without warnings is sent exactly as before.
+        assert!(!serde_json::to_string(&parsed).unwrap().contains("warnings"));
+        let mut with = parsed.clone();
+        with.warn("w");
+        let back: CertReport =
+            serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back.warnings, vec!["w".to_string()]);
     }
 }

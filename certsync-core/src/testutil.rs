@@ -6,9 +6,16 @@
 //! OpenSSL itself (rcgen with ring writes Ed25519 as PKCS#8 v2, which
 //! OpenSSL 3.0 cannot read).
 //!
+//! The receiver verifies every chain to a trust anchor. So that a test's
+//! receiver can trust the test's certificates, every [`TestCa::new`] in one
+//! process hangs its intermediate under one process-wide root,
+//! [`test_root_pem`], which the harness writes as receive.toml's `ca_file`.
+//! [`TestCa::with_own_root`] makes a CA that nobody trusts.
+//!
 //! This module panics on failure: it is for tests only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openssl::asn1::{Asn1Integer, Asn1Time};
@@ -54,7 +61,14 @@ impl KeyKind {
     }
 }
 
-fn ec_key(nid: Nid) -> PKey<Private> {
+/// An RSA key of any size (RSA-1024 for the weak-key refusal).
+pub fn rsa_key(bits: u32) -> PKey<Private> {
+    PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap()
+}
+
+/// An EC key on any named curve OpenSSL can generate (P-192 for the
+/// weak-key refusal).
+pub fn ec_key(nid: Nid) -> PKey<Private> {
     let group = EcGroup::from_curve_name(nid).unwrap();
     PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
 }
@@ -119,6 +133,55 @@ pub struct TestLeaf {
     pub key_pem: SecretBytes,
 }
 
+/// CAs are valid from a year ago for ten years: tests move the policy's
+/// clock by days, and chain verification checks every certificate at that
+/// clock.
+const CA_VALIDITY: Validity = Validity {
+    not_before: -365 * 86_400,
+    not_after: 3650 * 86_400,
+};
+
+fn new_root() -> (X509, PKey<Private>) {
+    let key = KeyKind::P256.generate();
+    let cert = build_cert(
+        "certsync test root",
+        &key,
+        None,
+        &[],
+        Profile::Ca,
+        CA_VALIDITY,
+    );
+    (cert, key)
+}
+
+fn shared_root() -> &'static (X509, PKey<Private>) {
+    static ROOT: OnceLock<(X509, PKey<Private>)> = OnceLock::new();
+    ROOT.get_or_init(new_root)
+}
+
+/// The process-wide test root that every [`TestCa::new`] chains to, as
+/// PEM: what a test's receive.toml names as `ca_file`.
+pub fn test_root_pem() -> Vec<u8> {
+    shared_root().0.to_pem().unwrap()
+}
+
+/// Trust anchors holding the test root alone: a receiver whose `ca_file`
+/// names [`test_root_pem`], without the system store.
+pub fn test_anchors() -> crate::validate::Anchors {
+    crate::validate::Anchors::only(vec![shared_root().0.clone()])
+}
+
+/// What a leaf certificate is made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// A server certificate as Let's Encrypt issues it: CA:FALSE, EKU serverAuth.
+    Server,
+    /// EKU clientAuth only: no TLS client accepts it from a server.
+    ClientOnly,
+    /// CA:TRUE (with the SANs, so only that rule refuses it).
+    Ca,
+}
+
 impl Default for TestCa {
     fn default() -> Self {
         TestCa::new()
@@ -126,30 +189,29 @@ impl Default for TestCa {
 }
 
 impl TestCa {
+    /// A CA under the process-wide test root ([`test_root_pem`]), which
+    /// the harness configures as trusted.
     pub fn new() -> TestCa {
-        let root_key = KeyKind::P256.generate();
-        let root = build_cert(
-            "certsync test root",
-            &root_key,
-            None,
-            &[],
-            true,
-            Validity {
-                not_before: -86_400,
-                not_after: 3650 * 86_400,
-            },
-        );
+        let (root, root_key) = shared_root();
+        TestCa::under(root.clone(), root_key.clone())
+    }
+
+    /// A CA with a root of its own, which no receiver trusts unless a test
+    /// adds [`TestCa::root_pem`] to its `ca_file`.
+    pub fn with_own_root() -> TestCa {
+        let (root, root_key) = new_root();
+        TestCa::under(root, root_key)
+    }
+
+    fn under(root: X509, root_key: PKey<Private>) -> TestCa {
         let intermediate_key = KeyKind::P256.generate();
         let intermediate = build_cert(
             "certsync test intermediate",
             &intermediate_key,
             Some((&root, &root_key)),
             &[],
-            true,
-            Validity {
-                not_before: -86_400,
-                not_after: 3000 * 86_400,
-            },
+            Profile::Ca,
+            CA_VALIDITY,
         );
         TestCa {
             root,
@@ -169,18 +231,42 @@ impl TestCa {
     }
 
     pub fn leaf_with(&self, kind: KeyKind, sans: &[&str], validity: Validity) -> TestLeaf {
-        let key = kind.generate();
+        self.leaf_custom(kind.generate(), sans, validity, Profile::Server)
+    }
+
+    /// A leaf with any key and profile, signed by this CA's intermediate.
+    pub fn leaf_custom(
+        &self,
+        key: PKey<Private>,
+        sans: &[&str],
+        validity: Validity,
+        profile: Profile,
+    ) -> TestLeaf {
         let cn = sans.first().copied().unwrap_or("certsync test leaf");
         let cert = build_cert(
             cn,
             &key,
             Some((&self.intermediate, &self.intermediate_key)),
             sans,
-            false,
+            profile,
             validity,
         );
+        TestLeaf::new(cert, key, self.intermediate.to_pem().unwrap())
+    }
+}
+
+/// A self-signed server leaf (CA:FALSE, EKU serverAuth): its chain is the
+/// leaf alone.
+pub fn self_signed_leaf(kind: KeyKind, sans: &[&str]) -> TestLeaf {
+    let key = kind.generate();
+    let cn = sans.first().copied().unwrap_or("certsync test leaf");
+    let cert = build_cert(cn, &key, None, sans, Profile::Server, Validity::default());
+    TestLeaf::new(cert, key, Vec::new())
+}
+
+impl TestLeaf {
+    fn new(cert: X509, key: PKey<Private>, intermediates_pem: Vec<u8>) -> TestLeaf {
         let cert_pem = cert.to_pem().unwrap();
-        let intermediates_pem = self.intermediate.to_pem().unwrap();
         let mut chain_pem = cert_pem.clone();
         chain_pem.extend_from_slice(&intermediates_pem);
         let key_pem = SecretBytes::new(key.private_key_to_pem_pkcs8().unwrap());
@@ -193,9 +279,7 @@ impl TestCa {
             key_pem,
         }
     }
-}
 
-impl TestLeaf {
     pub fn bundle(&self) -> Bundle {
         Bundle::new(self.chain_pem.clone(), self.key_pem.clone())
     }
@@ -221,12 +305,73 @@ impl TestLeaf {
     }
 }
 
+/// Every form in which a private key's bytes could leak into a message:
+/// each 8-byte window of the secret (the EC scalar or RSA private exponent,
+/// and the key's DER encodings) raw and as hex in both cases, each 8-char
+/// window of the base64 text of the PEM bodies and of the secret at all
+/// three base64 alignments. [`SecretWindows::leak_in`] finds any of them
+/// in a log, a report or a result file.
+pub struct SecretWindows {
+    /// By length (8: raw and base64 windows, 16: hex windows).
+    needles: std::collections::BTreeMap<usize, std::collections::HashSet<Vec<u8>>>,
+}
+
+impl SecretWindows {
+    pub fn of(key: &PKey<Private>) -> SecretWindows {
+        let mut secrets: Vec<Vec<u8>> = vec![key.private_key_to_der().unwrap()];
+        match key.id() {
+            openssl::pkey::Id::EC => {
+                let ec = key.ec_key().unwrap();
+                secrets.push(ec.private_key().to_vec());
+                secrets.push(ec.private_key_to_der().unwrap());
+            }
+            openssl::pkey::Id::RSA => {
+                let rsa = key.rsa().unwrap();
+                secrets.push(rsa.d().to_vec());
+                secrets.push(rsa.p().unwrap().to_vec());
+                secrets.push(rsa.private_key_to_der().unwrap());
+            }
+            _ => secrets.push(key.raw_private_key().unwrap_or_default()),
+        }
+        let mut needles: Vec<Vec<u8>> = Vec::new();
+        for secret in &secrets {
+            for w in secret.windows(8) {
+                needles.push(w.to_vec());
+                let hex: String = w.iter().map(|b| format!("{b:02x}")).collect();
+                needles.push(hex.clone().into_bytes());
+                needles.push(hex.to_uppercase().into_bytes());
+            }
+            for shift in 0..3.min(secret.len()) {
+                let b64 = openssl::base64::encode_block(&secret[shift..]);
+                // The last group depends on what follows: leave it out.
+                let stable = &b64.as_bytes()[..b64.len().saturating_sub(4)];
+                needles.extend(stable.windows(8).map(<[u8]>::to_vec));
+            }
+        }
+        let mut by_len: std::collections::BTreeMap<usize, std::collections::HashSet<Vec<u8>>> =
+            Default::default();
+        for n in needles {
+            by_len.entry(n.len()).or_default().insert(n);
+        }
+        SecretWindows { needles: by_len }
+    }
+
+    /// The first window of the secret found in `haystack`, as its offset
+    /// in the haystack (never the bytes, so a failing test does not print
+    /// the secret either).
+    pub fn leak_in(&self, haystack: &[u8]) -> Option<usize> {
+        self.needles
+            .iter()
+            .find_map(|(len, set)| haystack.windows(*len).position(|w| set.contains(w)))
+    }
+}
+
 fn build_cert(
     cn: &str,
     key: &PKey<Private>,
     issuer: Option<(&X509, &PKey<Private>)>,
     sans: &[&str],
-    is_ca: bool,
+    profile: Profile,
     validity: Validity,
 ) -> X509 {
     let mut name = X509NameBuilder::new().unwrap();
@@ -244,7 +389,7 @@ fn build_cert(
         .unwrap();
     b.set_not_after(&Asn1Time::from_unix(now + validity.not_after).unwrap())
         .unwrap();
-    if is_ca {
+    if profile == Profile::Ca {
         b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
             .unwrap();
         b.append_extension(
@@ -268,8 +413,12 @@ fn build_cert(
                 .unwrap(),
         )
         .unwrap();
-        b.append_extension(ExtendedKeyUsage::new().server_auth().build().unwrap())
-            .unwrap();
+        let mut eku = ExtendedKeyUsage::new();
+        match profile {
+            Profile::ClientOnly => eku.client_auth(),
+            _ => eku.server_auth(),
+        };
+        b.append_extension(eku.build().unwrap()).unwrap();
     }
     let ski = SubjectKeyIdentifier::new()
         .build(&b.x509v3_context(issuer.map(|(c, _)| c.as_ref()), None))

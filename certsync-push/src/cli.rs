@@ -12,8 +12,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use certsync_core::config::DEFAULT_PUSH_CONFIG;
 
 /// Push TLS certificates from a certbot live dir (Nginx Proxy Manager's
-/// live/npm-N) to certsync-receive on mail hosts, over SSH with a pinned
-/// host key.
+/// live/npm-N) or an uploaded one (its custom_ssl/npm-N) to
+/// certsync-receive on mail hosts, over SSH with a pinned host key.
 #[derive(Debug, Parser)]
 #[command(
     name = "certsync-push",
@@ -80,13 +80,15 @@ pub enum Command {
     },
     /// Run until stopped; push whenever a live dir changes.
     Watch,
-    /// List the certbot live dirs with subject, SANs, key type, notAfter,
-    /// fingerprint and consistency.
+    /// List the certbot live dirs (and NPM's uploaded certificates) with
+    /// subject, SANs, key type, notAfter, fingerprint and consistency.
     Discover {
-        /// certbot's live dir [default: from the config's live_root or
-        /// source, else /opt/npm/letsencrypt/live].
+        /// certbot's live dir, or NPM's custom_ssl dir (uploaded
+        /// certificates); repeat for several [default: the config's
+        /// live_root and the dirs holding its sources, else
+        /// /opt/npm/letsencrypt/live and /opt/npm/data/custom_ssl].
         #[arg(long, value_name = "DIR")]
-        live_root: Option<PathBuf>,
+        live_root: Vec<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,

@@ -1,10 +1,16 @@
-//! `discover`: what certificates sit in a certbot `live` dir, and which one
-//! covers a domain.
+//! `discover`: what certificates sit in a certbot `live` dir (or NPM's
+//! `custom_ssl` dir), and which one covers a domain.
 //!
-//! NPM names its certbot lineages `npm-1`, `npm-2`, …, so an operator cannot
-//! tell from the name which dir holds `mail.example.com`. [`discover`] lists
-//! every lineage (any subdir holding a `fullchain.pem`; certbot's `README`
-//! and stray files are skipped) with what an operator compares: subject,
+//! NPM keeps two kinds of certificates, both in dirs named `npm-<id>`:
+//! those it obtains with certbot, in `letsencrypt/live/npm-<id>/` (links
+//! into `archive/`), and those uploaded in its UI ("custom"), in
+//! `data/custom_ssl/npm-<id>/` (plain `fullchain.pem` and `privkey.pem`).
+//! The host paths depend on NPM's volumes (`./letsencrypt:/etc/letsencrypt`,
+//! `./data:/data`). An operator cannot tell from the name which dir holds
+//! `mail.example.com`. [`discover`] lists every lineage of one root (any
+//! subdir holding a `fullchain.pem`; certbot's `README` and stray files are
+//! skipped), [`discover_roots`] those of several, with what an operator
+//! compares: subject,
 //! SANs, key type, notAfter, days left, the leaf's SHA-256 fingerprint, and
 //! whether [`crate::source::read_consistent`] accepts it (with the reason if
 //! not). For an inconsistent dir the facts come from `fullchain.pem` alone,
@@ -84,14 +90,24 @@ fn natural_key(name: &str) -> Vec<(u8, u64, String)> {
     key
 }
 
-/// The leaf of `fullchain.pem` alone, for a dir that is not consistent.
+/// The leaf of `fullchain.pem` alone, for a dir that is not consistent
+/// (for display only). Opened once, `O_NONBLOCK`, checked to be a regular
+/// file and read with a cap: the link may point anywhere (a FIFO,
+/// `/dev/zero`, swapped meanwhile).
 fn leaf_info_only(dir: &Path) -> Option<CertInfo> {
-    let path = dir.join("fullchain.pem");
-    let meta = fs::metadata(&path).ok()?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(dir.join("fullchain.pem"))
+        .ok()?;
+    let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() > MAX_PEM_BYTES {
         return None;
     }
-    let bytes = fs::read(&path).ok()?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES).read_to_end(&mut bytes).ok()?;
     let certs = parse_chain(&bytes).ok()?;
     certs.first().map(CertInfo::of)
 }
@@ -110,7 +126,7 @@ pub fn discover(live_root: &Path, now: i64) -> Result<Vec<DiscoveredCert>, Sourc
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(SourceError::NoSuchDir {
                 path: live_root.to_path_buf(),
-                hint: "the live root is certbot's `live` dir, e.g. /opt/npm/letsencrypt/live",
+                hint: "a live root is certbot's `live` dir (e.g. /opt/npm/letsencrypt/live) or NPM's custom certificate dir (e.g. /opt/npm/data/custom_ssl)",
             })
         }
         Err(e) => return Err(list_err(e)),
@@ -241,6 +257,16 @@ pub fn render_table(certs: &[DiscoveredCert]) -> String {
     out
 }
 
+/// Every lineage under each of `roots`, root by root in the order given.
+/// Every root must exist: a misspelt one is an error naming it.
+pub fn discover_roots(roots: &[PathBuf], now: i64) -> Result<Vec<DiscoveredCert>, SourceError> {
+    let mut all = Vec::new();
+    for root in roots {
+        all.extend(discover(root, now)?);
+    }
+    Ok(all)
+}
+
 /// The lineage under `live_root` whose leaf covers `domain`, newest notAfter
 /// first. Errors list what was found, or name the newest covering dir when
 /// it is inconsistent (try again: certbot may be renewing it).
@@ -249,7 +275,17 @@ pub fn pick_for_domain(
     domain: &str,
     now: i64,
 ) -> Result<DiscoveredCert, SourceError> {
-    let all = discover(live_root, now)?;
+    pick_for_domain_in(&[live_root.to_path_buf()], domain, now)
+}
+
+/// [`pick_for_domain`] over several roots (certbot's live dir and NPM's
+/// custom_ssl dir): the newest covering certificate wherever it is.
+pub fn pick_for_domain_in(
+    roots: &[PathBuf],
+    domain: &str,
+    now: i64,
+) -> Result<DiscoveredCert, SourceError> {
+    let all = discover_roots(roots, now)?;
     let newest = all
         .iter()
         .filter(|c| c.covers(domain))
@@ -262,14 +298,16 @@ pub fn pick_for_domain(
             reason: c.problem.clone().unwrap_or_default(),
         }),
         None => Err(SourceError::NoMatch {
-            live_root: live_root.to_path_buf(),
+            live_roots: roots.to_vec(),
             domain: domain.to_string(),
-            found: describe_found(&all),
+            found: describe_found(&all, roots.len() > 1),
         }),
     }
 }
 
-fn describe_found(all: &[DiscoveredCert]) -> String {
+/// What was found, for an error. With several roots a lineage is named by
+/// its path (`npm-3` may be in either).
+fn describe_found(all: &[DiscoveredCert], by_path: bool) -> String {
     if all.is_empty() {
         return "no lineage (no subdir with a fullchain.pem)".to_string();
     }
@@ -280,9 +318,14 @@ fn describe_found(all: &[DiscoveredCert]) -> String {
             } else {
                 c.sans.join(", ")
             };
+            let name = if by_path {
+                c.dir.display().to_string()
+            } else {
+                c.name.clone()
+            };
             match &c.problem {
-                None => format!("{} ({sans})", c.name),
-                Some(p) => format!("{} ({sans}; inconsistent: {p})", c.name),
+                None => format!("{name} ({sans})"),
+                Some(p) => format!("{name} ({sans}; inconsistent: {p})"),
             }
         })
         .collect::<Vec<_>>()
@@ -339,7 +382,14 @@ pub fn choice_changed(
         .mode(0o700)
         .create(state_dir)
         .map_err(state_err("create the dir of", &path))?;
-    let tmp = state_dir.join(format!(".choice-{cert_name}.tmp{}", std::process::id()));
+    // Unique per call: the watch daemon's targets run their passes
+    // concurrently, and two may record the same cert's choice at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = state_dir.join(format!(
+        ".choice-{cert_name}.tmp{}.{seq}",
+        std::process::id()
+    ));
     let write = || -> io::Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)

@@ -5,8 +5,9 @@
 //! [`discover`] lists live dirs, [`transport`] reaches the receiver over SSH
 //! or locally, [`session`] speaks the protocol, [`push`] runs one pass over
 //! every target, [`status`] compares local and installed fingerprints,
-//! [`watch`] pushes on change, [`keygen`] makes the pusher's key, [`units`]
-//! points certsync-push.path at the configured live dirs.
+//! [`watch`] pushes on change, [`keygen`] makes the pusher's key;
+//! [`untrusted`] makes what a receiver says safe to log; [`units`] points
+//! certsync-push.path at the configured live dirs.
 
 pub mod cli;
 pub mod discover;
@@ -18,4 +19,5 @@ pub mod source;
 pub mod status;
 pub mod transport;
 pub mod units;
+pub mod untrusted;
 pub mod watch;

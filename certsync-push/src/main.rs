@@ -13,10 +13,17 @@ use certsync_push::cli::{Cli, Command};
 use certsync_push::error::PushError;
 use certsync_push::push::PushOptions;
 
-/// certbot's live dir in Nginx Proxy Manager's default layout.
-const DEFAULT_LIVE_ROOT: &str = "/opt/npm/letsencrypt/live";
+/// Where Nginx Proxy Manager keeps certificates in its documented layout
+/// (`./letsencrypt:/etc/letsencrypt` and `./data:/data` under /opt/npm):
+/// certbot's live dir, and the dir of uploaded ("custom") certificates.
+const DEFAULT_LIVE_ROOTS: [&str; 2] = ["/opt/npm/letsencrypt/live", "/opt/npm/data/custom_ssl"];
 
 fn main() -> ProcessExit {
+    // Before any key is read: no core dump may hold one.
+    if let Err(e) = certsync_core::hardening::no_core_dumps() {
+        eprintln!("certsync-push: cannot disable core dumps: {e}");
+        return ExitCode::Runtime.into();
+    }
     let cli = Cli::parse();
     certsync_core::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -55,8 +62,12 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Watch => return certsync_push::watch::run(&cli.config).await,
         Command::Discover { live_root, json } => {
-            let root = live_root.unwrap_or_else(|| live_root_from(&cli.config));
-            discover(&root, json)
+            let roots = if live_root.is_empty() {
+                live_roots_from(&cli.config)
+            } else {
+                live_root
+            };
+            discover(&roots, json)
         }
         Command::Status { json } => {
             certsync_push::status::run(&cli.config, json, &mut stdout).await
@@ -73,34 +84,62 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// The live root to list when none is given: a `live_root` from the
-/// config, or the parent of a `source`, or NPM's default. A missing or
-/// broken config is not an error here: discover is how people write one.
-fn live_root_from(config: &Path) -> PathBuf {
+/// The roots to list when none is given: every `live_root` of the config
+/// and the dir holding each `source`, or else NPM's default dirs (those
+/// that exist; both when neither does, so the error names them). A missing
+/// or broken config is not an error here: discover is how people write one.
+fn live_roots_from(config: &Path) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
     if let Ok(cfg) = PushConfig::load(config) {
         for c in &cfg.certs {
-            if let Some(root) = &c.live_root {
-                return root.clone();
-            }
-            if let Some(parent) = c.source.as_deref().and_then(Path::parent) {
-                return parent.to_path_buf();
+            let from_source = c
+                .source
+                .as_deref()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf);
+            let listed = c.live_root.iter().flat_map(|r| r.paths()).cloned();
+            for root in listed.chain(from_source) {
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
             }
         }
     }
-    PathBuf::from(DEFAULT_LIVE_ROOT)
+    if roots.is_empty() {
+        roots = DEFAULT_LIVE_ROOTS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .collect();
+    }
+    if roots.is_empty() {
+        roots = DEFAULT_LIVE_ROOTS.iter().map(PathBuf::from).collect();
+    }
+    roots
 }
 
-fn discover(root: &Path, json: bool) -> Result<ExitCode, PushError> {
+fn discover(roots: &[PathBuf], json: bool) -> Result<ExitCode, PushError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let certs = certsync_push::discover::discover(root, now).map_err(PushError::Discover)?;
     if json {
+        let certs =
+            certsync_push::discover::discover_roots(roots, now).map_err(PushError::Discover)?;
         let text = serde_json::to_string_pretty(&certs)
             .map_err(|e| PushError::Output(std::io::Error::other(e)))?;
         println!("{text}");
-    } else {
+        return Ok(ExitCode::Success);
+    }
+    // One table per root: `npm-3` may be in either.
+    for (i, root) in roots.iter().enumerate() {
+        let certs = certsync_push::discover::discover(root, now).map_err(PushError::Discover)?;
+        if roots.len() > 1 {
+            if i > 0 {
+                println!();
+            }
+            println!("{}:", root.display());
+        }
         print!("{}", certsync_push::discover::render_table(&certs));
     }
     Ok(ExitCode::Success)

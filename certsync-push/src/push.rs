@@ -5,9 +5,9 @@
 //!    ([`crate::source::read_consistent_retry_async`], or
 //!    [`crate::discover::pick_for_domain`] for `live_root` + `domain`), so
 //!    every target gets the very same bytes;
-//! 2. every target runs concurrently in its own task: connect, run a
-//!    [`crate::session`], turn the receiver's report into a
-//!    [`TargetResult`];
+//! 2. every target runs concurrently: connect, run a [`crate::session`]
+//!    (bounded by the target's `session_timeout`), turn the receiver's
+//!    report into a [`TargetResult`];
 //! 3. results are printed in config order, one line per target followed by
 //!    the receiver's step lines; the exit code is the worst over targets.
 //!
@@ -27,7 +27,7 @@ use certsync_core::config::{PushCert, PushConfig, Target};
 use certsync_core::report::{CertReport, StepStatus};
 use certsync_core::{ExitCode, Fingerprint};
 
-use crate::discover::{choice_changed, pick_for_domain, Choice};
+use crate::discover::{choice_changed, pick_for_domain_in, Choice};
 use crate::error::{source_exit, PushError};
 use crate::session::{self, Offering, Options};
 use crate::source::{read_consistent_retry_async, Retry, SourceError, SourcePair};
@@ -212,13 +212,15 @@ pub async fn pass(
         }
     }
 
-    // 2. Every target in its own task.
+    // 2. Every target concurrently, within this pass's future (not
+    //    spawned): dropping the pass (the watch daemon stopping, or
+    //    restarting a target) ends its sessions and kills local receivers.
     let session_opts = Options {
         dry_run: opts.dry_run,
         force: opts.force,
         offer_only: opts.offer_only,
     };
-    let mut handles = Vec::new();
+    let mut sessions = Vec::new();
     for t in &targets {
         let mut offerings = Vec::new();
         let mut unread = Vec::new();
@@ -246,25 +248,9 @@ pub async fn pass(
             }
         }
         let target = (*t).clone();
-        handles.push((
-            t.name.clone(),
-            tokio::spawn(push_target(target, offerings, unread, session_opts)),
-        ));
+        sessions.push(push_target(target, offerings, unread, session_opts));
     }
-    let mut results = Vec::new();
-    for (name, handle) in handles {
-        results.push(match handle.await {
-            Ok(r) => r,
-            Err(e) => TargetResult {
-                target: name,
-                peer: None,
-                exit: ExitCode::Runtime,
-                error: Some(format!("the task failed: {e}")),
-                certs: Vec::new(),
-            },
-        });
-    }
-    Ok(results)
+    Ok(futures_util::future::join_all(sessions).await)
 }
 
 /// Read one `[[cert]]`'s pair: its `source`, or the live dir under
@@ -287,12 +273,12 @@ pub async fn read_source(
     };
     let start = Instant::now();
     let dir = loop {
-        let (r, d) = (root.clone(), domain.clone());
-        let picked = tokio::task::spawn_blocking(move || pick_for_domain(&r, &d, now_unix()))
+        let (r, d) = (root.paths().to_vec(), domain.clone());
+        let picked = tokio::task::spawn_blocking(move || pick_for_domain_in(&r, &d, now_unix()))
             .await
             .map_err(|e| SourceError::Io {
                 action: "search (the task failed)",
-                path: root.clone(),
+                path: root.paths().first().cloned().unwrap_or_default(),
                 source: std::io::Error::other(e.to_string()),
             })?;
         match picked {
@@ -366,7 +352,7 @@ async fn push_target(
     };
     tracing::info!(target = %name, peer = %conn.peer(), "connected");
     result.peer = Some(conn.peer().to_string());
-    match session::run(conn, &name, &offerings, opts).await {
+    match session::run(conn, &name, &offerings, opts, target.session_timeout()).await {
         Ok(outcome) => {
             for o in &offerings {
                 certs.push(cert_result(o, &outcome, opts.dry_run));

@@ -18,8 +18,15 @@
 //! - The session always ends with [`Connection::finish`], so the
 //!   receiver's exit status is known even when the protocol broke, and an
 //!   error says how the receiver ended (its stderr is already in our log).
+//! - A session is bounded in time: each frame by [`FRAME_TIMEOUT`] (one
+//!   deadline for the whole frame), the whole session, finish included, by
+//!   the target's `session_timeout`. A receiver that stalls, or drips a
+//!   progress line now and then, is disconnected at that deadline.
+//! - Whatever the receiver says is data: its strings are cleaned
+//!   ([`crate::untrusted`]) before they reach a log line, an error or the
+//!   report, and its progress lines are capped per session.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use certsync_core::bundle::{Bundle, CertInfo};
 use certsync_core::protocol::{
@@ -29,7 +36,8 @@ use certsync_core::report::Report;
 use certsync_core::ExitCode;
 use thiserror::Error;
 
-use crate::transport::{Connection, TransportError};
+use crate::transport::{Connection, TransportError, FINISH_TIMEOUT};
+use crate::untrusted::{self, Allow, LogBudget};
 
 /// Our agent string in the hello (receivers log it).
 pub const AGENT: &str = concat!("certsync-push ", env!("CARGO_PKG_VERSION"));
@@ -121,6 +129,12 @@ pub enum SessionError {
     },
     #[error("{peer}: the receiver asked for {name:?}, which was not offered")]
     AskedUnoffered { peer: String, name: String },
+    #[error("{peer} did not finish the session within {secs}s (session_timeout of [[target]] {target:?}); it was disconnected. The receiving host's journal says where it stopped; if its installs legitimately take this long, raise session_timeout")]
+    Deadline {
+        peer: String,
+        target: String,
+        secs: u64,
+    },
     #[error("{0}")]
     Finish(#[from] TransportError),
 }
@@ -147,18 +161,33 @@ impl SessionError {
     }
 }
 
+/// The least time left for collecting the receiver's exit status, even
+/// when the session deadline has passed: a stuck receiver is killed
+/// (local) or disconnected (SSH) after this.
+const FINISH_AT_LEAST: Duration = Duration::from_secs(1);
+
 /// Run one session: offer `certs`, send what the receiver asks for, return
 /// its report. `target` names the `[[target]]` in log lines. The
-/// connection is always finished (closed and its exit status collected).
+/// connection is always finished (closed and its exit status collected),
+/// and the whole session, finish included, ends by `limit` (plus at most
+/// [`FINISH_AT_LEAST`]).
 pub async fn run(
     mut conn: Connection,
     target: &str,
     certs: &[Offering],
     opts: Options,
+    limit: Duration,
 ) -> Result<Outcome, SessionError> {
     let peer = conn.peer().to_string();
-    let flow = exchange(&mut conn, target, certs, opts).await;
-    let status = conn.finish().await;
+    let started = Instant::now();
+    let flow = match tokio::time::timeout(limit, exchange(&mut conn, target, certs, opts)).await {
+        Ok(flow) => flow,
+        Err(_) => Err(Flow::Deadline),
+    };
+    let left = limit.saturating_sub(started.elapsed());
+    let status = conn
+        .finish_within(left.clamp(FINISH_AT_LEAST, FINISH_TIMEOUT.max(FINISH_AT_LEAST)))
+        .await;
     match (flow, status) {
         (Ok(mut outcome), Ok(exit_status)) => {
             outcome.exit_status = exit_status;
@@ -185,6 +214,11 @@ pub async fn run(
             exit,
         }),
         (Err(Flow::AskedUnoffered(name)), _) => Err(SessionError::AskedUnoffered { peer, name }),
+        (Err(Flow::Deadline), _) => Err(SessionError::Deadline {
+            peer,
+            target: target.to_string(),
+            secs: limit.as_secs(),
+        }),
     }
 }
 
@@ -193,11 +227,20 @@ enum Flow {
     Protocol(ProtocolError),
     Receiver { message: String, exit: ExitCode },
     AskedUnoffered(String),
+    Deadline,
 }
 
 impl From<ProtocolError> for Flow {
     fn from(e: ProtocolError) -> Self {
-        Flow::Protocol(e)
+        Flow::Protocol(match e {
+            // A parser's reason may quote the receiver's bytes (serde_json:
+            // "unknown variant `…`").
+            ProtocolError::Malformed { kind, reason } => ProtocolError::Malformed {
+                kind,
+                reason: untrusted::clean(&reason),
+            },
+            other => other,
+        })
     }
 }
 
@@ -213,20 +256,25 @@ async fn exchange(
         ..Limits::default()
     };
     let hello = Message::Hello(Hello::new(AGENT, opts.dry_run, opts.force));
-    let mut reader = Reader::new(&mut conn.reader, limits);
+    let mut reader = Inbox {
+        reader: Reader::new(&mut conn.reader, limits),
+        target,
+        budget: LogBudget::default(),
+    };
     // The receiver speaks first and may already have ended (a config
     // error, a forced command that is not certsync-receive): what it said
     // explains more than our broken pipe, so read before judging the write.
     let wrote = protocol::write_message(&mut conn.writer, &hello).await;
-    let theirs = match next(&mut reader, target, "hello").await? {
+    let theirs = match reader.next("hello").await? {
         Message::Hello(h) => h,
         other => return Err(unexpected("hello", &other)),
     };
     theirs.check()?;
+    let agent = untrusted::clean(&theirs.agent);
     if let Err(write_error) = wrote {
-        return Err(reason_or(&mut reader, target, write_error).await);
+        return Err(reason_or(&mut reader, write_error).await);
     }
-    tracing::debug!(target = %target, "{peer} runs {}", theirs.agent);
+    tracing::debug!(target = %target, "{peer} runs {agent}");
 
     let offer = Offer {
         certs: certs.iter().map(Offering::offered).collect(),
@@ -234,18 +282,13 @@ async fn exchange(
     for o in &offer.certs {
         tracing::info!(cert = %o.name, target = %target, leaf = %o.leaf, "offer");
     }
-    send(
-        &mut conn.writer,
-        &mut reader,
-        target,
-        &Message::Offer(offer),
-    )
-    .await?;
+    send(&mut conn.writer, &mut reader, &Message::Offer(offer)).await?;
 
-    let want: Want = match next(&mut reader, target, "want").await? {
+    let mut want: Want = match reader.next("want").await? {
         Message::Want(w) => w,
         other => return Err(unexpected("want", &other)),
     };
+    untrusted::clean_want(&mut want);
     let mut sent = Vec::new();
     for decision in &want.certs {
         let Some(cert) = certs.iter().find(|c| c.name == decision.name) else {
@@ -268,7 +311,7 @@ async fn exchange(
                     name: cert.name.clone(),
                     bundle: cert.bundle.clone(),
                 };
-                send(&mut conn.writer, &mut reader, target, &msg).await?;
+                send(&mut conn.writer, &mut reader, &msg).await?;
                 tracing::info!(
                     cert = %cert.name, target = %target, leaf = %leaf,
                     "sent {} bytes of chain and the key{}",
@@ -279,15 +322,16 @@ async fn exchange(
             }
         }
     }
-    send(&mut conn.writer, &mut reader, target, &Message::Done).await?;
+    send(&mut conn.writer, &mut reader, &Message::Done).await?;
 
-    let report = match next(&mut reader, target, "report").await? {
+    let mut report = match reader.next("report").await? {
         Message::Report(r) => r,
         other => return Err(unexpected("report", &other)),
     };
+    untrusted::clean_report(&mut report);
     Ok(Outcome {
         peer,
-        agent: theirs.agent,
+        agent,
         decisions: want.certs,
         sent,
         report,
@@ -301,52 +345,58 @@ const REASON_TIMEOUT: Duration = Duration::from_secs(2);
 /// Write one message. If the write fails, the receiver has gone; if it
 /// said why (an `Error` frame) before going, that is the error, not our
 /// broken pipe.
-async fn send<W, R>(
-    writer: &mut W,
-    reader: &mut Reader<R>,
-    target: &str,
-    msg: &Message,
-) -> Result<(), Flow>
+async fn send<W, R>(writer: &mut W, reader: &mut Inbox<'_, R>, msg: &Message) -> Result<(), Flow>
 where
     W: tokio::io::AsyncWrite + Unpin,
     R: tokio::io::AsyncRead + Unpin,
 {
     match protocol::write_message(writer, msg).await {
         Ok(()) => Ok(()),
-        Err(write_error) => Err(reason_or(reader, target, write_error).await),
+        Err(write_error) => Err(reason_or(reader, write_error).await),
     }
 }
 
 /// After a failed write: the receiver's `Error` frame if it sent one,
 /// else the write error.
 async fn reason_or<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut Reader<R>,
-    target: &str,
+    reader: &mut Inbox<'_, R>,
     write_error: ProtocolError,
 ) -> Flow {
-    match tokio::time::timeout(REASON_TIMEOUT, next(reader, target, "reason")).await {
+    match tokio::time::timeout(REASON_TIMEOUT, reader.next("reason")).await {
         Ok(Err(reason @ Flow::Receiver { .. })) => reason,
         _ => Flow::Protocol(write_error),
     }
 }
 
-/// The next message that is not a progress line; progress lines are
-/// relayed to our log, an `Error` frame ends the session.
-async fn next<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut Reader<R>,
-    target: &str,
-    expected: &'static str,
-) -> Result<Message, Flow> {
-    loop {
-        match reader.next(expected).await? {
-            Message::Log(line) => tracing::info!(target = %target, "receiver: {line}"),
-            Message::Error(e) => {
-                return Err(Flow::Receiver {
-                    message: e.message,
-                    exit: e.exit,
-                })
+/// What the receiver sends us, read within the protocol's limits, its
+/// progress lines charged to this session's log budget.
+struct Inbox<'a, R> {
+    reader: Reader<R>,
+    target: &'a str,
+    budget: LogBudget,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Inbox<'_, R> {
+    /// The next message that is not a progress line; progress lines are
+    /// relayed to our log (cleaned, within the budget), an `Error` frame
+    /// ends the session.
+    async fn next(&mut self, expected: &'static str) -> Result<Message, Flow> {
+        let target = self.target;
+        loop {
+            match self.reader.next(expected).await? {
+                Message::Log(line) => match self.budget.take(&line) {
+                    Allow::Show(line) => tracing::info!(target = %target, "receiver: {line}"),
+                    Allow::Notice(notice) => tracing::warn!(target = %target, "{notice}"),
+                    Allow::Drop => {}
+                },
+                Message::Error(e) => {
+                    return Err(Flow::Receiver {
+                        message: untrusted::clean(&e.message),
+                        exit: e.exit,
+                    })
+                }
+                other => return Ok(other),
             }
-            other => return Ok(other),
         }
     }
 }
@@ -395,9 +445,15 @@ mod tests {
         })
         .await
         .unwrap();
-        let err = run(conn, "t", &[offering()], Options::default())
-            .await
-            .unwrap_err();
+        let err = run(
+            conn,
+            "t",
+            &[offering()],
+            Options::default(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("not the certsync protocol"), "{msg}");
         assert!(msg.contains("exited with status 3"), "{msg}");
@@ -431,9 +487,15 @@ mod tests {
         })
         .await
         .unwrap();
-        let err = run(conn, "t", &[offering()], Options::default())
-            .await
-            .unwrap_err();
+        let err = run(
+            conn,
+            "t",
+            &[offering()],
+            Options::default(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, SessionError::Receiver { .. }), "{err}");
         assert!(err.to_string().contains("no [[cert]] section"), "{err}");
         assert_eq!(err.exit_code(), ExitCode::Usage);
@@ -446,9 +508,15 @@ mod tests {
         })
         .await
         .unwrap();
-        let err = run(conn, "t", &[offering()], Options::default())
-            .await
-            .unwrap_err();
+        let err = run(
+            conn,
+            "t",
+            &[offering()],
+            Options::default(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, SessionError::Protocol { .. }), "{err}");
     }
 }

@@ -20,8 +20,20 @@
 //! - no `previous_*.pem` is present (before *and* after reading);
 //! - all four links exist and resolve, into the same archive directory and
 //!   the same generation N;
-//! - the bytes are the real file contents: each resolved target is opened
-//!   with `O_NOFOLLOW` (the link text itself is never read as a certificate)
+//! - every link resolves inside this lineage's own archive dir,
+//!   `<config>/archive/<name>/` for the live dir `<config>/live/<name>/`,
+//!   and nowhere else: not an absolute path, not a `../` climb, not through
+//!   a symlinked directory, not another lineage's archive. Whoever writes
+//!   the live dir (NPM's internet-facing container, through its bind
+//!   mount) must not be able to make the pusher, which runs as root, send
+//!   another file it can read (`/etc/ssh/ssh_host_*`, another lineage's
+//!   key). Such a link is refused at once, not retried
+//!   ([`SourceError::LinkOutsideArchive`]);
+//! - the bytes are the real file contents: the archive dir is opened once
+//!   without following links (`archive`, then `<name>`, each
+//!   `O_DIRECTORY|O_NOFOLLOW`), each target is opened relative to it with
+//!   `O_NOFOLLOW|O_NONBLOCK` (the link text itself is never read as a
+//!   certificate, a swapped-in link or FIFO never followed or waited on)
 //!   and must be a regular file of bounded size;
 //! - the links did not change while we read: resolve, read, resolve again,
 //!   compare;
@@ -29,10 +41,18 @@
 //!   so RSA, ECDSA and Ed25519 alike), and `cert.pem` / `chain.pem` agree
 //!   with `fullchain.pem`.
 //!
-//! A plain directory of regular files (someone copied the pair) is accepted
-//! too, under the same rules minus the generation: `fullchain.pem` and
-//! `privkey.pem` must exist, `cert.pem` and `chain.pem` are checked if
-//! present. A directory that mixes links and regular files is refused.
+//! A plain directory of regular files is accepted too, under the same rules
+//! minus the generation: `fullchain.pem` and `privkey.pem` must exist,
+//! `cert.pem` and `chain.pem` are checked if present. A directory that
+//! mixes links and regular files is refused. This is how Nginx Proxy
+//! Manager keeps an uploaded ("custom") certificate:
+//! `/data/custom_ssl/npm-<id>/fullchain.pem` (the certificate, then the
+//! intermediate) and `privkey.pem`, written in that order by `fs.writeFile`,
+//! which truncates and rewrites each file in place: no link, no rename, and
+//! the inode stays the same. So a plain file counts as unchanged only when
+//! its inode, size, mtime and ctime all are, and a reader caught between
+//! the two writes sees the new chain with the old key, which the key check
+//! refuses until NPM has written both.
 //!
 //! [`read_consistent_retry`] re-reads for a bounded window while the dir is
 //! inconsistent (a renewal takes milliseconds) and then gives up with the
@@ -216,7 +236,7 @@ pub enum SourceError {
     },
     #[error("{} does not exist; {hint}", path.display())]
     NoSuchDir { path: PathBuf, hint: &'static str },
-    #[error("{} is not a directory; `source` must be a certbot live dir such as /opt/npm/letsencrypt/live/npm-5", path.display())]
+    #[error("{} is not a directory; `source` must be a certbot live dir such as /opt/npm/letsencrypt/live/npm-5, or NPM's custom certificate dir such as /opt/npm/data/custom_ssl/npm-3", path.display())]
     NotADirectory { path: PathBuf },
     #[error("{} is larger than {limit} bytes; it is not a certificate or key file", path.display())]
     TooLarge { path: PathBuf, limit: u64 },
@@ -227,9 +247,9 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
-    #[error("no consistent live dir under {} holds a certificate covering {domain:?}; found: {found}. Check `domain` in push.toml, or run `certsync-push discover --live-root {}`", live_root.display(), live_root.display())]
+    #[error("no consistent certificate dir under {} covers {domain:?}; found: {found}. Check `domain` and `live_root` in push.toml (certbot's live dir, NPM's custom_ssl dir for uploaded certificates, or both), or run `certsync-push discover{}`", join_roots(live_roots), discover_args(live_roots))]
     NoMatch {
-        live_root: PathBuf,
+        live_roots: Vec<PathBuf>,
         domain: String,
         found: String,
     },
@@ -238,6 +258,29 @@ pub enum SourceError {
         domain: String,
         dir: PathBuf,
         reason: String,
+    },
+    #[error(
+        "{} points at {} (resolved: {}), outside {}, the archive dir of this certbot lineage: \
+         refusing to read it, because whoever can write the live dir could otherwise make certsync-push send any file it can read. \
+         If certbot wrote this link, repair the lineage (`certbot update_symlinks`); if not, find out who changed it",
+        link.display(), text.display(), target.display(), archive.display()
+    )]
+    LinkOutsideArchive {
+        link: PathBuf,
+        text: PathBuf,
+        target: PathBuf,
+        archive: PathBuf,
+    },
+    #[error(
+        "the live dir {} holds links, but its certbot archive dir {} cannot be opened as a real directory: {source}; \
+         certbot keeps live/<name> next to archive/<name>, and neither archive/ nor archive/<name> may be a symlink",
+        dir.display(), archive.display()
+    )]
+    NoArchiveDir {
+        dir: PathBuf,
+        archive: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error("cannot {action} the state file {}: {source}; check that state_dir is writable", path.display())]
     State {
@@ -270,6 +313,23 @@ impl SourceError {
     }
 }
 
+/// `a, b and c` for the roots searched.
+fn join_roots(roots: &[PathBuf]) -> String {
+    let names: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
+}
+
+/// ` --live-root A --live-root B`.
+fn discover_args(roots: &[PathBuf]) -> String {
+    roots
+        .iter()
+        .map(|r| format!(" --live-root {}", r.display()))
+        .collect()
+}
+
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SourceError {
     let path = path.to_path_buf();
     move |source| SourceError::Io {
@@ -291,10 +351,14 @@ enum Entry {
     Dangling {
         text: PathBuf,
     },
-    /// A regular file (not a link), by identity.
+    /// A regular file (not a link), by identity and by what an in-place
+    /// rewrite changes (NPM's custom certificates are rewritten in place).
     File {
         dev: u64,
         ino: u64,
+        size: u64,
+        mtime: (i64, i64),
+        ctime: (i64, i64),
     },
     Other,
 }
@@ -325,6 +389,9 @@ fn stat_entry(dir: &Path, name: &str) -> Result<Entry, SourceError> {
         Ok(Entry::File {
             dev: meta.dev(),
             ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
         })
     } else {
         Ok(Entry::Other)
@@ -362,6 +429,78 @@ struct Layout {
     /// For each of [`LIVE_FILES`]: the path to open, if present.
     paths: [Option<PathBuf>; 4],
     generation: Option<u32>,
+}
+
+/// A lineage's archive dir, opened without following links: where the
+/// live dir's links may point, and the only directory their targets are
+/// read from.
+struct Archive {
+    dir: File,
+}
+
+/// `<config>/archive/<name>` for the live dir `<config>/live/<name>`,
+/// with `<config>` (the operator's prefix, e.g. `/opt/npm/letsencrypt`)
+/// canonical and `archive/<name>` as certbot names them.
+fn archive_path(dir: &Path) -> Option<PathBuf> {
+    let name = dir.file_name()?;
+    let config = match dir.parent()?.parent()? {
+        p if p.as_os_str().is_empty() => Path::new("."),
+        p => p,
+    };
+    Some(fs::canonicalize(config).ok()?.join("archive").join(name))
+}
+
+/// Check that every link of `entries` resolves directly into this
+/// lineage's archive dir, then open that dir component by component
+/// with `O_NOFOLLOW`, so a directory swapped for a link meanwhile is
+/// refused rather than followed.
+fn open_archive(dir: &Path, entries: &[Entry; 4]) -> Result<Archive, SourceError> {
+    use rustix::fs::{openat, Mode, OFlags, CWD};
+    let Some(path) = archive_path(dir) else {
+        return Err(SourceError::NoArchiveDir {
+            dir: dir.to_path_buf(),
+            archive: dir.join("../../archive"),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        });
+    };
+    for (name, entry) in LIVE_FILES.iter().zip(entries) {
+        if let Entry::Link { text, target } = entry {
+            if target.parent() != Some(path.as_path()) || target.file_name().is_none() {
+                return Err(SourceError::LinkOutsideArchive {
+                    link: dir.join(name),
+                    text: text.clone(),
+                    target: target.clone(),
+                    archive: path.clone(),
+                });
+            }
+        }
+    }
+    let no_archive = |source: io::Error| SourceError::NoArchiveDir {
+        dir: dir.to_path_buf(),
+        archive: path.clone(),
+        source,
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut components = path.components();
+    let (Some(name), Some(archive)) = (components.next_back(), components.next_back()) else {
+        return Err(no_archive(io::Error::from(io::ErrorKind::NotFound)));
+    };
+    // The operator's prefix may contain links (it is canonical already);
+    // `archive` and `<name>` are the lineage's and must be real dirs.
+    let config = openat(
+        CWD,
+        components.as_path(),
+        flags & !OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| no_archive(e.into()))?;
+    let archive = openat(&config, archive.as_os_str(), flags, Mode::empty())
+        .map_err(|e| no_archive(e.into()))?;
+    let lineage = openat(&archive, name.as_os_str(), flags, Mode::empty())
+        .map_err(|e| no_archive(e.into()))?;
+    Ok(Archive {
+        dir: File::from(lineage),
+    })
 }
 
 /// Check the shape of the dir (links, generations, previous_*). Pushes
@@ -460,17 +599,33 @@ fn check_layout(entries: &[Entry; 4], dir: &Path, problems: &mut Vec<Problem>) -
     })
 }
 
-/// Read one file's real contents: the (already resolved) path is opened
-/// with `O_NOFOLLOW`, so a link swapped in meanwhile is refused, not read.
+/// Read one file's real contents. The (already resolved) path is opened
+/// with `O_NOFOLLOW|O_NONBLOCK`, so a link swapped in meanwhile is
+/// refused, not read, and a FIFO does not block; a link's target is
+/// opened relative to its lineage's `archive` dir, never by path.
 fn read_file(
     path: &Path,
+    archive: Option<&Archive>,
     name: &'static str,
     problems: &mut Vec<Problem>,
 ) -> Result<Option<Zeroizing<Vec<u8>>>, SourceError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path);
+    let file = match (archive, path.file_name()) {
+        (Some(archive), Some(file_name)) => {
+            use rustix::fs::{openat, Mode, OFlags};
+            openat(
+                &archive.dir,
+                file_name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map(File::from)
+            .map_err(io::Error::from)
+        }
+        _ => OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path),
+    };
     let mut file: File = match file {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => {
@@ -541,7 +696,7 @@ fn read_consistent_inner(
                 hint: if hidden_home {
                     "check `source` in push.toml; if it does exist, a unit with ProtectHome=yes hides /home and /root: the shipped certsync-push units use ProtectHome=read-only, so remove a drop-in (`systemctl cat certsync-push.service`) that sets it to yes"
                 } else {
-                    "check `source` in push.toml; `certsync-push discover` lists the live dirs"
+                    "check `source` in push.toml; `certsync-push discover` lists certbot's live dirs and NPM's custom_ssl dirs"
                 },
             });
         }
@@ -573,11 +728,15 @@ fn read_consistent_inner(
         _ => return Err(inconsistent(dir, problems)),
     };
 
-    // 2. Read the real bytes.
+    // 2. Links only into this lineage's archive; then read the real bytes.
+    let archive = match layout.generation {
+        Some(_) => Some(open_archive(dir, &entries)?),
+        None => None,
+    };
     let mut contents: [Option<Zeroizing<Vec<u8>>>; 4] = [None, None, None, None];
     for (i, path) in layout.paths.iter().enumerate() {
         if let Some(path) = path {
-            contents[i] = read_file(path, LIVE_FILES[i], &mut problems)?;
+            contents[i] = read_file(path, archive.as_ref(), LIVE_FILES[i], &mut problems)?;
         }
     }
     if !problems.is_empty() {
@@ -1032,5 +1191,46 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(pair.bundle.chain, leaf.chain_pem);
+    }
+
+    /// NPM rewrites an uploaded certificate's files in place (same inode):
+    /// a rewrite while the files were being read must count as a change,
+    /// as a relink does for certbot, or torn bytes could pass.
+    #[test]
+    fn an_in_place_rewrite_of_a_plain_dir_is_a_change() {
+        let ca = TestCa::new();
+        let old = ca.leaf(KeyKind::P384, &["mail.example.com"]);
+        let new = ca.leaf(KeyKind::Rsa2048, &["mail.example.com"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("custom_ssl/npm-3");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("fullchain.pem"), &old.chain_pem).unwrap();
+        fs::write(dir.join("privkey.pem"), old.key_pem.expose()).unwrap();
+        let inode = fs::metadata(dir.join("fullchain.pem")).unwrap().ino();
+
+        let err = read_consistent_inner(&dir, &mut || {
+            // fs.writeFile: truncate and write, fullchain first.
+            fs::write(dir.join("fullchain.pem"), &new.chain_pem).unwrap();
+            fs::write(dir.join("privkey.pem"), new.key_pem.expose()).unwrap();
+        })
+        .unwrap_err();
+        assert_eq!(
+            fs::metadata(dir.join("fullchain.pem")).unwrap().ino(),
+            inode
+        );
+        let p = err.problems().unwrap_or_else(|| panic!("{err}"));
+        assert!(
+            p.iter().any(|p| matches!(
+                p,
+                Problem::Changed {
+                    file: "fullchain.pem"
+                }
+            )),
+            "{err}"
+        );
+        // Once NPM is done, the new pair reads cleanly.
+        let pair = read_consistent(&dir).unwrap();
+        assert_eq!(pair.info.fingerprint, new.fingerprint());
+        assert_eq!(pair.generation, None);
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use certsync_core::config::PushConfig;
 use certsync_core::units::{self, DropIn, PathUse, UnitsError};
 
-use crate::discover::pick_for_domain;
+use crate::discover::pick_for_domain_in;
 
 pub const PATH_UNIT: &str = "certsync-push.path";
 pub const TIMER_UNIT: &str = "certsync-push.timer";
@@ -29,7 +29,7 @@ pub const WATCH_UNIT: &str = "certsync-push-watch.service";
 pub const DROP_IN_FILE: &str = "certsync-sources.conf";
 
 /// The dirs `certsync-push.path` must watch: each `source`; for
-/// `live_root` + `domain`, the live root (NPM makes a new npm-N there when
+/// `live_root` + `domain`, each live root (NPM makes a new npm-N there when
 /// a certificate is recreated) and the dir that covers the domain now.
 pub fn watched_dirs(cfg: &PushConfig) -> Vec<PathBuf> {
     let now = crate::push::now_unix();
@@ -38,9 +38,9 @@ pub fn watched_dirs(cfg: &PushConfig) -> Vec<PathBuf> {
         if let Some(src) = &c.source {
             dirs.push(src.clone());
         }
-        if let (Some(root), Some(domain)) = (&c.live_root, &c.domain) {
-            dirs.push(root.clone());
-            if let Ok(found) = pick_for_domain(root, domain, now) {
+        if let (Some(roots), Some(domain)) = (&c.live_root, &c.domain) {
+            dirs.extend(roots.paths().iter().cloned());
+            if let Ok(found) = pick_for_domain_in(roots.paths(), domain, now) {
                 dirs.push(found.dir);
             }
         }

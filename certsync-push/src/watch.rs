@@ -13,28 +13,48 @@
 //! quiet, and no `previous_*.pem` left in a source dir (certbot removes
 //! them as its last step, which is itself an event; bounded by
 //! [`RENEWAL_WAIT`]). So a renewal with pauses between its steps is pushed
-//! once, after its last step, not once per step. Then one push pass runs;
-//! the pass itself still waits for a consistent pair (see
-//! [`crate::source`]). A pass that fails is retried with exponential
-//! backoff and jitter; every `recheck` interval (default 12 h) a pass runs
-//! even without events, which repairs a rebuilt receiver.
+//! once, after its last step, not once per step. Then every target is
+//! asked for a pass; the pass itself still waits for a consistent pair
+//! (see [`crate::source`]). Every `recheck` interval (default 12 h) each
+//! target gets a pass even without events, which repairs a rebuilt
+//! receiver.
+//!
+//! One stuck receiver never holds up the rest: each `[[target]]` has its
+//! own task ([`Worker`]) that runs its passes one after the other, retries
+//! a failed pass with exponential backoff and jitter, and never waits for
+//! another target. A renewal that comes while a target's pass is still
+//! running is pushed to it right after that pass (one more pass, however
+//! many events came); the other targets get it at once. Each session is
+//! bounded by the target's `session_timeout` ([`crate::session`]), so a
+//! stalled or drip-feeding receiver is dropped at that deadline.
+//!
+//! The loop itself never waits for a pass, so signals are handled at once,
+//! also mid-pass: SIGTERM (and SIGINT) end every session (local receivers
+//! are killed, SSH connections closed) and exit 0; SIGHUP re-reads the
+//! config, restarts the tasks of changed or removed targets (ending their
+//! sessions) and asks every target for a pass.
 //!
 //! Idle means idle: with nothing changing, the process sleeps in the
 //! kernel (inotify) and in one timer for the next recheck — no polling.
 //! Under systemd the loop sends `READY=1`, and `WATCHDOG=1` only when the
-//! unit asks for a watchdog (`WATCHDOG_USEC`): every half interval, also
-//! while a pass is running (a pass may wait for slow targets). SIGTERM stops between
-//! passes; SIGHUP re-reads the config.
+//! unit asks for a watchdog (`WATCHDOG_USEC`): every half interval, from
+//! the loop, and only while no target's pass has run longer than its
+//! deadlines allow ([`Worker::bound`]). A pass that overruns them means
+//! something is stuck where no deadline reaches; then the watchdog is
+//! starved on purpose and systemd restarts the daemon.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certsync_core::config::{parse_duration, PushConfig};
+use certsync_core::config::{parse_duration, PushConfig, Target};
 use certsync_core::ExitCode;
 use notify::{RecursiveMode, Watcher};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
 /// How long the live dir must be quiet before a pass starts. certbot
@@ -61,7 +81,7 @@ pub fn watch_dirs(cfg: &PushConfig) -> Vec<(PathBuf, RecursiveMode)> {
                 dirs.push((parent.to_path_buf(), RecursiveMode::NonRecursive));
             }
         }
-        if let Some(root) = &c.live_root {
+        for root in c.live_root.iter().flat_map(|r| r.paths()) {
             dirs.push((root.clone(), RecursiveMode::Recursive));
         }
     }
@@ -79,7 +99,7 @@ pub fn renewal_in_progress(cfg: &PushConfig) -> bool {
         if let Some(src) = &c.source {
             dirs.push(src.clone());
         }
-        if let Some(root) = &c.live_root {
+        for root in c.live_root.iter().flat_map(|r| r.paths()) {
             if let Ok(entries) = std::fs::read_dir(root) {
                 dirs.extend(entries.flatten().map(|e| e.path()));
             }
@@ -146,6 +166,219 @@ fn watchdog_interval() -> Option<Duration> {
     Some(Duration::from_micros(usec / 2)).filter(|d| !d.is_zero())
 }
 
+/// Room on top of a target's own deadlines (connect, settle, session)
+/// before its pass counts as stuck: finishing, logging, a busy host.
+pub const STUCK_SLACK: Duration = Duration::from_secs(60);
+/// How long SIGTERM waits for the sessions to be torn down.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// One target's own task: a pass whenever it is kicked, retries with
+/// backoff after a failure, and no waiting for any other target.
+pub struct Worker {
+    target: Target,
+    kick: Arc<Notify>,
+    /// When the pass in progress started; `None` while idle.
+    busy: Arc<Mutex<Option<Instant>>>,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    /// Start the task for `target`. `pass(config, name)` runs one pass for
+    /// that target; the config is read from `cfg` at the start of each.
+    fn spawn<P, F>(target: &Target, cfg: Arc<Mutex<Arc<PushConfig>>>, pass: P) -> Worker
+    where
+        P: Fn(Arc<PushConfig>, String) -> F + Send + 'static,
+        F: Future<Output = ExitCode> + Send + 'static,
+    {
+        let kick = Arc::new(Notify::new());
+        let busy = Arc::new(Mutex::new(None));
+        let name = target.name.clone();
+        let task = tokio::spawn({
+            let (kick, busy) = (kick.clone(), busy.clone());
+            async move {
+                let mut failures = 0u32;
+                loop {
+                    // A kick while a pass runs is kept (one permit), so a
+                    // renewal mid-pass gets exactly one more pass.
+                    kick.notified().await;
+                    loop {
+                        let config = match cfg.lock() {
+                            Ok(c) => c.clone(),
+                            Err(poisoned) => poisoned.into_inner().clone(),
+                        };
+                        set(&busy, Some(Instant::now()));
+                        let code = pass(config, name.clone()).await;
+                        set(&busy, None);
+                        if code != ExitCode::Runtime {
+                            failures = 0;
+                            break;
+                        }
+                        failures += 1;
+                        let wait = backoff(failures);
+                        tracing::warn!(
+                            target = %name,
+                            "push failed ({failures} in a row); retrying in {:.1}s",
+                            wait.as_secs_f64()
+                        );
+                        // A new event retries at once.
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = kick.notified() => {}
+                        }
+                    }
+                }
+            }
+        });
+        Worker {
+            target: target.clone(),
+            kick,
+            busy,
+            task,
+        }
+    }
+
+    /// The longest one pass of this target may take when every deadline
+    /// works: connect, the source's settle window, the session (finish
+    /// included), and [`STUCK_SLACK`].
+    pub fn bound(target: &Target) -> Duration {
+        let connect = Duration::from_secs(
+            target
+                .connect_timeout
+                .unwrap_or(crate::transport::ssh::DEFAULT_CONNECT_TIMEOUT.as_secs()),
+        );
+        connect + crate::source::Retry::default().window + target.session_timeout() + STUCK_SLACK
+    }
+
+    /// How long the pass in progress has overrun [`Worker::bound`] at
+    /// `now`, if it has.
+    fn overrun(&self, now: Instant) -> Option<Duration> {
+        let since = (*self.busy.lock().ok()?)?;
+        now.checked_duration_since(since)
+            .filter(|ran| *ran > Worker::bound(&self.target))
+    }
+}
+
+fn set(busy: &Mutex<Option<Instant>>, value: Option<Instant>) {
+    match busy.lock() {
+        Ok(mut b) => *b = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
+    }
+}
+
+impl Drop for Worker {
+    /// Dropping a worker ends its task and, with it, its session.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Every target's worker, by target name.
+pub struct Workers<P> {
+    workers: BTreeMap<String, Worker>,
+    cfg: Arc<Mutex<Arc<PushConfig>>>,
+    pass: P,
+    /// Whether the watchdog is being starved (said once per episode).
+    starving: bool,
+}
+
+impl<P, F> Workers<P>
+where
+    P: Fn(Arc<PushConfig>, String) -> F + Clone + Send + 'static,
+    F: Future<Output = ExitCode> + Send + 'static,
+{
+    pub fn new(cfg: PushConfig, pass: P) -> Workers<P> {
+        let mut w = Workers {
+            workers: BTreeMap::new(),
+            cfg: Arc::new(Mutex::new(Arc::new(cfg))),
+            pass,
+            starving: false,
+        };
+        w.reconcile();
+        w
+    }
+
+    /// Use `cfg` from each target's next pass on. A target whose
+    /// `[[target]]` changed or went away has its task (and session) ended;
+    /// a new or changed one gets a new task.
+    pub fn replace_config(&mut self, cfg: PushConfig) {
+        match self.cfg.lock() {
+            Ok(mut c) => *c = Arc::new(cfg),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(cfg),
+        }
+        self.reconcile();
+    }
+
+    fn config(&self) -> Arc<PushConfig> {
+        match self.cfg.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn reconcile(&mut self) {
+        let cfg = self.config();
+        self.workers.retain(|name, w| {
+            cfg.targets
+                .iter()
+                .any(|t| &t.name == name && *t == w.target)
+        });
+        for t in &cfg.targets {
+            if !self.workers.contains_key(&t.name) {
+                let worker = Worker::spawn(t, self.cfg.clone(), self.pass.clone());
+                self.workers.insert(t.name.clone(), worker);
+            }
+        }
+    }
+
+    /// Ask every target for a pass (now, or right after the one it is in).
+    pub fn kick_all(&self) {
+        for w in self.workers.values() {
+            w.kick.notify_one();
+        }
+    }
+
+    /// May the watchdog be fed at `now`? Not while any target's pass has
+    /// overrun its deadlines.
+    pub fn healthy(&mut self, now: Instant) -> bool {
+        let stuck: Vec<(String, Duration)> = self
+            .workers
+            .iter()
+            .filter_map(|(name, w)| w.overrun(now).map(|d| (name.clone(), d)))
+            .collect();
+        match (stuck.is_empty(), self.starving) {
+            (true, true) => {
+                tracing::info!("no target is stuck any more; feeding the watchdog again");
+                self.starving = false;
+            }
+            (false, false) => {
+                for (name, ran) in &stuck {
+                    tracing::error!(
+                        target = %name,
+                        "a pass has run for {:.0}s, longer than its deadlines allow; not feeding the systemd watchdog, so systemd restarts this daemon",
+                        ran.as_secs_f64()
+                    );
+                }
+                self.starving = true;
+            }
+            _ => {}
+        }
+        stuck.is_empty()
+    }
+
+    /// End every task and its session; wait (bounded) until they are gone,
+    /// so local receivers are killed before we exit.
+    pub async fn stop(&mut self) {
+        let tasks: Vec<Worker> = std::mem::take(&mut self.workers).into_values().collect();
+        for w in &tasks {
+            w.task.abort();
+        }
+        let deadline = Instant::now() + STOP_WAIT;
+        for mut w in tasks {
+            let _ = tokio::time::timeout_at(deadline, &mut w.task).await;
+        }
+    }
+}
+
 /// What the loop is told to do next.
 #[derive(Debug)]
 enum Wake {
@@ -178,15 +411,16 @@ fn watch(
     Ok(watcher)
 }
 
-/// Run the watch loop with `pass` as one push pass over every target.
-/// `load` (re)reads the config (at start and on SIGHUP).
-pub async fn run_with<L, P, F>(mut load: L, mut pass: P) -> ExitCode
+/// Run the watch loop. `pass(config, target)` is one push pass for one
+/// target; each target runs its own ([`Worker`]). `load` (re)reads the
+/// config (at start and on SIGHUP).
+pub async fn run_with<L, P, F>(mut load: L, pass: P) -> ExitCode
 where
     L: FnMut() -> Result<PushConfig, String>,
-    P: FnMut(PushConfig) -> F,
-    F: Future<Output = ExitCode>,
+    P: Fn(Arc<PushConfig>, String) -> F + Clone + Send + 'static,
+    F: Future<Output = ExitCode> + Send + 'static,
 {
-    let mut cfg = match load() {
+    let cfg = match load() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
@@ -213,58 +447,27 @@ where
         }
     };
     // One timer for the whole run (not one per loop turn), so a stream of
-    // events or a long pass cannot starve the watchdog.
+    // events cannot starve the watchdog.
     let mut watchdog = watchdog_interval().map(|iv| {
         let mut t = tokio::time::interval(iv);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    let mut recheck = recheck_interval(&cfg);
+    let mut workers = Workers::new(cfg, pass);
     sd_notify("READY=1\nSTATUS=watching");
-    tracing::info!(recheck = ?recheck_interval(&cfg), "watch started");
+    tracing::info!(?recheck, "watch started");
 
-    // Start with a pass: the receiver may have missed a renewal while we were down.
-    let mut due = Some(Instant::now());
-    let mut failures = 0u32;
-    let mut next_recheck = Instant::now() + recheck_interval(&cfg);
+    // Start with a pass: the receivers may have missed a renewal while we
+    // were down.
+    workers.kick_all();
+    let mut next_recheck = Instant::now() + recheck;
     loop {
-        if due.is_some_and(|at| at <= Instant::now()) {
-            due = None;
-            sd_notify("STATUS=pushing");
-            let run = pass(cfg.clone());
-            tokio::pin!(run);
-            let code = loop {
-                tokio::select! {
-                    code = &mut run => break code,
-                    _ = tick(&mut watchdog) => sd_notify("WATCHDOG=1"),
-                }
-            };
-            next_recheck = Instant::now() + recheck_interval(&cfg);
-            if code == ExitCode::Runtime {
-                failures += 1;
-                let wait = backoff(failures);
-                tracing::warn!(
-                    "push failed ({failures} in a row); retrying in {:.1}s",
-                    wait.as_secs_f64()
-                );
-                due = Some(Instant::now() + wait);
-            } else {
-                failures = 0;
-            }
-            // Events that arrived during the pass (a renewal mid-pass) are
-            // still queued and start the next one; our own reads are
-            // Access events, which the watcher drops.
-            sd_notify("STATUS=watching");
-        }
-        let wake_at = match due {
-            Some(d) => d.min(next_recheck),
-            None => next_recheck,
-        };
         let wake = tokio::select! {
-            _ = sleep_until(wake_at) => {
-                if due.is_none() {
-                    tracing::info!("recheck: reconciling every target");
-                    due = Some(Instant::now());
-                }
+            _ = sleep_until(next_recheck) => {
+                tracing::info!("recheck: reconciling every target");
+                workers.kick_all();
+                next_recheck = Instant::now() + recheck;
                 continue;
             }
             Some(()) = rx.recv() => Wake::Changed,
@@ -272,15 +475,19 @@ where
             _ = recv_opt(&mut int) => Wake::Terminate,
             _ = hup.recv() => Wake::Reload,
             _ = tick(&mut watchdog) => {
-                sd_notify("WATCHDOG=1");
+                if workers.healthy(Instant::now()) {
+                    sd_notify("WATCHDOG=1");
+                }
                 continue;
             }
         };
+        let mut reload = matches!(wake, Wake::Reload);
         match wake {
             Wake::Changed => {
                 // Debounce: the pass starts once the dir is quiet and no
                 // renewal is half done. A renewal's remaining steps are
                 // events, so this waits on inotify, not on a poll.
+                let cfg = workers.config();
                 let mut quiet_until = Instant::now() + DEBOUNCE;
                 let give_up = Instant::now() + RENEWAL_WAIT;
                 let mut waiting_for_renewal = false;
@@ -302,16 +509,22 @@ where
                         // RENEWAL_WAIT: SIGTERM must not wait for it.
                         _ = term.recv() => { stop = true; break; }
                         _ = recv_opt(&mut int) => { stop = true; break; }
+                        // Nor SIGHUP: the reload below kicks every target.
+                        _ = hup.recv() => { reload = true; break; }
                         _ = sleep_until(give_up), if waiting_for_renewal => break,
                         Some(()) = rx.recv() => {
                             quiet_until = Instant::now() + DEBOUNCE;
                             waiting_for_renewal = false;
                         }
-                        _ = tick(&mut watchdog) => sd_notify("WATCHDOG=1"),
+                        _ = tick(&mut watchdog) => {
+                            if workers.healthy(Instant::now()) {
+                                sd_notify("WATCHDOG=1");
+                            }
+                        }
                     }
                 }
                 if stop {
-                    return stopping();
+                    return stopping(&mut workers).await;
                 }
                 tracing::info!("the live dir changed");
                 // Recreated dirs need their watches again.
@@ -320,41 +533,53 @@ where
                     Ok(w) => w,
                     Err(e) => {
                         tracing::error!("{e}");
+                        workers.stop().await;
                         return ExitCode::Runtime;
                     }
                 };
-                failures = 0;
-                due = Some(Instant::now());
+                // (After a SIGHUP here the reload below kicks again: at
+                // most one more pass, which finds nothing to do.)
+                workers.kick_all();
+                next_recheck = Instant::now() + recheck;
             }
-            Wake::Terminate => return stopping(),
-            Wake::Reload => {
-                sd_notify("RELOADING=1");
-                match load() {
-                    Ok(new) => {
-                        tracing::info!("config re-read");
-                        cfg = new;
-                        drop(watcher);
-                        watcher = match watch(&cfg, tx.clone()) {
-                            Ok(w) => w,
-                            Err(e) => {
-                                tracing::error!("{e}");
-                                return ExitCode::Runtime;
-                            }
-                        };
-                        due = Some(Instant::now());
-                    }
-                    Err(e) => tracing::error!("keeping the old config: {e}"),
+            Wake::Terminate => return stopping(&mut workers).await,
+            Wake::Reload => {}
+        }
+        if reload {
+            sd_notify("RELOADING=1");
+            match load() {
+                Ok(new) => {
+                    tracing::info!("config re-read");
+                    drop(watcher);
+                    watcher = match watch(&new, tx.clone()) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            workers.stop().await;
+                            return ExitCode::Runtime;
+                        }
+                    };
+                    recheck = recheck_interval(&new);
+                    workers.replace_config(new);
+                    workers.kick_all();
+                    next_recheck = Instant::now() + recheck;
                 }
-                sd_notify("READY=1");
+                Err(e) => tracing::error!("keeping the old config: {e}"),
             }
+            sd_notify("READY=1");
         }
     }
 }
 
-/// SIGTERM or SIGINT: say so and stop (between passes).
-fn stopping() -> ExitCode {
+/// SIGTERM or SIGINT: end every session, say so, and stop.
+async fn stopping<P, F>(workers: &mut Workers<P>) -> ExitCode
+where
+    P: Fn(Arc<PushConfig>, String) -> F + Clone + Send + 'static,
+    F: Future<Output = ExitCode> + Send + 'static,
+{
     tracing::info!("stopping (signal)");
     sd_notify("STOPPING=1");
+    workers.stop().await;
     ExitCode::Success
 }
 
@@ -389,9 +614,13 @@ pub async fn run(config_path: &Path) -> ExitCode {
         settle: crate::source::Retry::default().window,
         ..crate::push::PushOptions::default()
     };
-    run_with(load, |cfg| {
-        let opts = opts.clone();
-        let path = config_path.to_path_buf();
+    let config_path = config_path.to_path_buf();
+    run_with(load, move |cfg: Arc<PushConfig>, target: String| {
+        let opts = crate::push::PushOptions {
+            targets: vec![target],
+            ..opts.clone()
+        };
+        let path = config_path.clone();
         async move {
             match crate::push::pass(&cfg, &path, &opts).await {
                 Ok(results) => {
@@ -444,6 +673,46 @@ mod tests {
         std::fs::create_dir_all(&other).unwrap();
         std::fs::write(other.join("previous_privkey.pem"), "").unwrap();
         assert!(renewal_in_progress(&cfg));
+    }
+
+    /// Issue 11 item 5: the watchdog is fed from the loop only while no
+    /// target's pass has overrun its deadlines. Before, it was fed from
+    /// inside the pass, however long the pass hung.
+    #[tokio::test]
+    async fn a_pass_that_overruns_its_deadlines_starves_the_watchdog() {
+        let text = "[[cert]]\nname = \"mail\"\nsource = \"/nonexistent\"\n[[target]]\nname = \"hung\"\ntransport = \"local\"\nsession_timeout = 5\n[[target]]\nname = \"idle\"\ntransport = \"local\"\n";
+        let cfg = PushConfig::from_toml(text, Path::new("p.toml")).unwrap();
+        let bound = Worker::bound(&cfg.targets[0]);
+        assert_eq!(
+            bound,
+            Duration::from_secs(10 + 10 + 5) + STUCK_SLACK,
+            "connect + settle + session + slack"
+        );
+        // "hung" never finishes its pass (as if no deadline reached it);
+        // "idle" finishes at once.
+        let mut workers = Workers::new(cfg, |_cfg: Arc<PushConfig>, target: String| async move {
+            if target == "hung" {
+                std::future::pending::<()>().await;
+            }
+            ExitCode::Success
+        });
+        workers.kick_all();
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        assert!(workers.healthy(start));
+        assert!(workers.healthy(start + bound - Duration::from_secs(1)));
+        assert!(!workers.healthy(start + bound + Duration::from_secs(1)));
+        // Once the stuck target's task is restarted (SIGHUP with a changed
+        // [[target]]), the watchdog is fed again.
+        workers.replace_config(
+            PushConfig::from_toml(
+                &text.replace("session_timeout = 5", "session_timeout = 6"),
+                Path::new("p.toml"),
+            )
+            .unwrap(),
+        );
+        assert!(workers.healthy(start + bound + Duration::from_secs(2)));
+        workers.stop().await;
     }
 
     #[test]

@@ -20,21 +20,29 @@ pub fn forced_command(config: &Path) -> String {
 
 /// Read the public key file and build the line.
 pub fn line(pubkey: &Path, from: Option<&str>, config: &Path) -> Result<String, ReceiveError> {
-    let meta = std::fs::metadata(pubkey).map_err(|source| ReceiveError::ReadInput {
-        path: pubkey.to_path_buf(),
-        source,
-    })?;
-    if meta.len() > 16 * 1024 {
-        return Err(ReceiveError::Usage(format!(
-            "{} is {} bytes: that is not a public key file (give the .pub file)",
-            pubkey.display(),
-            meta.len()
-        )));
-    }
-    let text = std::fs::read_to_string(pubkey).map_err(|source| ReceiveError::ReadInput {
-        path: pubkey.to_path_buf(),
-        source,
-    })?;
+    const MAX_PUBKEY: usize = 16 * 1024;
+    let bytes = match crate::fsutil::read_capped(pubkey, MAX_PUBKEY) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Err(ReceiveError::ReadInput {
+                path: pubkey.to_path_buf(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
+        }
+        Err(e) if crate::fsutil::Refusal::of(&e).is_some() => {
+            return Err(ReceiveError::Usage(format!(
+                "{}: {e}: that is not a public key file (give the .pub file)",
+                pubkey.display()
+            )))
+        }
+        Err(source) => {
+            return Err(ReceiveError::ReadInput {
+                path: pubkey.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
     if text.contains("PRIVATE KEY") {
         return Err(ReceiveError::Usage(format!(
             "{} is a private key; give the public key ({}.pub) and keep the private key on the NPM host",

@@ -11,29 +11,40 @@
 //! - 0: every pair valid, more than `--warn-days` left, served everywhere;
 //! - 3: an installed pair is missing, invalid (key mismatch, names not
 //!   covered, chain out of order, expired) or expires within `--warn-days`;
+//!   or, with the `[mailcow]` preset, a per-domain folder that mailcow
+//!   serves (`data/assets/ssl/<dir>/` with `domains`, `cert.pem`,
+//!   `key.pem`) holds a certificate that is expired, expires within
+//!   `--warn-days` or does not parse;
 //! - 4: an endpoint serves another certificate or cannot be probed, or a
 //!   reload is still owed after retrying it;
 //! - 1: a runtime failure (a file that cannot be read, the metrics file
 //!   cannot be written).
 //!
+//! Warnings never change the exit code: a certificate that covers fewer
+//! names than the pair it replaced (kept as `cert.pem.certsync-prev`), or
+//! not every literal name of mailcow.conf's `ADDITIONAL_SAN`.
+//!
 //! A reload owed since an earlier install is retried first (under the
 //! receiver's lock), so `check` from a timer also repairs that.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use certsync_core::bundle::{Bundle, SecretBytes};
+use certsync_core::bundle::{parse_chain, Bundle, CertInfo, SecretBytes};
 use certsync_core::protocol::{MAX_CHAIN_BYTES, MAX_KEY_BYTES};
 use certsync_core::validate::{validate, Policy};
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::install::{self, Dest};
+use crate::mailcow;
 use crate::pipeline::{self, Run};
 use crate::post::Post;
 use crate::probe::{self, Endpoint};
 use crate::settings::{CertSpec, Settings};
+use crate::stage::{Entry, StageError, StagingDir};
 
 /// What `check` found for one certificate.
 #[derive(Debug, Clone, Serialize)]
@@ -47,7 +58,8 @@ pub struct CertCheck {
     /// Unix seconds.
     pub not_after: Option<i64>,
     pub days_left: Option<i64>,
-    /// Key matches, names covered, chain in order, inside its validity.
+    /// Key matches, names covered, chain in order to a trusted CA, a
+    /// server leaf with a strong key, inside its validity.
     pub valid: bool,
     pub key_matches: bool,
     /// Unix seconds of the last successful install, if recorded.
@@ -56,7 +68,25 @@ pub struct CertCheck {
     pub endpoints: Vec<EndpointCheck>,
     /// Each thing that is wrong, for the operator.
     pub problems: Vec<String>,
+    /// What the operator should know; no effect on `exit` (names lost
+    /// since the previous pair, ADDITIONAL_SAN names not covered).
+    pub warnings: Vec<String>,
     pub exit: ExitCode,
+}
+
+/// A per-domain folder mailcow serves, as `check` found it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FolderCheck {
+    pub path: String,
+    /// The names in its `domains` file.
+    pub domains: Vec<String>,
+    pub fingerprint: Option<Fingerprint>,
+    /// Unix seconds.
+    pub not_after: Option<i64>,
+    pub days_left: Option<i64>,
+    /// Expired, expiring within `--warn-days`, or unreadable.
+    pub stale: bool,
+    pub problem: Option<String>,
 }
 
 /// What one verify endpoint serves.
@@ -74,6 +104,8 @@ pub struct CheckReport {
     pub checked_at: i64,
     pub warn_days: i64,
     pub certs: Vec<CertCheck>,
+    /// With the `[mailcow]` preset: every per-domain folder mailcow serves.
+    pub folders: Vec<FolderCheck>,
     pub exit: ExitCode,
 }
 
@@ -119,22 +151,155 @@ pub async fn run(
 /// Check every configured certificate at `now`.
 pub async fn check(settings: &Settings, warn_days: i64, now: SystemTime) -> CheckReport {
     let post = Post { settings };
+    // `check` never creates the staging dir; under certsync-check.service
+    // (no capabilities) root may not even enter it: then there are no
+    // markers to see, and certsync-deploy.timer retries owed reloads.
+    let staging = match StagingDir::open_existing(&settings.staging_dir) {
+        Ok(s) => s.map(Arc::new),
+        Err(StageError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            tracing::debug!("the staging dir is not readable here; no markers to look at");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("not looking at the staging dir: {e}");
+            None
+        }
+    };
     let mut certs = Vec::new();
     for spec in &settings.certs {
-        certs.push(check_cert(settings, spec, &post, warn_days, now).await);
+        certs.push(check_cert(settings, staging.as_ref(), spec, &post, warn_days, now).await);
     }
+    let installed: Vec<Fingerprint> = certs.iter().filter_map(|c| c.fingerprint).collect();
+    let (folders, folders_exit) = match &settings.mailcow {
+        Some(mc) => check_folders(&mc.ssl_dir(), &installed, warn_days, now),
+        None => (Vec::new(), ExitCode::Success),
+    };
     CheckReport {
         checked_at: unix(now),
         warn_days,
-        exit: certs
-            .iter()
-            .fold(ExitCode::Success, |acc, c| acc.worst(c.exit)),
+        exit: certs.iter().fold(folders_exit, |acc, c| acc.worst(c.exit)),
         certs,
+        folders,
     }
+}
+
+/// Every per-domain folder mailcow serves under `ssl_dir`: is its
+/// certificate expired, expiring within `warn_days`, or unreadable? A
+/// folder holding one of the `installed` leaves is judged with that
+/// certificate's own line, not twice.
+pub fn check_folders(
+    ssl_dir: &Path,
+    installed: &[Fingerprint],
+    warn_days: i64,
+    now: SystemTime,
+) -> (Vec<FolderCheck>, ExitCode) {
+    let served = match mailcow::served_folders(ssl_dir) {
+        Ok(f) => f,
+        Err(e) => {
+            let f = FolderCheck {
+                path: ssl_dir.display().to_string(),
+                domains: Vec::new(),
+                fingerprint: None,
+                not_after: None,
+                days_left: None,
+                stale: false,
+                problem: Some(format!(
+                    "cannot list mailcow's per-domain folders in {}: {e}",
+                    ssl_dir.display()
+                )),
+            };
+            return (vec![f], ExitCode::Runtime);
+        }
+    };
+    let mut exit = ExitCode::Success;
+    let mut out = Vec::new();
+    for folder in served {
+        let dir = folder.dir.display().to_string();
+        let fix = format!(
+            "remove {dir} or move it out of the ssl dir (acme-mailcow archives such folders to data/assets/ssl/backups/), then restart postfix-mailcow, dovecot-mailcow and nginx-mailcow; or push a certificate that covers every name in {dir}/domains ({})",
+            folder.domains.join(" ")
+        );
+        let mut f = FolderCheck {
+            path: dir.clone(),
+            domains: folder.domains.clone(),
+            fingerprint: None,
+            not_after: None,
+            days_left: None,
+            stale: false,
+            problem: None,
+        };
+        let cert = folder.dir.join("cert.pem");
+        let info = read_limited(&cert, MAX_CHAIN_BYTES).and_then(|pem| {
+            parse_chain(&pem)
+                .map(|c| CertInfo::of(&c[0]))
+                .map_err(|e| format!("{} does not parse: {e}", cert.display()))
+        });
+        match info {
+            Ok(info) => {
+                let days = info.days_left(unix(now));
+                f.fingerprint = Some(info.fingerprint);
+                f.not_after = Some(info.not_after);
+                f.days_left = Some(days);
+                let mine = installed.contains(&info.fingerprint);
+                if info.not_after <= unix(now) && !mine {
+                    let ago = (unix(now) - info.not_after).div_euclid(86_400);
+                    f.problem = Some(format!(
+                        "mailcow serves {dir} for {} and its certificate has expired ({ago} days ago): {fix}",
+                        folder.domains.join(", "),
+                    ));
+                } else if days < warn_days && !mine {
+                    f.problem = Some(format!(
+                        "mailcow serves {dir} for {} and its certificate expires in {days} days (warning below {warn_days}): {fix}",
+                        folder.domains.join(", "),
+                    ));
+                }
+            }
+            Err(why) => {
+                f.problem = Some(format!(
+                    "mailcow serves {dir} for {}, but {why}: {fix}",
+                    folder.domains.join(", ")
+                ))
+            }
+        }
+        if f.problem.is_some() {
+            f.stale = true;
+            exit = exit.worst(ExitCode::Refused);
+        }
+        out.push(f);
+    }
+    (out, exit)
+}
+
+/// Warnings about the installed leaf: names the previous pair (kept beside
+/// it as `cert.pem.certsync-prev`) covered and it does not, and literal
+/// `ADDITIONAL_SAN` names it does not cover.
+fn name_warnings(settings: &Settings, spec: &CertSpec, sans: &[String]) -> Vec<String> {
+    let previous =
+        crate::fsutil::read_capped(&install::prev_path(&spec.cert_path), MAX_CHAIN_BYTES)
+            .ok()
+            .flatten()
+            .and_then(|pem| parse_chain(&pem).ok())
+            .map(|c| CertInfo::of(&c[0]).sans);
+    let additional = settings
+        .mailcow
+        .as_ref()
+        .map(|m| m.additional_sans.clone())
+        .unwrap_or_default();
+    let prev = install::prev_path(&spec.cert_path);
+    let what = format!("the previous certificate ({})", prev.display());
+    mailcow::lost_name_warnings(
+        &spec.cert_path.display().to_string(),
+        sans,
+        previous.as_deref().map(|old| (what.as_str(), old)),
+        &additional,
+    )
 }
 
 async fn check_cert(
     settings: &Settings,
+    staging: Option<&Arc<StagingDir>>,
     spec: &CertSpec,
     post: &Post<'_>,
     warn_days: i64,
@@ -150,13 +315,16 @@ async fn check_cert(
         days_left: None,
         valid: false,
         key_matches: false,
-        last_install: pipeline::installed_at(settings, &spec.name),
+        last_install: staging.and_then(|s| pipeline::installed_at(s, &spec.name)),
         reload_owed: false,
         endpoints: Vec::new(),
         problems: Vec::new(),
+        warnings: Vec::new(),
         exit: ExitCode::Success,
     };
-    retry_owed_reload(settings, spec, post, now, &mut c).await;
+    if let Some(staging) = staging {
+        retry_owed_reload(settings, staging, spec, post, now, &mut c).await;
+    }
 
     match install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path)) {
         Ok(None) => c.problem(
@@ -171,6 +339,7 @@ async fn check_cert(
             c.installed = true;
             c.key_matches = i.matching;
             if let Some(info) = &i.info {
+                c.warnings = name_warnings(settings, spec, &info.sans);
                 c.fingerprint = Some(info.fingerprint);
                 c.subject = Some(info.subject.clone());
                 c.not_after = Some(info.not_after);
@@ -186,7 +355,7 @@ async fn check_cert(
                     );
                 }
             }
-            match validate_installed(spec, now) {
+            match validate_installed(settings, spec, now) {
                 Ok(()) => c.valid = true,
                 Err(msg) => c.problem(msg, ExitCode::Refused),
             }
@@ -220,25 +389,23 @@ async fn check_cert(
 /// Retry a reload owed since an earlier install; record what remains.
 async fn retry_owed_reload(
     settings: &Settings,
+    staging: &Arc<StagingDir>,
     spec: &CertSpec,
     post: &Post<'_>,
     now: SystemTime,
     c: &mut CertCheck,
 ) {
-    if !pipeline::reload_owed(settings, &spec.name) {
+    if !pipeline::reload_owed(staging, &spec.name) {
         return;
     }
     // Under the receiver's lock, so an install in progress is not raced.
-    let dir = settings.staging_dir.clone();
-    let lock = tokio::task::spawn_blocking(move || {
-        crate::lock::acquire(&dir, Duration::from_secs(60), || {
-            tracing::info!("waiting for another certsync-receive to finish")
-        })
+    let lock = crate::lock::acquire(staging, Entry::Lock, Duration::from_secs(60), || {
+        tracing::info!("waiting for another certsync-receive to finish")
     })
     .await;
     let _lock = match lock {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
+        Ok(l) => l,
+        Err(e) => {
             c.reload_owed = true;
             c.problem(
                 format!("a reload is owed and could not be retried: {e}"),
@@ -246,23 +413,20 @@ async fn retry_owed_reload(
             );
             return;
         }
-        Err(e) => {
-            c.problem(format!("lock task failed: {e}"), ExitCode::Runtime);
-            return;
-        }
     };
     let run = Run {
         settings,
+        staging,
         now,
         dry_run: false,
-        force: false,
+        force: certsync_core::validate::Force::No,
     };
     if let Some(cr) = pipeline::retry_owed(&run, spec, post).await {
         for line in cr.to_string().lines() {
             tracing::info!("{line}");
         }
     }
-    if pipeline::reload_owed(settings, &spec.name) {
+    if pipeline::reload_owed(staging, &spec.name) {
         c.reload_owed = true;
         c.problem(
             format!(
@@ -276,14 +440,15 @@ async fn retry_owed_reload(
 
 /// Full validation of the installed bytes, as if they had just arrived
 /// (without the rollback rule: there is nothing to compare against).
-fn validate_installed(spec: &CertSpec, now: SystemTime) -> Result<(), String> {
+fn validate_installed(settings: &Settings, spec: &CertSpec, now: SystemTime) -> Result<(), String> {
     let chain = read_limited(&spec.cert_path, MAX_CHAIN_BYTES)?;
     let key = SecretBytes::new(read_limited(&spec.key_path, MAX_KEY_BYTES)?);
     let policy = Policy {
         hostnames: &spec.hostnames,
         now,
         installed_not_after: None,
-        force: false,
+        force: certsync_core::validate::Force::No,
+        anchors: &settings.anchors,
     };
     validate(Bundle::new(chain, key), &policy)
         .map(|_| ())
@@ -362,9 +527,20 @@ fn print_text(report: &CheckReport) {
         for p in &c.problems {
             println!("{}: PROBLEM: {p}", c.name);
         }
+        for w in &c.warnings {
+            println!("{}: WARNING: {w}", c.name);
+        }
         if c.problems.is_empty() {
             println!("{}: ok", c.name);
         }
+    }
+    for f in &report.folders {
+        let state = match (&f.problem, f.days_left) {
+            (Some(p), _) => format!("PROBLEM: {p}"),
+            (None, Some(days)) => format!("ok, {days} days left"),
+            (None, None) => "ok".to_string(),
+        };
+        println!("folder {} ({}): {state}", f.path, f.domains.join(" "));
     }
 }
 
@@ -432,6 +608,28 @@ pub fn metrics_text(report: &CheckReport) -> String {
         "1 when the endpoint serves the installed certificate.",
         served,
     );
+    family(
+        "certsync_cert_warnings",
+        "How many warnings check gave (names lost since the previous certificate, ADDITIONAL_SAN names not covered).",
+        per_cert(&|c| Some(c.warnings.len() as f64)),
+    );
+    let per_folder = |f: &dyn Fn(&FolderCheck) -> Option<f64>| -> Vec<(String, f64)> {
+        report
+            .folders
+            .iter()
+            .filter_map(|d| f(d).map(|v| (format!("folder=\"{}\"", label(&d.path)), v)))
+            .collect()
+    };
+    family(
+        "certsync_mailcow_folder_not_after_timestamp_seconds",
+        "notAfter of the certificate in a per-domain folder mailcow serves (Unix seconds).",
+        per_folder(&|f| f.not_after.map(|t| t as f64)),
+    );
+    family(
+        "certsync_mailcow_folder_stale",
+        "1 when a per-domain folder mailcow serves holds an expired, expiring or unreadable certificate.",
+        per_folder(&|f| Some(if f.stale { 1.0 } else { 0.0 })),
+    );
     out.push_str(&format!(
         "# HELP certsync_check_timestamp_seconds When check ran (Unix seconds).\n# TYPE certsync_check_timestamp_seconds gauge\ncertsync_check_timestamp_seconds {}\n",
         report.checked_at
@@ -442,7 +640,7 @@ pub fn metrics_text(report: &CheckReport) -> String {
 /// Write the textfile atomically: a temp file beside it, then rename.
 pub fn write_metrics(path: &Path, report: &CheckReport) -> std::io::Result<()> {
     // World-readable: node_exporter's textfile collector reads it.
-    crate::fsutil::replace(path, metrics_text(report).as_bytes(), 0o644, None)
+    crate::fsutil::replace(path, metrics_text(report).as_bytes(), 0o644)
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -475,6 +673,7 @@ mod tests {
                 error: None,
             }],
             problems: vec![],
+            warnings: vec![],
             exit: ExitCode::Success,
         }
     }
@@ -485,9 +684,29 @@ mod tests {
             checked_at: 1_800_000_000,
             warn_days: 14,
             certs: vec![cert("ma\"il", "127.0.0.1:25 smtp", false)],
+            folders: vec![FolderCheck {
+                path: "/ssl/a\"b".into(),
+                domains: vec!["a.example".into()],
+                fingerprint: None,
+                not_after: Some(1_700_000_000),
+                days_left: Some(-3),
+                stale: true,
+                problem: Some("expired".into()),
+            }],
             exit: ExitCode::Unverified,
         };
         let text = metrics_text(&report);
+        assert!(
+            text.contains("certsync_mailcow_folder_stale{folder=\"/ssl/a\\\"b\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "certsync_mailcow_folder_not_after_timestamp_seconds{folder=\"/ssl/a\\\"b\"} 1700000000\n"
+        ));
+        assert!(
+            text.contains("certsync_cert_warnings{name=\"ma\\\"il\"} 0\n"),
+            "{text}"
+        );
         assert!(text
             .contains("certsync_cert_not_after_timestamp_seconds{name=\"ma\\\"il\"} 1900000000\n"));
         assert!(text.contains(
@@ -508,6 +727,7 @@ mod tests {
             checked_at: 1,
             warn_days: 14,
             certs: vec![cert("mail", "127.0.0.1:443", true)],
+            folders: vec![],
             exit: ExitCode::Success,
         };
         write_metrics(&path, &report).unwrap();

@@ -51,6 +51,11 @@ pub enum Command {
         /// Validate and say what would be done; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Allow a staged certificate that expires before the installed one
+        /// (root's decision on this host; a pusher's --force counts only with
+        /// allow_remote_force = true in receive.toml).
+        #[arg(long)]
+        force: bool,
     },
     /// Validate and install a pair from local files, as a push would.
     Install {
@@ -72,9 +77,11 @@ pub enum Command {
     },
     /// Is the installed pair valid and matching, not expiring, served on the wire?
     ///
-    /// Retries a reload still owed from an earlier install first. Exit codes:
-    /// 0 all well; 3 a pair missing, invalid, not matching, expired or
-    /// expiring within --warn-days; 4 an endpoint serves another certificate
+    /// Retries a reload still owed from an earlier install first. With
+    /// [mailcow], also lists every per-domain folder mailcow serves. Exit
+    /// codes: 0 all well; 3 a pair missing, invalid, not matching, expired or
+    /// expiring within --warn-days, or such a folder expired or expiring;
+    /// 4 an endpoint serves another certificate
     /// or cannot be probed, or a reload is still owed; 1 a runtime failure
     /// (e.g. the metrics file cannot be written). The worst one wins.
     Check {

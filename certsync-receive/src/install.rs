@@ -17,11 +17,12 @@
 //! not match and the new cert is still waiting beside it, the rename is
 //! finished (roll forward); otherwise the kept previous pair is restored
 //! (roll back). Installed files are always real files (a symlink in their
-//! place is replaced, never written through), with the owner of the file
-//! they replace when we run as root.
+//! place is replaced, never written through), owned by whoever runs the
+//! install (root on mailcow): an owner is never inherited from the file
+//! being replaced, so a `key.pem` that another user once owned does not
+//! hand them the new key. No chown is needed, so none is made.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use certsync_core::bundle::{parse_chain, parse_key, CertInfo};
@@ -64,7 +65,7 @@ pub enum InstallError {
     NoDir(PathBuf),
     #[error("{0} is too large to be a certificate or key file")]
     TooLarge(PathBuf),
-    #[error("the installed pair {cert} / {key} does not match and no kept previous pair can repair it; push again with --force")]
+    #[error("the installed pair {cert} / {key} does not match and no kept previous pair can repair it; the next push of this certificate replaces it (or on this host: certsync-receive install --name NAME --cert FULLCHAIN --key KEY; add --force there if that pair expires before the installed certificate)")]
     Unrepairable { cert: PathBuf, key: PathBuf },
 }
 
@@ -207,13 +208,8 @@ impl InstallError {
 }
 
 /// [`crate::fsutil::write_new`], with this module's error.
-fn write_file(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> Result<(), InstallError> {
-    crate::fsutil::write_new(path, bytes, mode, owner).map_err(io_err("cannot write", path))
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+    crate::fsutil::write_new(path, bytes, mode).map_err(io_err("cannot write", path))
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), InstallError> {
@@ -227,21 +223,9 @@ fn sync_dir(path: &Path) -> Result<(), InstallError> {
         .map_err(io_err("cannot fsync directory", dir))
 }
 
-/// Keep the owner of the file being replaced (root-owned on mailcow).
-fn owner_of(path: &Path) -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    std::fs::symlink_metadata(path)
-        .ok()
-        .filter(|m| m.file_type().is_file())
-        .map(|m| (m.uid(), m.gid()))
-}
-
-/// Copy `from` to `to` atomically (temp + rename) with `mode`.
-fn keep_copy(from: &Path, to: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    crate::fsutil::replace(to, bytes, mode, owner_of(from)).map_err(io_err("cannot write", to))
+/// Write `bytes` to `to` atomically (temp + rename) with `mode`.
+fn keep_copy(to: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+    crate::fsutil::replace(to, bytes, mode).map_err(io_err("cannot write", to))
 }
 
 /// How an install ended.
@@ -268,9 +252,9 @@ pub fn install(dest: &Dest, pair: &ValidatedBundle) -> Result<InstallOutcome, In
         e
     };
 
-    write_file(&new_cert, &bundle.chain, CERT_MODE, owner_of(&dest.cert)).map_err(cleanup)?;
+    write_file(&new_cert, &bundle.chain, CERT_MODE).map_err(cleanup)?;
     fault::point(FAULT_POINTS[0]);
-    write_file(&new_key, bundle.key.expose(), KEY_MODE, owner_of(&dest.key)).map_err(cleanup)?;
+    write_file(&new_key, bundle.key.expose(), KEY_MODE).map_err(cleanup)?;
     fault::point(FAULT_POINTS[1]);
 
     let mut kept_previous = false;
@@ -280,9 +264,9 @@ pub fn install(dest: &Dest, pair: &ValidatedBundle) -> Result<InstallOutcome, In
         .map(zeroize::Zeroizing::new);
     if let (Some(c), Some(k)) = (&old_chain, &old_key) {
         if pair_matches(c, k) {
-            keep_copy(&dest.cert, &prev_path(&dest.cert), c, CERT_MODE).map_err(cleanup)?;
+            keep_copy(&prev_path(&dest.cert), c, CERT_MODE).map_err(cleanup)?;
             fault::point(FAULT_POINTS[2]);
-            keep_copy(&dest.key, &prev_path(&dest.key), k, KEY_MODE).map_err(cleanup)?;
+            keep_copy(&prev_path(&dest.key), k, KEY_MODE).map_err(cleanup)?;
             fault::point(FAULT_POINTS[3]);
             kept_previous = true;
         }
@@ -293,7 +277,7 @@ pub fn install(dest: &Dest, pair: &ValidatedBundle) -> Result<InstallOutcome, In
     if let Err(e) = rename(&new_cert, &dest.cert) {
         // Put the old key back so the installed pair matches again.
         if let Some(k) = &old_key {
-            let _ = keep_copy(&dest.key, &dest.key, k, KEY_MODE);
+            let _ = keep_copy(&dest.key, k, KEY_MODE);
         }
         return Err(cleanup(e));
     }
@@ -357,8 +341,8 @@ pub fn recover(dest: &Dest) -> Result<Recovery, InstallError> {
     let prev_key = read_opt(&pk, MAX_KEY_BYTES)?.map(zeroize::Zeroizing::new);
     if let (Some(c), Some(k)) = (&prev_chain, &prev_key) {
         if pair_matches(c, k) {
-            keep_copy(&pk, &dest.key, k, KEY_MODE)?;
-            keep_copy(&pc, &dest.cert, c, CERT_MODE)?;
+            keep_copy(&dest.key, k, KEY_MODE)?;
+            keep_copy(&dest.cert, c, CERT_MODE)?;
             sync_dir(&dest.cert)?;
             remove_leftovers();
             tracing::warn!(cert = %dest.cert.display(), "undid an install that was interrupted: the previous pair is back");
@@ -376,6 +360,7 @@ mod tests {
     use super::*;
     use certsync_core::testutil::{KeyKind, TestCa};
     use certsync_core::validate::{validate, Policy};
+    use std::os::unix::fs::MetadataExt;
     use std::time::SystemTime;
 
     fn validated(ca: &TestCa) -> ValidatedBundle {
@@ -387,7 +372,8 @@ mod tests {
                 hostnames: &hosts,
                 now: SystemTime::now(),
                 installed_not_after: None,
-                force: false,
+                force: Default::default(),
+                anchors: &certsync_core::testutil::test_anchors(),
             },
         )
         .unwrap()

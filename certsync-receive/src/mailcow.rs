@@ -1,14 +1,37 @@
-//! The `[mailcow]` preset: read `mailcow.conf` and fill in what a mailcow
-//! host needs, so a receive.toml can be three lines.
+//! The `[mailcow]` preset: read `mailcow.conf` the way mailcow and docker
+//! compose read it, and fill in what a mailcow host needs, so a
+//! receive.toml can be three lines.
 //!
+//! What is taken from `mailcow.conf` (mailcow-dockerized's
+//! `generate_config.sh` writes it; compose reads it as `.env`, mailcow's
+//! scripts `source` it):
 //! - `MAILCOW_HOSTNAME` → the hostname the certificate must cover;
-//! - `COMPOSE_PROJECT_NAME` → the compose project whose containers reload;
-//! - `SKIP_LETS_ENCRYPT` must be `y`, or mailcow's own acme container will
+//! - `COMPOSE_PROJECT_NAME` → the compose project whose containers reload,
+//!   lowercased as mailcow's `reload-configurations.sh` matches it. When it
+//!   is unset, compose derives the project from the directory name; see
+//!   [`project_names`] for both spellings;
+//! - `SKIP_LETS_ENCRYPT` must be yes, or mailcow's own acme container will
 //!   overwrite what certsync installs: warned about loudly;
-//! - `ENABLE_SSL_SNI` → mailcow may serve per-domain certificates from
-//!   `data/assets/ssl/<domain>/` ahead of the top-level pair; those folders
-//!   that cover our hostnames get the new pair too, and the verify step
-//!   names them when the wire disagrees.
+//! - `ADDITIONAL_SAN` → names the operator wants on the certificate
+//!   ([`literal_sans`]); a certificate that drops one is warned about;
+//! - `ENABLE_SSL_SNI` is read but changes nothing here: it only tells
+//!   acme-mailcow to *request* per-domain certificates.
+//!
+//! Booleans are yes when the value is `y` or `yes` in any case, as
+//! mailcow's scripts test them (`[yY][eE][sS]|[yY]` in bash,
+//! `.lower() in ("y", "yes")` in nginx's bootstrap).
+//!
+//! Per-domain folders ([`served_folders`]): mailcow serves
+//! `data/assets/ssl/<dir>/cert.pem` for the names listed in
+//! `<dir>/domains` whenever the folder holds `domains`, `cert.pem` and
+//! `key.pem`, whatever `ENABLE_SSL_SNI` says. dovecot-mailcow writes every
+//! such folder into `sni.conf` at start; postfix-mailcow builds its SNI map
+//! from them at start (unless `SKIP_LETS_ENCRYPT` is yes, when its map is
+//! empty); nginx-mailcow serves those whose `domains` does not list
+//! `MAILCOW_HOSTNAME`. For those names the folder's pair wins over the
+//! top-level one. So the folder is judged by its `domains` file, never by
+//! its name: certsync writes a new pair into it only when the new leaf
+//! covers every name listed there ([`plan_folder`]).
 
 use std::path::{Path, PathBuf};
 
@@ -21,14 +44,28 @@ pub const SERVICES: [&str; 3] = ["postfix-mailcow", "dovecot-mailcow", "nginx-ma
 /// Where the preset checks the served certificate by default.
 pub const DEFAULT_VERIFY: [&str; 3] = ["127.0.0.1:25 smtp", "127.0.0.1:993", "127.0.0.1:443"];
 
+/// The largest `domains` file read: acme-mailcow writes one line of names,
+/// at most 100 per certificate (Let's Encrypt's limit).
+pub const MAX_DOMAINS_BYTES: usize = 64 * 1024;
+
+/// The largest `mailcow.conf` read (generate_config.sh writes ~10 KiB).
+pub const MAX_CONF_BYTES: usize = 1024 * 1024;
+
 /// What certsync takes from `mailcow.conf`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailcowConf {
     pub dir: PathBuf,
     pub hostname: String,
+    /// The compose project to match, first choice.
     pub project: String,
+    /// Other spellings of the project that compose may have used, tried
+    /// when no container carries `project` (see [`project_names`]).
+    pub project_alternates: Vec<String>,
     pub skip_lets_encrypt: bool,
     pub enable_ssl_sni: bool,
+    /// The literal names of `ADDITIONAL_SAN` ([`literal_sans`]); empty when
+    /// `ONLY_MAILCOW_HOSTNAME` is yes (acme-mailcow then ignores them).
+    pub additional_sans: Vec<String>,
 }
 
 impl MailcowConf {
@@ -38,8 +75,9 @@ impl MailcowConf {
     }
 }
 
-/// Parse `KEY=value` lines as mailcow.conf writes them (comments, blank
-/// lines, optional quotes).
+/// Parse `KEY=value` lines as compose's `.env` reader and bash's `source`
+/// agree on them: comments, blank lines, an optional `export `, optional
+/// quotes, and for an unquoted value a ` #` starting a comment.
 pub fn parse_conf(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|line| {
@@ -47,30 +85,123 @@ pub fn parse_conf(text: &str) -> Vec<(String, String)> {
             if line.is_empty() || line.starts_with('#') {
                 return None;
             }
+            let line = line.strip_prefix("export ").unwrap_or(line);
             let (k, v) = line.split_once('=')?;
             let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(v);
+            let quoted = ['"', '\''].into_iter().find_map(|q| {
+                let inner = v.strip_prefix(q)?;
+                let end = inner.find(q)?;
+                Some(&inner[..end])
+            });
+            let v = match quoted {
+                Some(inner) => inner,
+                None => match v.find(" #").or_else(|| v.find("\t#")) {
+                    Some(at) => v[..at].trim_end(),
+                    None => v,
+                },
+            };
             Some((k.trim().to_string(), v.to_string()))
         })
         .collect()
 }
 
+/// A mailcow boolean: `y` or `yes`, in any case.
+pub fn is_yes(value: &str) -> bool {
+    let v = value.trim();
+    v.eq_ignore_ascii_case("y") || v.eq_ignore_ascii_case("yes")
+}
+
+/// The compose project names to match, first choice first.
+///
+/// - `COMPOSE_PROJECT_NAME` set: that name lowercased (compose v1
+///   lowercases it; v2 refuses an uppercase one; mailcow's
+///   `reload-configurations.sh` matches `${COMPOSE_PROJECT_NAME,,}`).
+/// - unset: compose v2's default, the directory name normalised as
+///   compose-go's `NormalizeProjectName` does (lowercase, keep only
+///   `a-z 0-9 _ -`, drop leading `_`/`-`): `mailcow-dockerized`. Then the
+///   spelling of docker-compose v1 before 1.21, which removed everything
+///   but `a-z 0-9`: `mailcowdockerized`, the name mailcow's docs use.
+pub fn project_names(compose_project_name: Option<&str>, dir: &Path) -> Vec<String> {
+    if let Some(p) = compose_project_name
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        return vec![p.to_lowercase()];
+    }
+    let base = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .or_else(|| {
+            std::fs::canonicalize(dir)
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        })
+        .unwrap_or_default()
+        .to_lowercase();
+    let v2: String = base
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect::<String>()
+        .trim_start_matches(['_', '-'])
+        .to_string();
+    let v1: String = base
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect();
+    let mut names = Vec::new();
+    for n in [v2, v1] {
+        if !n.is_empty() && !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    if names.is_empty() {
+        names.push("mailcowdockerized".into());
+    }
+    names
+}
+
+/// The literal host names in an `ADDITIONAL_SAN` value.
+///
+/// acme-mailcow splits the value on commas (and, unquoted, on blanks); an
+/// entry ending in `.*` (`imap.*`) is a template expanded for every mail
+/// domain in its database, and `*.example.com` is a wildcard it only
+/// requests with DNS-01. Neither names one host certsync can check, so
+/// only plain names (letters, digits, `-`, `_`, dots) are kept.
+pub fn literal_sans(value: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for entry in value.split([',', ' ', '\t']).map(str::trim) {
+        let plain = !entry.is_empty()
+            && entry.split('.').all(|l| {
+                !l.is_empty()
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+        let name = entry.to_ascii_lowercase();
+        if plain && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// Read `<dir>/mailcow.conf`.
 pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
     let path = dir.join("mailcow.conf");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let bytes = match crate::fsutil::read_capped(&path, MAX_CONF_BYTES) {
+        Ok(Some(b)) => b,
         // A unit with ProtectHome=yes sees an empty /home and /root: the
         // checkout seems missing there while the admin can see it.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && crate::install::under_home(dir) => {
+        Ok(None) if crate::install::under_home(dir) => {
             return Err(ReceiveError::Settings(format!(
                 "{} does not exist; check `[mailcow] dir` in receive.toml. If it does exist, a unit with ProtectHome=yes hides /home and /root from it: for certsync-deploy.service run `certsync-receive units && systemctl daemon-reload`",
                 path.display()
             )))
+        }
+        Ok(None) => {
+            return Err(ReceiveError::ReadInput {
+                path: path.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
         }
         Err(source) => {
             return Err(ReceiveError::ReadInput {
@@ -79,7 +210,8 @@ pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
             })
         }
     };
-    let vars = parse_conf(&text);
+    let vars = parse_conf(&String::from_utf8_lossy(&bytes));
+    // A key set twice: the last line wins, as with `source`.
     let get = |k: &str| {
         vars.iter()
             .rev()
@@ -94,25 +226,23 @@ pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
                 path.display()
             ))
         })?;
-    // docker compose derives the default project from the directory name.
-    let project = get("COMPOSE_PROJECT_NAME")
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| {
-            dir.file_name()
-                .map(|n| {
-                    n.to_string_lossy()
-                        .to_lowercase()
-                        .replace(['-', '.', ' '], "")
-                })
-                .unwrap_or_else(|| "mailcowdockerized".into())
-        });
-    let yes = |k: &str| get(k).is_some_and(|v| v.eq_ignore_ascii_case("y"));
+    let mut projects = project_names(get("COMPOSE_PROJECT_NAME").as_deref(), dir).into_iter();
+    let project = projects
+        .next()
+        .unwrap_or_else(|| "mailcowdockerized".into());
+    let yes = |k: &str| get(k).is_some_and(|v| is_yes(&v));
     let conf = MailcowConf {
         dir: dir.to_path_buf(),
         hostname,
         project,
+        project_alternates: projects.collect(),
         skip_lets_encrypt: yes("SKIP_LETS_ENCRYPT"),
         enable_ssl_sni: yes("ENABLE_SSL_SNI"),
+        additional_sans: if yes("ONLY_MAILCOW_HOSTNAME") {
+            Vec::new()
+        } else {
+            literal_sans(&get("ADDITIONAL_SAN").unwrap_or_default())
+        },
     };
     if !conf.skip_lets_encrypt {
         tracing::warn!(
@@ -123,52 +253,244 @@ pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
     Ok(conf)
 }
 
-/// Per-domain folders under `ssl_dir` whose name one of `hostnames` equals
-/// or that a hostname's certificate would be served for. mailcow names each
-/// folder after a domain and serves `<domain>/cert.pem` for it with SNI.
-pub fn sni_dirs_covering(ssl_dir: &Path, hostnames: &[String]) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(ssl_dir) else {
-        return Vec::new();
+/// A per-domain folder that mailcow serves: it holds `domains`, `cert.pem`
+/// and `key.pem` (each followed through links, as mailcow's `[[ -f ]]` and
+/// `os.path.isfile` do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SslFolder {
+    pub dir: PathBuf,
+    /// The names in its `domains` file, in order, blank-separated.
+    pub domains: Vec<String>,
+    /// The folder itself is a symbolic link (mailcow follows it; certsync
+    /// never writes through it).
+    pub is_link: bool,
+}
+
+/// Every folder under `ssl_dir` that mailcow serves, sorted by path. A
+/// missing `ssl_dir` has none.
+pub fn served_folders(ssl_dir: &Path) -> std::io::Result<Vec<SslFolder>> {
+    let entries = match std::fs::read_dir(ssl_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            hostnames
-                .iter()
-                .any(|h| san_matches(h, &name) || san_matches(&name, h))
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let dir = entry.path();
+        let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        if !std::fs::metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let is_file = |name: &str| std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file());
+        if !(is_file("domains") && is_file("cert.pem") && is_file("key.pem")) {
+            continue;
+        }
+        let text = crate::fsutil::read_capped(&dir.join("domains"), MAX_DOMAINS_BYTES)?
+            .unwrap_or_default();
+        let domains = String::from_utf8_lossy(&text)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        found.push(SslFolder {
+            dir,
+            domains,
+            is_link,
+        });
+    }
+    found.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok(found)
+}
+
+/// Does one of `sans` cover `name` (RFC 6125)? A wildcard name (`*.x.org`)
+/// is covered only by the same wildcard.
+pub fn covered(sans: &[String], name: &str) -> bool {
+    sans.iter().any(|san| san_matches(san, name))
+}
+
+/// What to do with one per-domain folder for a new leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FolderPlan {
+    /// The leaf covers every name in `domains`: write the pair there too.
+    Write,
+    /// Leave it alone, for this reason (said to the operator).
+    Leave(String),
+}
+
+/// Decide about `folder` for a leaf with `sans`.
+pub fn plan_folder(folder: &SslFolder, sans: &[String]) -> FolderPlan {
+    let dir = folder.dir.display();
+    if folder.domains.is_empty() {
+        return FolderPlan::Leave(format!(
+            "left {dir} alone: its domains file lists no name, so mailcow serves nothing from it"
+        ));
+    }
+    let (mine, others): (Vec<&String>, Vec<&String>) =
+        folder.domains.iter().partition(|d| covered(sans, d));
+    if !others.is_empty() {
+        let join = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        let mut why = format!(
+            "left {dir} alone: the new certificate does not cover {} listed in its domains file",
+            join(&others)
+        );
+        if !mine.is_empty() {
+            why.push_str(&format!(
+                "; mailcow keeps serving that folder's own certificate for {}, which the new one covers: push a certificate that covers every name in {dir}/domains, or remove or archive the folder (acme-mailcow archives to data/assets/ssl/backups/) and restart postfix-mailcow, dovecot-mailcow and nginx-mailcow",
+                join(&mine)
+            ));
+        }
+        return FolderPlan::Leave(why);
+    }
+    if folder.is_link {
+        return FolderPlan::Leave(format!(
+            "left {dir} alone: it is a symbolic link, and certsync writes only into real directories; replace the link by a directory, or point it where certsync writes"
+        ));
+    }
+    FolderPlan::Write
+}
+
+/// The folders mailcow serves for one of `hostnames` (their `domains` list
+/// a name one of `hostnames` matches): where a stale certificate on the
+/// wire most likely comes from.
+pub fn folders_serving(ssl_dir: &Path, hostnames: &[String]) -> Vec<PathBuf> {
+    served_folders(ssl_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| {
+            f.domains.iter().any(|d| {
+                hostnames
+                    .iter()
+                    .any(|h| san_matches(d, h) || san_matches(h, d))
+            })
         })
-        .map(|e| e.path())
-        .collect();
-    dirs.sort();
-    dirs
+        .map(|f| f.dir)
+        .collect()
+}
+
+/// The names of `wanted` that `sans` does not cover, in order.
+pub fn lost_names(sans: &[String], wanted: &[String]) -> Vec<String> {
+    let mut lost: Vec<String> = Vec::new();
+    for name in wanted {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if !covered(sans, &name) && !lost.contains(&name) {
+            lost.push(name);
+        }
+    }
+    lost
+}
+
+/// Warnings for a leaf with `sans` that lost names: those `earlier` (a
+/// description and the SANs of the leaf it replaced) covered, and literal
+/// `ADDITIONAL_SAN` names. `subject` says which leaf (`the new
+/// certificate`, or the installed file). Empty when nothing is lost.
+pub fn lost_name_warnings(
+    subject: &str,
+    sans: &[String],
+    earlier: Option<(&str, &[String])>,
+    additional_sans: &[String],
+) -> Vec<String> {
+    let them = |lost: &[String]| if lost.len() == 1 { "it" } else { "them" };
+    let mut out = Vec::new();
+    if let Some((what, old)) = earlier {
+        let lost = lost_names(sans, old);
+        if !lost.is_empty() {
+            out.push(format!(
+                "{subject} no longer covers {}, which {what} covers: clients using {} get a name mismatch; add {} to the certificate on the NPM host",
+                lost.join(", "),
+                if lost.len() == 1 { "that name" } else { "those names" },
+                them(&lost),
+            ));
+        }
+    }
+    let lost = lost_names(sans, additional_sans);
+    if !lost.is_empty() {
+        out.push(format!(
+            "{subject} does not cover {} from ADDITIONAL_SAN in mailcow.conf: add {} to the certificate on the NPM host, or remove {} from ADDITIONAL_SAN",
+            lost.join(", "),
+            them(&lost),
+            them(&lost),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn write_conf(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mailcow.conf"), text).unwrap();
+        dir
+    }
+
     #[test]
     fn reads_mailcow_conf() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("mailcow.conf"),
-            "# mailcow\nMAILCOW_HOSTNAME=mail.example.com\nCOMPOSE_PROJECT_NAME=mailcowdockerized\nSKIP_LETS_ENCRYPT=y\nENABLE_SSL_SNI=n\n",
-        )
-        .unwrap();
+        let dir = write_conf(
+            "# mailcow\nMAILCOW_HOSTNAME=mail.example.com\nCOMPOSE_PROJECT_NAME=mailcowdockerized\nSKIP_LETS_ENCRYPT=y\nENABLE_SSL_SNI=n\nADDITIONAL_SAN=imap.*,srv1.example.net\n",
+        );
         let c = read_conf(dir.path()).unwrap();
         assert_eq!(c.hostname, "mail.example.com");
         assert_eq!(c.project, "mailcowdockerized");
+        assert!(c.project_alternates.is_empty());
         assert!(c.skip_lets_encrypt);
         assert!(!c.enable_ssl_sni);
+        assert_eq!(c.additional_sans, vec!["srv1.example.net"]);
         assert_eq!(c.ssl_dir(), dir.path().join("data/assets/ssl"));
     }
 
     #[test]
+    fn booleans_are_y_or_yes_in_any_case() {
+        for yes in ["y", "Y", "yes", "YES", "Yes", "yEs", " y "] {
+            assert!(is_yes(yes), "{yes:?}");
+        }
+        for no in ["n", "no", "", "true", "1", "yess", "ye", "on"] {
+            assert!(!is_yes(no), "{no:?}");
+        }
+        let dir = write_conf(
+            "MAILCOW_HOSTNAME=mail.example.com\nSKIP_LETS_ENCRYPT=YES\nENABLE_SSL_SNI=Yes\n",
+        );
+        let c = read_conf(dir.path()).unwrap();
+        assert!(c.skip_lets_encrypt && c.enable_ssl_sni);
+    }
+
+    #[test]
+    fn the_compose_project_is_lowercased() {
+        let dir = write_conf("MAILCOW_HOSTNAME=m.example.com\nCOMPOSE_PROJECT_NAME=MailCow_Prod\n");
+        let c = read_conf(dir.path()).unwrap();
+        assert_eq!(c.project, "mailcow_prod");
+        assert!(c.project_alternates.is_empty());
+    }
+
+    #[test]
+    fn an_unset_project_is_composes_default_with_the_v1_spelling_too() {
+        let p = |dir: &str| project_names(None, Path::new(dir));
+        // compose v2 keeps dashes; docker-compose v1 before 1.21 dropped them.
+        assert_eq!(
+            p("/opt/mailcow-dockerized"),
+            vec!["mailcow-dockerized", "mailcowdockerized"]
+        );
+        assert_eq!(p("/opt/Mail.Cow_2"), vec!["mailcow_2", "mailcow2"]);
+        assert_eq!(p("/srv/_-mail"), vec!["mail"]);
+        assert_eq!(p("/opt/mailcow"), vec!["mailcow"]);
+        // Set but empty counts as unset, as for compose.
+        assert_eq!(
+            project_names(Some(""), Path::new("/opt/mailcow-dockerized"))[0],
+            "mailcow-dockerized"
+        );
+        // Read from mailcow.conf: the directory's own name decides.
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("mailcow-dockerized");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("mailcow.conf"), "MAILCOW_HOSTNAME=m.example.com\n").unwrap();
+        let c = read_conf(&dir).unwrap();
+        assert_eq!(c.project, "mailcow-dockerized");
+        assert_eq!(c.project_alternates, vec!["mailcowdockerized"]);
+    }
+
+    #[test]
     fn missing_hostname_is_explained() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("mailcow.conf"), "SKIP_LETS_ENCRYPT=n\n").unwrap();
+        let dir = write_conf("SKIP_LETS_ENCRYPT=n\n");
         let e = read_conf(dir.path()).unwrap_err().to_string();
         assert!(e.contains("MAILCOW_HOSTNAME"), "{e}");
         let e = read_conf(&dir.path().join("nope")).unwrap_err().to_string();
@@ -176,28 +498,140 @@ mod tests {
     }
 
     #[test]
-    fn quotes_and_comments() {
-        let v = parse_conf("A=\"x y\"\n#B=1\nC='z'\n  D = w \nbad line\n");
+    fn quotes_comments_and_export() {
+        let v = parse_conf(
+            "A=\"x y\"\n#B=1\nC='z'\n  D = w \nbad line\nexport E=1\nF=v # note\nG=\"a # b\" # c\nH=a#b\n",
+        );
+        let want: Vec<(String, String)> = [
+            ("A", "x y"),
+            ("C", "z"),
+            ("D", "w"),
+            ("E", "1"),
+            ("F", "v"),
+            ("G", "a # b"),
+            ("H", "a#b"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(v, want);
+    }
+
+    #[test]
+    fn additional_san_keeps_literal_names_only() {
         assert_eq!(
-            v,
-            vec![
-                ("A".into(), "x y".into()),
-                ("C".into(), "z".into()),
-                ("D".into(), "w".into())
-            ]
+            literal_sans("imap.*,srv1.example.net, *.example.org,SMTP.example.com smtp.example.com,,a..b,x/y"),
+            vec!["srv1.example.net", "smtp.example.com"]
+        );
+        assert!(literal_sans("").is_empty());
+        let dir = write_conf(
+            "MAILCOW_HOSTNAME=m.example.com\nADDITIONAL_SAN=srv1.example.net\nONLY_MAILCOW_HOSTNAME=y\n",
+        );
+        assert!(read_conf(dir.path()).unwrap().additional_sans.is_empty());
+    }
+
+    fn folder(ssl: &Path, name: &str, domains: Option<&str>, files: bool) -> PathBuf {
+        let d = ssl.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        if let Some(text) = domains {
+            std::fs::write(d.join("domains"), text).unwrap();
+        }
+        if files {
+            std::fs::write(d.join("cert.pem"), "c").unwrap();
+            std::fs::write(d.join("key.pem"), "k").unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn served_folders_are_those_with_domains_cert_and_key() {
+        let ssl = tempfile::tempdir().unwrap();
+        let s = ssl.path();
+        // Named after nothing we know, but serving our name: counts.
+        let a = folder(
+            s,
+            "acme-old",
+            Some("mail.example.com autodiscover.example.com\n"),
+            true,
+        );
+        folder(s, "no-domains", None, true);
+        folder(s, "no-files", Some("mail.example.com"), false);
+        folder(s, "backups", None, false);
+        std::fs::write(s.join("cert.pem"), "x").unwrap();
+        std::os::unix::fs::symlink(&a, s.join("linked")).unwrap();
+        let found = served_folders(s).unwrap();
+        let dirs: Vec<_> = found.iter().map(|f| f.dir.clone()).collect();
+        assert_eq!(dirs, vec![a.clone(), s.join("linked")]);
+        assert_eq!(
+            found[0].domains,
+            vec!["mail.example.com", "autodiscover.example.com"]
+        );
+        assert!(!found[0].is_link && found[1].is_link);
+        assert!(served_folders(&s.join("missing")).unwrap().is_empty());
+        assert_eq!(
+            folders_serving(s, &["mail.example.com".into()]),
+            vec![a, s.join("linked")]
+        );
+        assert!(folders_serving(s, &["other.example.org".into()]).is_empty());
+    }
+
+    #[test]
+    fn a_folder_is_written_only_when_every_listed_name_is_covered() {
+        let f = |domains: &[&str], is_link| SslFolder {
+            dir: PathBuf::from("/ssl/x"),
+            domains: domains.iter().map(|s| s.to_string()).collect(),
+            is_link,
+        };
+        let sans = vec!["mail.example.com".to_string(), "*.example.org".to_string()];
+        assert_eq!(
+            plan_folder(&f(&["mail.example.com"], false), &sans),
+            FolderPlan::Write
+        );
+        assert_eq!(
+            plan_folder(&f(&["MAIL.example.com.", "a.example.org"], false), &sans),
+            FolderPlan::Write
+        );
+        let FolderPlan::Leave(why) = plan_folder(
+            &f(&["mail.example.com", "autodiscover.example.com"], false),
+            &sans,
+        ) else {
+            panic!("a partly covered folder must be left alone")
+        };
+        assert!(
+            why.contains("does not cover autodiscover.example.com"),
+            "{why}"
+        );
+        assert!(
+            why.contains("keeps serving that folder's own certificate for mail.example.com"),
+            "{why}"
+        );
+        assert!(why.contains("/ssl/x"), "{why}");
+        let FolderPlan::Leave(why) = plan_folder(&f(&["other.net"], false), &sans) else {
+            panic!()
+        };
+        assert!(!why.contains("keeps serving"), "{why}");
+        assert!(
+            matches!(plan_folder(&f(&[], false), &sans), FolderPlan::Leave(w) if w.contains("lists no name"))
+        );
+        assert!(
+            matches!(plan_folder(&f(&["mail.example.com"], true), &sans), FolderPlan::Leave(w) if w.contains("symbolic link"))
         );
     }
 
     #[test]
-    fn finds_sni_folders() {
-        let dir = tempfile::tempdir().unwrap();
-        for d in ["mail.example.com", "other.org", "example.com"] {
-            std::fs::create_dir(dir.path().join(d)).unwrap();
-        }
-        std::fs::write(dir.path().join("cert.pem"), "x").unwrap();
-        let found = sni_dirs_covering(dir.path(), &["mail.example.com".to_string()]);
-        assert_eq!(found, vec![dir.path().join("mail.example.com")]);
-        let found = sni_dirs_covering(dir.path(), &["*.example.com".to_string()]);
-        assert_eq!(found, vec![dir.path().join("mail.example.com")]);
+    fn lost_names_are_those_no_longer_covered() {
+        let new = vec!["mail.example.com".to_string(), "*.example.net".to_string()];
+        let old = vec![
+            "mail.example.com".to_string(),
+            "imap.example.com".to_string(),
+            "*.example.net".to_string(),
+            "*.example.org".to_string(),
+            "a.example.net".to_string(),
+        ];
+        assert_eq!(
+            lost_names(&new, &old),
+            vec!["imap.example.com", "*.example.org"]
+        );
+        assert!(lost_names(&new, &["MAIL.example.com.".to_string()]).is_empty());
     }
 }

@@ -21,6 +21,11 @@ fn print_report(report: &Report) {
 }
 
 fn main() -> ProcessExit {
+    // Before any key is read: no core dump may hold one.
+    if let Err(e) = certsync_core::hardening::no_core_dumps() {
+        eprintln!("certsync-receive: cannot disable core dumps: {e}");
+        return ExitCode::Runtime.into();
+    }
     let cli = Cli::parse();
     certsync_core::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -60,7 +65,13 @@ async fn run(cli: Cli) -> ExitCode {
     match command {
         Command::Serve => {
             if let Ok(orig) = std::env::var("SSH_ORIGINAL_COMMAND") {
-                tracing::info!(ssh_original_command = %orig, "logged, not obeyed: this key only runs serve");
+                // The pusher's text: escaped and bounded, never raw.
+                let shown: String = orig
+                    .chars()
+                    .take(256)
+                    .flat_map(char::escape_debug)
+                    .collect();
+                tracing::info!(ssh_original_command = %shown, "logged, not obeyed: this key only runs serve");
             }
             let limits = Limits {
                 frame_timeout: settings.read_timeout,
@@ -75,13 +86,15 @@ async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
-        Command::Deploy { dry_run } => match deploy::deploy(&settings, dry_run, &post).await {
-            Ok(report) => {
-                print_report(&report);
-                report.exit()
+        Command::Deploy { dry_run, force } => {
+            match deploy::deploy(&settings, dry_run, force, &post).await {
+                Ok(report) => {
+                    print_report(&report);
+                    report.exit()
+                }
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
-        },
+        }
         Command::Install {
             name,
             cert,

@@ -12,26 +12,29 @@
 //! into the report (and the log), so the caller only needs to stop.
 #![allow(clippy::result_unit_err)]
 
-use std::path::PathBuf;
 use std::time::SystemTime;
 
 use certsync_core::bundle::Bundle;
 use certsync_core::protocol::{OfferedCert, Wanted};
 use certsync_core::report::{CertReport, Step, StepStatus};
-use certsync_core::validate::{validate, Policy, ValidatedBundle};
+use certsync_core::validate::{validate, Force, Policy, ValidatedBundle};
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::install::{self, Dest};
+use crate::mailcow::{self, FolderPlan};
 use crate::settings::{CertSpec, Settings};
-use crate::stage;
+use crate::stage::{Entry, StagingDir};
 
 /// One run of the pipeline: the settings and the run's flags and clock.
 #[derive(Debug, Clone)]
 pub struct Run<'a> {
     pub settings: &'a Settings,
+    /// The staging dir, opened once for the whole run.
+    pub staging: &'a StagingDir,
     pub now: SystemTime,
     pub dry_run: bool,
-    pub force: bool,
+    /// Whether a rollback is allowed: see [`Settings::remote_force`].
+    pub force: Force,
 }
 
 /// A step failed; what failed and why is already in the [`CertReport`].
@@ -49,49 +52,164 @@ pub trait PostInstall {
     async fn verify(&self, spec: &CertSpec, leaf: Fingerprint, report: &mut CertReport);
 }
 
-/// Every place this certificate is installed: the configured pair, plus
-/// mailcow's per-domain SNI folders that cover its hostnames.
-pub fn destinations(spec: &CertSpec) -> Vec<Dest> {
-    let mut d = vec![Dest::new(&spec.cert_path, &spec.key_path)];
-    for dir in &spec.sni_dirs {
-        d.push(Dest::new(dir.join("cert.pem"), dir.join("key.pem")));
+/// The configured pair of this certificate.
+pub fn main_dest(spec: &CertSpec) -> Dest {
+    Dest::new(&spec.cert_path, &spec.key_path)
+}
+
+/// The pair inside one of mailcow's per-domain folders.
+fn folder_dest(dir: &std::path::Path) -> Dest {
+    Dest::new(dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// mailcow's per-domain folders for a leaf with `sans`: the pairs to write
+/// (the leaf covers every name in the folder's `domains`) and, for every
+/// other folder mailcow serves, why it is left alone.
+#[derive(Debug, Default)]
+pub struct Folders {
+    pub write: Vec<Dest>,
+    pub left: Vec<String>,
+}
+
+pub fn folders(spec: &CertSpec, sans: &[String]) -> std::io::Result<Folders> {
+    let mut out = Folders::default();
+    let Some(root) = &spec.folders_root else {
+        return Ok(out);
+    };
+    for folder in mailcow::served_folders(root)? {
+        match mailcow::plan_folder(&folder, sans) {
+            FolderPlan::Write => out.write.push(folder_dest(&folder.dir)),
+            FolderPlan::Leave(why) => out.left.push(why),
+        }
     }
-    d
+    Ok(out)
+}
+
+/// Does `dest` hold a file certsync leaves during or after an install?
+fn has_certsync_files(dest: &Dest) -> bool {
+    [
+        install::new_path(&dest.cert),
+        install::new_path(&dest.key),
+        install::prev_path(&dest.cert),
+    ]
+    .iter()
+    .any(|p| std::fs::symlink_metadata(p).is_ok())
 }
 
 /// Repair any interrupted install of this certificate (call under the lock).
-pub fn recover(spec: &CertSpec) -> Result<(), install::InstallError> {
-    for dest in destinations(spec) {
-        let r = install::recover(&dest)?;
-        if r != install::Recovery::Clean {
-            tracing::warn!(cert = %spec.name, path = %dest.cert.display(), "recovered an interrupted install: {r:?}");
+///
+/// The configured pair must end up matching. A mismatched pair that no
+/// kept backup can repair is not an error that stops the run: installing a
+/// valid pair over it is the repair. It is logged, and remembered in the
+/// staging dir ([`Entry::RepairOwed`]) so that the next push delivers the
+/// pair even when the certificate itself is unchanged: in handoff mode the
+/// unprivileged `serve` cannot read root's key.pem, so it could not tell on
+/// its own.
+///
+/// A per-domain folder is repaired only when certsync has written there (a
+/// folder's own mismatched pair is not ours to judge here), and a folder
+/// that cannot be repaired is a warning: `check` and the next install name
+/// it.
+pub fn recover(staging: &StagingDir, spec: &CertSpec) -> Result<(), install::InstallError> {
+    let main = main_dest(spec);
+    match install::recover(&main) {
+        Ok(install::Recovery::Clean) => {}
+        Ok(r) => {
+            tracing::warn!(cert = %spec.name, path = %main.cert.display(), "recovered an interrupted install: {r:?}");
+        }
+        Err(e @ install::InstallError::Unrepairable { .. }) => {
+            tracing::error!(cert = %spec.name, "{e}");
+            if let Err(e) = staging.write(Entry::RepairOwed(&spec.name), b"1\n", 0o600) {
+                tracing::error!(cert = %spec.name, "cannot remember the repair: {e}");
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let Some(root) = &spec.folders_root else {
+        return Ok(());
+    };
+    let served = match mailcow::served_folders(root) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(cert = %spec.name, "cannot list the per-domain folders in {}: {e}", root.display());
+            return Ok(());
+        }
+    };
+    for folder in served.iter().filter(|f| !f.is_link) {
+        let dest = folder_dest(&folder.dir);
+        if !has_certsync_files(&dest) {
+            continue;
+        }
+        match install::recover(&dest) {
+            Ok(install::Recovery::Clean) => {}
+            Ok(r) => {
+                tracing::warn!(cert = %spec.name, path = %dest.cert.display(), "recovered an interrupted install: {r:?}")
+            }
+            Err(e) => {
+                tracing::warn!(cert = %spec.name, "per-domain folder {}: {e}", folder.dir.display())
+            }
         }
     }
     Ok(())
 }
 
-/// Is this exact pair installed everywhere it belongs?
+/// Did root find this certificate's installed pair broken, with no backup?
+pub fn repair_owed(staging: &StagingDir, name: &str) -> bool {
+    staging.exists(Entry::RepairOwed(name))
+}
+
+/// Is this exact pair at `dest`?
+fn pair_at(
+    dest: &Dest,
+    chain: Fingerprint,
+    key: Fingerprint,
+) -> Result<bool, install::InstallError> {
+    match install::read_installed(dest) {
+        Ok(Some(i)) => Ok(i.chain_sha256 == chain && i.key_sha256 == key),
+        Ok(None) => Ok(false),
+        // In handoff mode `serve` runs unprivileged and key.pem is 0600
+        // root. Compare the certificate alone: root's install keeps the
+        // installed pair matching, and a leaf has exactly one key, so
+        // the same full chain means the same pair. Root's `deploy`
+        // compares both files again before it writes anything.
+        Err(e) if e.is_permission_denied() => match install::read_installed_cert(dest)? {
+            Some(c) if c.chain_sha256 == chain => {
+                tracing::debug!(path = %dest.key.display(), "key not readable by this user; compared the certificate only");
+                Ok(true)
+            }
+            _ => Ok(false),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Is this exact pair installed everywhere it belongs? The configured pair
+/// decides first; when it holds this chain, its leaf (the offered one)
+/// says which per-domain folders belong too.
 fn installed_everywhere(
     spec: &CertSpec,
     chain: Fingerprint,
     key: Fingerprint,
 ) -> Result<bool, install::InstallError> {
-    for dest in destinations(spec) {
-        match install::read_installed(&dest) {
-            Ok(Some(i)) if i.chain_sha256 == chain && i.key_sha256 == key => {}
-            Ok(_) => return Ok(false),
-            // In handoff mode `serve` runs unprivileged and key.pem is 0600
-            // root. Compare the certificate alone: root's install keeps the
-            // installed pair matching, and a leaf has exactly one key, so
-            // the same full chain means the same pair. Root's `deploy`
-            // compares both files again before it writes anything.
-            Err(e) if e.is_permission_denied() => match install::read_installed_cert(&dest)? {
-                Some(c) if c.chain_sha256 == chain => {
-                    tracing::debug!(path = %dest.key.display(), "key not readable by this user; compared the certificate only");
-                }
-                _ => return Ok(false),
-            },
-            Err(e) => return Err(e),
+    let main = main_dest(spec);
+    if !pair_at(&main, chain, key)? {
+        return Ok(false);
+    }
+    if spec.folders_root.is_none() {
+        return Ok(true);
+    }
+    let sans = install::read_installed_cert(&main)?
+        .and_then(|c| c.info)
+        .map(|i| i.sans)
+        .unwrap_or_default();
+    let write = match folders(spec, &sans) {
+        Ok(f) => f.write,
+        // Unknown: let the pair come, the install step lists them again.
+        Err(_) => return Ok(false),
+    };
+    for dest in &write {
+        if !pair_at(dest, chain, key)? {
+            return Ok(false);
         }
     }
     Ok(true)
@@ -124,12 +242,17 @@ pub fn decide(spec: &CertSpec, offered: &OfferedCert) -> (Wanted, String) {
 /// asked for anyway: delivering it runs [`finish`], which retries that
 /// reload, so the next push settles it.
 pub fn decide_owed(
-    settings: &Settings,
+    staging: &StagingDir,
     spec: &CertSpec,
     offered: &OfferedCert,
 ) -> (Wanted, String) {
     match decide(spec, offered) {
-        (Wanted::Have, _) if reload_owed(settings, &spec.name) => (
+        (Wanted::Have, _) if repair_owed(staging, &spec.name) => (
+            Wanted::Send,
+            "the installed pair was found broken (the key does not match); send it to repair it"
+                .into(),
+        ),
+        (Wanted::Have, _) if reload_owed(staging, &spec.name) => (
             Wanted::Send,
             "already installed, but a reload is owed; send it to retry the reload".into(),
         ),
@@ -139,7 +262,7 @@ pub fn decide_owed(
 
 /// The leaf installed at the configured paths now, if any.
 pub fn installed_leaf(spec: &CertSpec) -> Option<Fingerprint> {
-    install::read_installed_cert(&Dest::new(&spec.cert_path, &spec.key_path))
+    install::read_installed_cert(&main_dest(spec))
         .ok()
         .flatten()
         .and_then(|i| i.info.map(|c| c.fingerprint))
@@ -166,7 +289,7 @@ pub fn stage_step(
         report.skipped(Step::Stage, "dry run: the bytes stay in memory");
         return Ok(());
     }
-    match stage::stage(&run.settings.staging_dir, &spec.name, bundle) {
+    match run.staging.stage(&spec.name, bundle) {
         Ok(dir) => {
             tracing::info!(cert = %spec.name, dir = %dir.display(), "staged");
             report.done(Step::Stage, format!("staged in {}", dir.display()));
@@ -192,13 +315,14 @@ pub fn validate_step(
         now: run.now,
         installed_not_after: installed_not_after(spec),
         force: run.force,
+        anchors: &run.settings.anchors,
     };
     match validate(bundle, &policy) {
         Ok(v) => {
             report.leaf = Some(v.leaf_fingerprint());
             let info = v.info();
             let msg = format!(
-                "{} for {} ({}), {} days left, key matches, chain in order",
+                "{} for {} ({}), {} days left, key matches, chain in order to a trusted CA",
                 v.leaf_fingerprint().short(),
                 info.sans.join(", "),
                 info.key_type,
@@ -255,14 +379,66 @@ pub fn compare_step(
     }
 }
 
-/// Step 5: install into every destination.
+/// Before step 5: warn when the new leaf drops a name the installed leaf
+/// covers, or a literal name of mailcow.conf's `ADDITIONAL_SAN`. A warning
+/// only: the configured `hostnames` are the rule, checked by validation.
+pub fn lost_names_step(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    pair: &ValidatedBundle,
+    report: &mut CertReport,
+) {
+    let sans = &pair.info().sans;
+    let installed = install::read_installed_cert(&main_dest(spec))
+        .ok()
+        .flatten()
+        .and_then(|c| c.info);
+    let additional = run
+        .settings
+        .mailcow
+        .as_ref()
+        .map(|m| m.additional_sans.clone())
+        .unwrap_or_default();
+    let earlier = installed
+        .as_ref()
+        .map(|i| ("the installed one", i.sans.as_slice()));
+    for warning in mailcow::lost_name_warnings("the new certificate", sans, earlier, &additional) {
+        tracing::warn!(cert = %spec.name, leaf = %pair.leaf_fingerprint(), "{warning}");
+        report.warn(warning);
+    }
+}
+
+/// Step 5: install into every destination: the configured pair, and the
+/// per-domain folders whose every listed name the leaf covers. Every other
+/// folder mailcow serves is named in the report, with why.
 pub fn install_step(
     run: &Run<'_>,
     spec: &CertSpec,
     pair: &ValidatedBundle,
     report: &mut CertReport,
 ) -> Result<(), StepFailed> {
-    let dests = destinations(spec);
+    let mut dests = vec![main_dest(spec)];
+    match folders(spec, &pair.info().sans) {
+        Ok(f) => {
+            dests.extend(f.write);
+            for why in f.left {
+                tracing::warn!(cert = %spec.name, "{why}");
+                report.warn(why);
+            }
+        }
+        Err(e) => {
+            let root = spec
+                .folders_root
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            let why = format!(
+                "cannot list mailcow's per-domain folders in {}: {e}; only the configured pair is installed",
+                root.display()
+            );
+            tracing::warn!(cert = %spec.name, "{why}");
+            report.warn(why);
+        }
+    }
     let names = || {
         dests
             .iter()
@@ -304,19 +480,19 @@ pub async fn deliver<P: PostInstall>(
         return;
     }
     let Some(pair) = validate_step(run, spec, bundle, report) else {
-        stage::clear(&run.settings.staging_dir, &spec.name);
+        run.staging.clear(&spec.name);
         return;
     };
     finish(run, spec, &pair, post, report).await;
     if !run.dry_run {
-        stage::clear(&run.settings.staging_dir, &spec.name);
+        run.staging.clear(&spec.name);
     }
 }
 
 /// Steps 4–7 for a validated pair.
 ///
 /// A pair already installed is not installed again, but a reload still owed
-/// from an earlier run (see [`owed_reload_marker`]) is retried here, so a
+/// from an earlier run (see [`Entry::ReloadOwed`]) is retried here, so a
 /// push of the same pair settles it.
 pub async fn finish<P: PostInstall>(
     run: &Run<'_>,
@@ -328,18 +504,22 @@ pub async fn finish<P: PostInstall>(
     match compare_step(spec, pair, report) {
         Ok(true) => {}
         Ok(false) => {
-            if reload_owed(run.settings, &spec.name) {
+            if reload_owed(run.staging, &spec.name) {
                 settle_owed(run, spec, pair.leaf_fingerprint(), post, report).await;
             }
             return;
         }
         Err(StepFailed) => return,
     }
+    lost_names_step(run, spec, pair, report);
     if install_step(run, spec, pair, report).is_err() {
         return;
     }
     if !run.dry_run {
         record_installed_at(run, spec);
+        if let Err(e) = run.staging.remove(Entry::RepairOwed(&spec.name)) {
+            tracing::error!(cert = %spec.name, "{e}");
+        }
     }
     reload_and_verify(run, spec, pair.leaf_fingerprint(), post, report).await;
 }
@@ -358,23 +538,21 @@ async fn reload_and_verify<P: PostInstall>(
     if run.dry_run {
         return;
     }
-    let marker = owed_reload_marker(run.settings, &spec.name);
+    let marker = Entry::ReloadOwed(&spec.name);
     if failed_reloads(report) > failed_before {
-        // `deploy` runs as root in a staging dir the serve user owns: never
-        // follow a link planted there.
-        if let Err(e) = crate::fsutil::replace(&marker, format!("{leaf}\n").as_bytes(), 0o600, None)
+        if let Err(e) = run
+            .staging
+            .write(marker, format!("{leaf}\n").as_bytes(), 0o600)
         {
-            tracing::error!(cert = %spec.name, "cannot remember the owed reload in {}: {e}; run `certsync-receive deploy` once Docker is back", marker.display());
+            tracing::error!(cert = %spec.name, "cannot remember the owed reload: {e}; run `certsync-receive deploy` once Docker is back");
         } else {
-            tracing::warn!(cert = %spec.name, marker = %marker.display(), "reload owed; the next deploy, check or push retries it");
+            tracing::warn!(cert = %spec.name, marker = %run.staging.display(marker).display(), "reload owed; the next deploy, check or push retries it");
         }
     } else {
-        match std::fs::remove_file(&marker) {
-            Ok(()) => tracing::info!(cert = %spec.name, "the owed reload is done"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::error!(cert = %spec.name, "cannot remove {}: {e}", marker.display())
-            }
+        match run.staging.remove(marker) {
+            Ok(true) => tracing::info!(cert = %spec.name, "the owed reload is done"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(cert = %spec.name, "{e}"),
         }
     }
     post.verify(spec, leaf, report).await;
@@ -395,7 +573,7 @@ async fn settle_owed<P: PostInstall>(
     post: &P,
     report: &mut CertReport,
 ) {
-    let marker = owed_reload_marker(run.settings, &spec.name);
+    let marker = run.staging.display(Entry::ReloadOwed(&spec.name));
     tracing::info!(cert = %spec.name, marker = %marker.display(), "retrying the reload owed since an earlier install");
     let what = if run.dry_run {
         "would retry it"
@@ -420,7 +598,7 @@ pub async fn retry_owed<P: PostInstall>(
     spec: &CertSpec,
     post: &P,
 ) -> Option<CertReport> {
-    if !reload_owed(run.settings, &spec.name) {
+    if !reload_owed(run.staging, &spec.name) {
         return None;
     }
     let mut cr = CertReport::new(&spec.name, None);
@@ -449,42 +627,31 @@ pub async fn retry_owed<P: PostInstall>(
     Some(cr)
 }
 
-/// Where a failed reload is remembered so that the next run retries it.
-pub fn owed_reload_marker(settings: &Settings, name: &str) -> PathBuf {
-    settings.staging_dir.join(format!("{name}.reload-owed"))
-}
-
 /// Is a reload of this certificate's services still owed?
-pub fn reload_owed(settings: &Settings, name: &str) -> bool {
-    owed_reload_marker(settings, name).exists()
+pub fn reload_owed(staging: &StagingDir, name: &str) -> bool {
+    staging.exists(Entry::ReloadOwed(name))
 }
 
-/// Where the time of the last successful install is kept (Unix seconds),
-/// for `check --metrics`. The pair on disk stays the truth for everything
+/// Remember the time of this successful install (Unix seconds), for
+/// `check --metrics`. The pair on disk stays the truth for everything
 /// else; this file only answers "when".
-pub fn installed_at_file(settings: &Settings, name: &str) -> PathBuf {
-    settings.staging_dir.join(format!("{name}.installed-at"))
-}
-
 fn record_installed_at(run: &Run<'_>, spec: &CertSpec) {
-    let path = installed_at_file(run.settings, &spec.name);
-    let res = crate::fsutil::replace(
-        &path,
-        format!("{}\n", unix(run.now)).as_bytes(),
-        0o600,
-        None,
-    );
-    if let Err(e) = res {
+    let entry = Entry::InstalledAt(&spec.name);
+    if let Err(e) = run
+        .staging
+        .write(entry, format!("{}\n", unix(run.now)).as_bytes(), 0o600)
+    {
         // Only the metrics lose the timestamp; the install itself is done.
-        tracing::warn!(cert = %spec.name, "cannot record the install time in {}: {e}", path.display());
+        tracing::warn!(cert = %spec.name, "cannot record the install time: {e}");
     }
 }
 
 /// The last successful install of `name`, in Unix seconds, if recorded.
-pub fn installed_at(settings: &Settings, name: &str) -> Option<i64> {
-    std::fs::read_to_string(installed_at_file(settings, name))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
+/// Read capped and never through a link: whoever owns the staging dir may
+/// have put a link to /dev/zero there.
+pub fn installed_at(staging: &StagingDir, name: &str) -> Option<i64> {
+    let bytes = staging.read(Entry::InstalledAt(name)).ok().flatten()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -530,6 +697,9 @@ mod tests {
             deploy: DeployMode::Inline,
             handoff_timeout: std::time::Duration::from_secs(1),
             read_timeout: std::time::Duration::from_secs(1),
+            allow_remote_force: false,
+            anchors: certsync_core::testutil::test_anchors(),
+            session_timeout: std::time::Duration::from_secs(10),
             certs: vec![CertSpec {
                 name: "mail".into(),
                 hostnames: vec!["mail.example.com".into()],
@@ -537,9 +707,10 @@ mod tests {
                 key_path: ssl.join("key.pem"),
                 reload: vec!["postfix-mailcow".into()],
                 verify: vec![],
-                sni_dirs: vec![],
+                folders_root: None,
             }],
             docker: DockerConfig::default(),
+            project_alternates: vec![],
             mailcow: None,
         }
     }
@@ -548,13 +719,14 @@ mod tests {
     async fn a_failed_reload_is_owed_until_a_later_run_succeeds() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path());
-        crate::stage::ensure_dir(&s.staging_dir).unwrap();
+        let staging = StagingDir::open(&s.staging_dir).unwrap();
         let spec = &s.certs[0];
         let run = Run {
             settings: &s,
+            staging: &staging,
             now: SystemTime::now(),
             dry_run: false,
-            force: false,
+            force: Force::No,
         };
         let post = Flaky {
             fail: Cell::new(true),
@@ -567,30 +739,30 @@ mod tests {
         let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
         finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(cr.exit, ExitCode::Unverified, "{cr}");
-        assert!(reload_owed(&s, "mail"));
+        assert!(reload_owed(&staging, "mail"));
         assert!(
-            installed_at(&s, "mail").is_some(),
+            installed_at(&staging, "mail").is_some(),
             "the install is recorded"
         );
         assert_eq!(post.verifies.get(), 1, "verify still runs");
         assert!(retry_owed(&run, spec, &post)
             .await
             .is_some_and(|r| r.exit == ExitCode::Unverified));
-        assert!(reload_owed(&s, "mail"), "still failing: still owed");
+        assert!(reload_owed(&staging, "mail"), "still failing: still owed");
 
         // The same pair again: nothing to install, but the owed reload runs.
         post.fail.set(false);
-        let (wanted, _) = decide_owed(&s, spec, &offered(&leaf));
+        let (wanted, _) = decide_owed(&staging, spec, &offered(&leaf));
         assert_eq!(wanted, Wanted::Send, "a push is asked to deliver it again");
         let mut cr = CertReport::new("mail", None);
         let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
         finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(cr.exit, ExitCode::Success, "{cr}");
         assert!(cr.nothing_to_do);
-        assert!(!reload_owed(&s, "mail"));
+        assert!(!reload_owed(&staging, "mail"));
         assert_eq!(post.reloads.get(), 3);
         assert!(retry_owed(&run, spec, &post).await.is_none());
-        let (wanted, _) = decide_owed(&s, spec, &offered(&leaf));
+        let (wanted, _) = decide_owed(&staging, spec, &offered(&leaf));
         assert_eq!(wanted, Wanted::Have);
     }
 
@@ -609,12 +781,13 @@ mod tests {
     async fn a_dry_run_writes_no_marker() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path());
-        crate::stage::ensure_dir(&s.staging_dir).unwrap();
+        let staging = StagingDir::open(&s.staging_dir).unwrap();
         let run = Run {
             settings: &s,
+            staging: &staging,
             now: SystemTime::now(),
             dry_run: true,
-            force: false,
+            force: Force::No,
         };
         let post = Flaky {
             fail: Cell::new(true),
@@ -627,7 +800,7 @@ mod tests {
         finish(&run, &s.certs[0], &pair, &post, &mut cr).await;
         assert_eq!(post.reloads.get(), 1);
         assert_eq!(post.verifies.get(), 0);
-        assert!(!reload_owed(&s, "mail"));
-        assert!(installed_at(&s, "mail").is_none());
+        assert!(!reload_owed(&staging, "mail"));
+        assert!(installed_at(&staging, "mail").is_none());
     }
 }

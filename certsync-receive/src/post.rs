@@ -6,7 +6,7 @@
 //! - Both steps run after the pair is installed, so neither undoes it: a
 //!   failure is a failed step with exit 4 ([`ExitCode::Unverified`]) whose
 //!   message names the service or endpoint and what to do. The pipeline
-//!   remembers a failed reload ([`crate::pipeline::owed_reload_marker`]).
+//!   remembers a failed reload ([`crate::stage::Entry::ReloadOwed`]).
 //! - Nothing is silently skipped: an empty `reload` or `verify` list is a
 //!   "skipped: none configured" step; every service and every endpoint gets
 //!   a line of its own.
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use certsync_core::bundle::{parse_chain, CertInfo};
+use certsync_core::protocol::MAX_CHAIN_BYTES;
 use certsync_core::report::{CertReport, Step};
 use certsync_core::{ExitCode, Fingerprint};
 
@@ -46,7 +47,10 @@ impl PostInstall for Post<'_> {
             return;
         }
         let plan = match ReloadPlan::from_config(&self.settings.docker, &spec.reload) {
-            Ok(plan) => plan,
+            Ok(plan) => ReloadPlan {
+                project_alternates: self.settings.project_alternates.clone(),
+                ..plan
+            },
             Err(e) => {
                 report.failed(Step::Reload, e.to_string(), ExitCode::Unverified);
                 return;
@@ -167,8 +171,9 @@ fn sni_folders(ssl_dir: &Path) -> Vec<(PathBuf, Option<CertInfo>)> {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| {
-            let info = std::fs::read(e.path().join("cert.pem"))
+            let info = crate::fsutil::read_capped(&e.path().join("cert.pem"), MAX_CHAIN_BYTES)
                 .ok()
+                .flatten()
                 .and_then(|pem| parse_chain(&pem).ok())
                 .and_then(|certs| certs.first().map(CertInfo::of));
             (e.path(), info)
@@ -178,23 +183,24 @@ fn sni_folders(ssl_dir: &Path) -> Vec<(PathBuf, Option<CertInfo>)> {
     dirs
 }
 
-/// mailcow serves `data/assets/ssl/<domain>/cert.pem` ahead of the
-/// top-level pair for SNI names that folder covers (ENABLE_SSL_SNI). A
-/// folder holding the served certificate, or covering our hostnames, is
-/// the likely explanation of a mismatch: name it.
+/// mailcow serves `data/assets/ssl/<dir>/cert.pem` ahead of the top-level
+/// pair for the names in `<dir>/domains`, whatever ENABLE_SSL_SNI says
+/// ([`crate::mailcow`]). A folder holding the served certificate, or
+/// serving our hostnames, is the likely explanation of a mismatch: name it.
 fn sni_hint(ssl_dir: &Path, spec: &CertSpec, served: Fingerprint) -> String {
-    let covering = mailcow::sni_dirs_covering(ssl_dir, &spec.hostnames);
+    let serving = mailcow::folders_serving(ssl_dir, &spec.hostnames);
     let mut hints = Vec::new();
     for (dir, info) in sni_folders(ssl_dir) {
         if info.as_ref().is_some_and(|i| i.fingerprint == served) {
             hints.push(format!(
-                "{} holds the served certificate: mailcow serves that per-domain folder ahead of {}; remove the folder or add its domain to hostnames",
+                "{} holds the served certificate: mailcow serves that per-domain folder ahead of {}; push a certificate that covers every name in {}, or remove or archive the folder and restart postfix-mailcow, dovecot-mailcow and nginx-mailcow",
                 dir.join("cert.pem").display(),
-                spec.cert_path.display()
+                spec.cert_path.display(),
+                dir.join("domains").display(),
             ));
-        } else if covering.contains(&dir) {
+        } else if serving.contains(&dir) {
             hints.push(format!(
-                "per-domain folder {} covers {} and was given the new pair too; was the daemon reloaded after it?",
+                "per-domain folder {} serves {} (its domains file lists it); postfix-mailcow and dovecot-mailcow read these folders when they start",
                 dir.display(),
                 spec.hostnames.join(", ")
             ));
@@ -217,9 +223,16 @@ mod tests {
         let ssl = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
         let served = ca.leaf(KeyKind::P256, &["mail.example.com"]);
-        let folder = ssl.path().join("mail.example.com");
+        // Named after nothing: its domains file decides what it serves.
+        let folder = ssl.path().join("acme-old");
         std::fs::create_dir(&folder).unwrap();
         std::fs::write(folder.join("cert.pem"), &served.chain_pem).unwrap();
+        std::fs::write(folder.join("key.pem"), served.key_pem.expose()).unwrap();
+        std::fs::write(
+            folder.join("domains"),
+            "mail.example.com autodiscover.example.com",
+        )
+        .unwrap();
         let other = ssl.path().join("other.example.org");
         std::fs::create_dir(&other).unwrap();
         std::fs::write(other.join("cert.pem"), &served.chain_pem).unwrap();
@@ -230,7 +243,7 @@ mod tests {
             key_path: ssl.path().join("key.pem"),
             reload: vec![],
             verify: vec![],
-            sni_dirs: vec![folder.clone()],
+            folders_root: None,
         };
         let hint = sni_hint(ssl.path(), &spec, served.fingerprint());
         assert!(
@@ -246,7 +259,7 @@ mod tests {
         let hint = sni_hint(ssl.path(), &spec, unrelated);
         assert!(
             hint.contains(&format!(
-                "per-domain folder {} covers mail.example.com",
+                "per-domain folder {} serves mail.example.com",
                 folder.display()
             )),
             "{hint}"

@@ -67,6 +67,11 @@ pub struct ReloadPlan {
     /// `com.docker.compose.project` to match; `None` accepts any single
     /// project.
     pub project: Option<String>,
+    /// Other spellings of `project`, tried in order for a service that has
+    /// no container in `project`: with COMPOSE_PROJECT_NAME unset, compose
+    /// v2 names the project `mailcow-dockerized` and old docker-compose v1
+    /// `mailcowdockerized` ([`crate::mailcow::project_names`]).
+    pub project_alternates: Vec<String>,
     pub services: Vec<ServiceReload>,
 }
 
@@ -100,6 +105,7 @@ impl ReloadPlan {
         Ok(ReloadPlan {
             socket: docker.socket(),
             project: docker.project.clone(),
+            project_alternates: Vec::new(),
             services,
         })
     }
@@ -269,7 +275,8 @@ pub async fn reload(plan: &ReloadPlan, dry_run: bool) -> Result<Vec<ServiceOutco
     let docker = connect(&plan.socket).await?;
     let mut outcomes = Vec::with_capacity(plan.services.len());
     for service in &plan.services {
-        let outcome = reload_service(&docker, plan.project.as_deref(), service, dry_run).await;
+        let project = project_for(&docker, plan, &service.service).await;
+        let outcome = reload_service(&docker, project.as_deref(), service, dry_run).await;
         tracing::info!(
             service = %outcome.service,
             status = %outcome.status,
@@ -280,6 +287,30 @@ pub async fn reload(plan: &ReloadPlan, dry_run: bool) -> Result<Vec<ServiceOutco
         outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// The project to match for `service`: the plan's, unless none of its
+/// containers is there and an alternate spelling has some.
+async fn project_for(docker: &Docker, plan: &ReloadPlan, service: &str) -> Option<String> {
+    let project = plan.project.as_deref()?;
+    if plan.project_alternates.is_empty() {
+        return Some(project.to_string());
+    }
+    // A listing error is reported by reload_service's own listing.
+    match list(docker, Some(project), service).await {
+        Ok(found) if found.is_empty() => {}
+        _ => return Some(project.to_string()),
+    }
+    for alt in &plan.project_alternates {
+        if list(docker, Some(alt), service)
+            .await
+            .is_ok_and(|found| !found.is_empty())
+        {
+            tracing::info!(service, "no container in compose project {project:?}; found the service in {alt:?} (the other spelling of an unset COMPOSE_PROJECT_NAME)");
+            return Some(alt.clone());
+        }
+    }
+    Some(project.to_string())
 }
 
 /// A container as this module needs it.

@@ -9,7 +9,8 @@
 //! clear error and nothing outside the staging dir touched: nothing is
 //! written at all before the pusher's bundles have been read in full.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use certsync_core::bundle::Bundle;
@@ -19,6 +20,7 @@ use certsync_core::protocol::{
     WireError,
 };
 use certsync_core::report::{CertReport, Report, Step};
+use certsync_core::validate::Force;
 use certsync_core::ExitCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -26,6 +28,7 @@ use crate::handoff;
 use crate::lock;
 use crate::pipeline::{self, PostInstall, Run};
 use crate::settings::Settings;
+use crate::stage::{Entry, StagingDir};
 
 /// How long a session waits for another receiver to finish.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
@@ -69,6 +72,48 @@ fn proto(e: ProtocolError) -> Failure {
     (ExitCode::Runtime, format!("protocol: {e}"))
 }
 
+/// The next message, within the session's deadline: each frame has its
+/// own timeout (`read_timeout`), and the pusher's frames have
+/// `session_timeout` in all (hello and offer; then again from taking the
+/// lock to done), so a pusher that sends a frame now and then cannot hold
+/// the receiver's lock for long.
+async fn next<R: AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
+    expected: &'static str,
+    deadline: tokio::time::Instant,
+    limit: Duration,
+) -> Result<Message, Failure> {
+    match tokio::time::timeout_at(deadline, reader.next(expected)).await {
+        Ok(m) => m.map_err(proto),
+        Err(_) => Err((
+            ExitCode::Runtime,
+            format!(
+                "protocol: the pusher did not finish its side of the session within {}s (session_timeout); dropped it",
+                limit.as_secs()
+            ),
+        )),
+    }
+}
+
+/// Refuse an offer that names a certificate twice: each name is decided,
+/// sent and installed once.
+fn check_unique(offer: &Offer) -> Result<(), Failure> {
+    let mut seen = BTreeSet::new();
+    for c in &offer.certs {
+        if !seen.insert(c.name.as_str()) {
+            return Err((
+                ExitCode::Usage,
+                // The reader checked the name's characters (`valid_name`).
+                format!(
+                    "protocol: the offer names {:?} more than once; refused",
+                    c.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn session<R, W, P>(
     settings: &Settings,
     input: R,
@@ -81,11 +126,13 @@ where
     W: AsyncWrite + Unpin,
     P: PostInstall,
 {
+    let limit = settings.session_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
     let mut reader = Reader::new(input, limits);
     write_message(output, &Message::Hello(Hello::new(AGENT, false, false)))
         .await
         .map_err(proto)?;
-    let hello = match reader.next("hello").await.map_err(proto)? {
+    let hello = match next(&mut reader, "hello", deadline, limit).await? {
         Message::Hello(h) => h,
         other => {
             return Err(proto(ProtocolError::Unexpected {
@@ -95,9 +142,18 @@ where
         }
     };
     hello.check().map_err(proto)?;
-    tracing::info!(peer = %hello.agent, dry_run = hello.dry_run, force = hello.force, "session started");
+    tracing::info!(peer = %hello.agent_for_log(), dry_run = hello.dry_run, force = hello.force, "session started");
+    let force = settings.remote_force(hello.force);
+    if force == Force::RemoteRefused {
+        let line = format!(
+            "the pusher asked for --force, but {} does not set allow_remote_force = true: a rollback will be refused (root on this host can force locally)",
+            settings.config_path.display()
+        );
+        tracing::warn!("{line}");
+        let _ = write_message(output, &Message::Log(line)).await;
+    }
 
-    let offer: Offer = match reader.next("offer").await.map_err(proto)? {
+    let offer: Offer = match next(&mut reader, "offer", deadline, limit).await? {
         Message::Offer(o) => o,
         other => {
             return Err(proto(ProtocolError::Unexpected {
@@ -107,14 +163,18 @@ where
         }
     };
 
+    check_unique(&offer)?;
+
     // One receiver at a time, from the compare to the report.
-    crate::stage::ensure_dir(&settings.staging_dir)
-        .map_err(|e| (ExitCode::Runtime, e.to_string()))?;
-    let dir = settings.staging_dir.clone();
-    let lock = tokio::task::spawn_blocking(move || lock::acquire(&dir, LOCK_TIMEOUT, || {}))
+    let staging = Arc::new(
+        StagingDir::open(&settings.staging_dir).map_err(|e| (ExitCode::Runtime, e.to_string()))?,
+    );
+    let lock = lock::acquire(&staging, Entry::Lock, LOCK_TIMEOUT, || {})
         .await
-        .map_err(|e| (ExitCode::Runtime, format!("lock task failed: {e}")))?
         .map_err(|e| (ExitCode::Runtime, e.to_string()))?;
+    // The limit bounds how long this pusher holds the lock: it counts from
+    // here for the rest of the pusher's side (want to done).
+    let deadline = tokio::time::Instant::now() + limit;
     if let Some(waited) = lock.waited {
         let line = format!(
             "waited {:.1}s for another certsync-receive to finish",
@@ -151,11 +211,11 @@ where
                 // In handoff mode root's `deploy` repairs; this side may not
                 // even read key.pem.
                 if settings.deploy != DeployMode::Handoff {
-                    if let Err(e) = pipeline::recover(spec) {
+                    if let Err(e) = pipeline::recover(&staging, spec) {
                         tracing::error!(cert = %spec.name, "{e}");
                     }
                 }
-                let (wanted, message) = pipeline::decide_owed(settings, spec, offered);
+                let (wanted, message) = pipeline::decide_owed(&staging, spec, offered);
                 if wanted == Wanted::Have {
                     tracing::info!(cert = %spec.name, leaf = %offered.leaf, "nothing to do: this pair is already installed");
                     cr.nothing_to_do = true;
@@ -189,7 +249,7 @@ where
         .collect();
     let mut bundles: Vec<(String, Bundle)> = Vec::new();
     loop {
-        match reader.next("bundle or done").await.map_err(proto)? {
+        match next(&mut reader, "bundle or done", deadline, limit).await? {
             Message::Bundle { name, bundle } => {
                 let Some(pos) = wanted.iter().position(|w| *w == name) else {
                     return Err(proto(ProtocolError::Malformed {
@@ -231,9 +291,10 @@ where
 
     let run = Run {
         settings,
+        staging: &staging,
         now: SystemTime::now(),
         dry_run: hello.dry_run,
-        force: hello.force,
+        force,
     };
     let handoff = settings.deploy == DeployMode::Handoff && !run.dry_run;
     let mut staged = Vec::new();
@@ -248,17 +309,27 @@ where
         if handoff {
             if pipeline::stage_step(&run, spec, &bundle, cr).is_ok() {
                 if let Some(pair) = pipeline::validate_step(&run, spec, bundle, cr) {
-                    let changed = pipeline::compare_step(spec, &pair, cr) == Ok(true);
+                    // This side may not read key.pem: root found the pair
+                    // broken, so root compares and repairs.
+                    let changed = if pipeline::repair_owed(&staging, &name) {
+                        cr.done(
+                            Step::Compare,
+                            "root found the installed pair broken; root's deploy repairs it",
+                        );
+                        true
+                    } else {
+                        pipeline::compare_step(spec, &pair, cr) == Ok(true)
+                    };
                     // An unchanged pair with a reload still owed goes to
                     // root's deploy too: it retries the reload.
-                    if changed || pipeline::reload_owed(settings, &name) {
+                    if changed || pipeline::reload_owed(&staging, &name) {
                         staged.push(name.clone());
                     } else {
                         // Nothing for root to do: no key stays in staging.
-                        crate::stage::clear(&settings.staging_dir, &name);
+                        staging.clear(&name);
                     }
                 } else {
-                    crate::stage::clear(&settings.staging_dir, &name);
+                    staging.clear(&name);
                 }
             }
         } else {
@@ -266,15 +337,17 @@ where
         }
     }
     if handoff && !staged.is_empty() {
+        // What the pusher asked; root's `deploy` weighs it against its
+        // own reading of allow_remote_force, never trusting this file.
         let req = handoff::Request {
             id: handoff::new_id(),
             names: staged.clone(),
-            force: run.force,
+            force: hello.force,
         };
-        let outcome = match handoff::write_request(&settings.staging_dir, &req) {
+        let outcome = match handoff::write_request(&staging, &req) {
             Ok(()) => {
                 tracing::info!("handed {} to root's deploy; waiting", staged.join(", "));
-                handoff::wait_result(&settings.staging_dir, &req.id, settings.handoff_timeout).await
+                handoff::wait_result(&staging, &req.id, settings.handoff_timeout).await
             }
             Err(e) => Err(e),
         };

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use certsync_core::config::{DeployMode, DockerConfig, ReceiveConfig};
+use certsync_core::validate::{Anchors, Force};
 
 use crate::error::ReceiveError;
 use crate::mailcow::{self, MailcowConf};
@@ -23,9 +24,11 @@ pub struct CertSpec {
     pub reload: Vec<String>,
     /// Endpoints to check on the wire (`"127.0.0.1:25 smtp"`).
     pub verify: Vec<String>,
-    /// mailcow's per-domain folders (`data/assets/ssl/<domain>/`) whose
-    /// names are covered by this certificate; they get the pair too.
-    pub sni_dirs: Vec<PathBuf>,
+    /// With the `[mailcow]` preset: mailcow's ssl dir, whose per-domain
+    /// folders (`<dir>/` holding `domains`, `cert.pem`, `key.pem`) get the
+    /// new pair too when it covers every name in their `domains` file.
+    /// Decided per install, from the new leaf ([`crate::mailcow`]).
+    pub folders_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,9 +39,20 @@ pub struct Settings {
     pub handoff_timeout: Duration,
     /// How long each protocol frame may take to arrive.
     pub read_timeout: Duration,
+    /// How long one pusher may hold the receiver's lock for its frames
+    /// (and, before the lock, for hello and offer).
+    pub session_timeout: Duration,
     pub certs: Vec<CertSpec>,
     pub docker: DockerConfig,
+    /// Other spellings of the compose project, tried when no container is
+    /// in `docker.project`: only when the project came from mailcow.conf
+    /// without a COMPOSE_PROJECT_NAME ([`mailcow::project_names`]).
+    pub project_alternates: Vec<String>,
     pub mailcow: Option<MailcowConf>,
+    /// `allow_remote_force`: whether a pusher's `--force` counts.
+    pub allow_remote_force: bool,
+    /// What chains must verify to: the system store and `ca_file`.
+    pub anchors: Anchors,
 }
 
 impl Settings {
@@ -54,8 +68,13 @@ impl Settings {
             None => None,
         };
         let mut docker = raw.docker.clone().unwrap_or_default();
+        let mut project_alternates = Vec::new();
         if docker.project.is_none() {
             docker.project = mc.as_ref().map(|m| m.project.clone());
+            project_alternates = mc
+                .as_ref()
+                .map(|m| m.project_alternates.clone())
+                .unwrap_or_default();
         }
         let mut certs = Vec::new();
         for c in &raw.certs {
@@ -94,10 +113,7 @@ impl Settings {
                     .collect(),
                 (None, None) => Vec::new(),
             };
-            let sni_dirs = match &mc {
-                Some(m) => mailcow::sni_dirs_covering(&m.ssl_dir(), &hostnames),
-                None => Vec::new(),
-            };
+            let folders_root = mc.as_ref().map(|m| m.ssl_dir());
             certs.push(CertSpec {
                 name: c.name.clone(),
                 hostnames,
@@ -105,19 +121,35 @@ impl Settings {
                 key_path,
                 reload,
                 verify,
-                sni_dirs,
+                folders_root,
             });
         }
+        let anchors = Anchors::load(raw.ca_file.as_deref())
+            .map_err(|e| ReceiveError::Settings(format!("{}: {e}", path.display())))?;
         Ok(Settings {
+            allow_remote_force: raw.allow_remote_force,
+            anchors,
             config_path: path.to_path_buf(),
             staging_dir: raw.staging_dir(),
             deploy: raw.deploy,
             handoff_timeout: raw.handoff_timeout(),
             read_timeout: raw.read_timeout(),
+            session_timeout: raw.session_timeout(),
             certs,
             docker,
+            project_alternates,
             mailcow: mc,
         })
+    }
+
+    /// What a `--force` from the pusher (on the wire, or in the request
+    /// file the unprivileged `serve` writes) is worth here.
+    pub fn remote_force(&self, asked: bool) -> Force {
+        match (asked, self.allow_remote_force) {
+            (false, _) => Force::No,
+            (true, true) => Force::Allowed,
+            (true, false) => Force::RemoteRefused,
+        }
     }
 
     pub fn cert(&self, name: &str) -> Option<&CertSpec> {

@@ -20,18 +20,18 @@ use std::path::{Path, PathBuf};
 
 use certsync_core::units::{self, DropIn, PathUse, UnitsError};
 
-use crate::handoff;
 use crate::install::under_home;
 use crate::settings::Settings;
+use crate::stage::Entry;
 
 pub const DEPLOY_SERVICE: &str = "certsync-deploy.service";
 pub const DEPLOY_PATH: &str = "certsync-deploy.path";
 pub const SERVICE_DROP_IN: &str = "certsync-paths.conf";
 pub const PATH_DROP_IN: &str = "certsync-staging.conf";
 
-/// The dirs root's deploy writes into: each install dir (mailcow's
-/// per-domain dirs lie inside its ssl dir, but are listed when they do
-/// not), then the staging dir.
+/// The dirs root's deploy writes into: each install dir and mailcow's ssl
+/// dir (whose per-domain folders get the pair too), a dir inside another
+/// one listed once, then the staging dir.
 pub fn writable_dirs(settings: &Settings) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for c in &settings.certs {
@@ -40,7 +40,8 @@ pub fn writable_dirs(settings: &Settings) -> Vec<PathBuf> {
                 dirs.push(parent.to_path_buf());
             }
         }
-        dirs.extend(c.sni_dirs.iter().cloned());
+        // mailcow's per-domain folders lie inside its ssl dir.
+        dirs.extend(c.folders_root.iter().cloned());
     }
     dirs.sort();
     dirs.dedup();
@@ -74,7 +75,7 @@ pub fn drop_ins(settings: &Settings) -> Result<[DropIn; 2], UnitsError> {
     let mut path = header(DEPLOY_PATH);
     path.push_str("[Path]\nPathExists=\nPathExists=");
     path.push_str(&units::unit_path_value(
-        &settings.staging_dir.join(handoff::REQUEST),
+        &settings.staging_dir.join(Entry::Request.name()),
         PathUse::Single,
     )?);
     path.push('\n');

@@ -30,7 +30,7 @@ complete -c certsync-push -n "__fish_certsync_push_needs_command" -s h -l help -
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -s V -l version -d 'Print version'
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "push" -d 'One pass: offer every cert to every target, send only what differs'
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "watch" -d 'Run until stopped; push whenever a live dir changes'
-complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "discover" -d 'List the certbot live dirs with subject, SANs, key type, notAfter, fingerprint and consistency'
+complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "discover" -d 'List the certbot live dirs (and NPM\'s uploaded certificates) with subject, SANs, key type, notAfter, fingerprint and consistency'
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "status" -d 'Per cert and target: the local fingerprint against the installed one (asks each receiver with a dry run; changes nothing)'
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "units" -d 'Write the systemd drop-in that makes certsync-push.path watch every live dir in the config (certsync-push.path.d/certsync-sources.conf), then say what to reload'
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "keygen" -d 'Make an ed25519 key pair (PATH 0600 and PATH.pub) and print the authorized_keys line for the receiving host'
@@ -45,7 +45,7 @@ complete -c certsync-push -n "__fish_certsync_push_using_subcommand push" -s h -
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand watch" -s c -l config -d 'The config file' -r -F
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand watch" -l log-format -d 'Log format: auto (journald under systemd, else text), text, json, journald' -r
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand watch" -s h -l help -d 'Print help'
-complete -c certsync-push -n "__fish_certsync_push_using_subcommand discover" -l live-root -d 'certbot\'s live dir [default: from the config\'s live_root or source, else /opt/npm/letsencrypt/live]' -r -F
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand discover" -l live-root -d 'certbot\'s live dir, or NPM\'s custom_ssl dir (uploaded certificates); repeat for several [default: the config\'s live_root and the dirs holding its sources, else /opt/npm/letsencrypt/live and /opt/npm/data/custom_ssl]' -r -F
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand discover" -s c -l config -d 'The config file' -r -F
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand discover" -l log-format -d 'Log format: auto (journald under systemd, else text), text, json, journald' -r
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand discover" -l json -d 'Print JSON instead of a table'
@@ -64,7 +64,7 @@ complete -c certsync-push -n "__fish_certsync_push_using_subcommand keygen" -l l
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand keygen" -s h -l help -d 'Print help'
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "push" -d 'One pass: offer every cert to every target, send only what differs'
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "watch" -d 'Run until stopped; push whenever a live dir changes'
-complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "discover" -d 'List the certbot live dirs with subject, SANs, key type, notAfter, fingerprint and consistency'
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "discover" -d 'List the certbot live dirs (and NPM\'s uploaded certificates) with subject, SANs, key type, notAfter, fingerprint and consistency'
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "status" -d 'Per cert and target: the local fingerprint against the installed one (asks each receiver with a dry run; changes nothing)'
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "units" -d 'Write the systemd drop-in that makes certsync-push.path watch every live dir in the config (certsync-push.path.d/certsync-sources.conf), then say what to reload'
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "keygen" -d 'Make an ed25519 key pair (PATH 0600 and PATH.pub) and print the authorized_keys line for the receiving host'

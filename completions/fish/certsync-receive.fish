@@ -41,6 +41,7 @@ complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand serve"
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand deploy" -s c -l config -d 'The config file' -r -F
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand deploy" -l log-format -d 'Log format: auto (journald under systemd, else text), text, json, journald' -r
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand deploy" -l dry-run -d 'Validate and say what would be done; change nothing'
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand deploy" -l force -d 'Allow a staged certificate that expires before the installed one (root\'s decision on this host; a pusher\'s --force counts only with allow_remote_force = true in receive.toml)'
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand deploy" -s h -l help -d 'Print help'
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand install" -l name -d 'The [[cert]] name in receive.toml' -r
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand install" -l cert -d 'The full chain (leaf first), e.g. fullchain.pem' -r -F

@@ -6,14 +6,17 @@
 //! layout, so mutations reach the key comparison, the name check, the
 //! validity window and the chain order, not just the PEM parser.
 //!
-//! Invariants: no panic for any input; a pair that validates has a key
-//! that matches its leaf and a leaf that covers the configured hostname.
+//! Invariants: no panic for any input, and nothing validates without a
+//! trust anchor: the policy trusts no CA at all, so every input must be
+//! refused — a crafted chain that got through would be a trust bypass.
+//! (Should one validate, it must still have a key that matches its leaf and
+//! a leaf that covers the configured hostname.)
 #![no_main]
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use certsync_core::bundle::{parse_chain, parse_key, san_dns_names, Bundle, SecretBytes};
-use certsync_core::validate::{san_matches, validate, Policy};
+use certsync_core::validate::{san_matches, validate, Anchors, Force, Policy};
 use libfuzzer_sys::fuzz_target;
 
 const HOST: &str = "mail.example.com";
@@ -39,18 +42,20 @@ fuzz_target!(|data: &[u8]| {
     // input's length, so both sides of every date rule are reachable.
     let later = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let policies = [
-        (std::time::SystemTime::now(), None, false),
-        (later, Some(i64::MAX), false),
-        (later, Some(i64::MIN), true),
+        (std::time::SystemTime::now(), None, Force::No),
+        (later, Some(i64::MAX), Force::RemoteRefused),
+        (later, Some(i64::MIN), Force::Allowed),
     ];
     {
         let (now, installed, force) = policies[data.len() % policies.len()];
         let bundle = Bundle::new(chain.to_vec(), SecretBytes::new(key.to_vec()));
+        let no_anchors = Anchors::only(Vec::new());
         let policy = Policy {
             hostnames: &hosts,
             now,
             installed_not_after: installed,
             force,
+            anchors: &no_anchors,
         };
         match validate(bundle, &policy) {
             Ok(v) => {
@@ -65,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
                     "validated a leaf that does not cover {HOST}"
                 );
                 assert_eq!(v.leaf_fingerprint(), v.info().fingerprint);
+                panic!("validated a pair with no trust anchor at all");
             }
             Err(e) => {
                 let _ = e.to_string();

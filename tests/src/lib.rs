@@ -11,6 +11,7 @@
 pub mod bins;
 pub mod docker;
 pub mod e2e;
+pub mod fakerecv;
 pub mod livedir;
 pub mod machine;
 pub mod netns;

@@ -30,6 +30,8 @@ impl Mailhost {
     }
 
     /// As [`Mailhost::new`], with extra top-level TOML (before `[[cert]]`).
+    /// The receiver trusts the test root ([`write_test_ca`]) unless `extra`
+    /// sets its own `ca_file`.
     pub fn with_extra(hostnames: &[&str], extra: &str) -> Mailhost {
         let root = tempfile::tempdir().expect("tempdir");
         let ssl = root.path().join("mailcow/data/assets/ssl");
@@ -41,8 +43,13 @@ impl Mailhost {
             .map(|h| format!("{h:?}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let ca_file = if extra.contains("ca_file") {
+            String::new()
+        } else {
+            format!("ca_file = {:?}\n", write_test_ca(root.path()))
+        };
         let text = format!(
-            "staging_dir = {staging:?}\nread_timeout = 2\n{extra}\n[[cert]]\nname = \"mail\"\nhostnames = [{hosts}]\ncert_path = {cert:?}\nkey_path = {key:?}\nreload = []\nverify = []\n",
+            "staging_dir = {staging:?}\nread_timeout = 2\n{ca_file}{extra}\n[[cert]]\nname = \"mail\"\nhostnames = [{hosts}]\ncert_path = {cert:?}\nkey_path = {key:?}\nreload = []\nverify = []\n",
             staging = staging,
             cert = ssl.join("cert.pem"),
             key = ssl.join("key.pem"),
@@ -54,6 +61,22 @@ impl Mailhost {
             staging,
             config,
         }
+    }
+
+    /// A mailcow checkout in `mailcow/` with this `mailcow.conf`, and a
+    /// receive.toml that uses the `[mailcow]` preset for `[[cert]] mail`
+    /// (no reload, no verify: no Docker needed) and trusts the test root.
+    pub fn mailcow(mailcow_conf: &str) -> Mailhost {
+        let host = Mailhost::new(&[]);
+        let dir = host.root.path().join("mailcow");
+        std::fs::write(dir.join("mailcow.conf"), mailcow_conf).expect("write mailcow.conf");
+        let text = format!(
+            "staging_dir = {staging:?}\nread_timeout = 2\nca_file = {ca_file:?}\n[mailcow]\ndir = {dir:?}\n[[cert]]\nname = \"mail\"\nreload = []\nverify = []\n",
+            staging = host.staging,
+            ca_file = write_test_ca(host.root.path()),
+        );
+        std::fs::write(&host.config, text).expect("write receive.toml");
+        host
     }
 
     pub fn cert_path(&self) -> PathBuf {
@@ -141,6 +164,19 @@ impl Mailhost {
         });
         out
     }
+}
+
+/// Write the process-wide test root (every `TestCa::new` chains to it) as
+/// `dir/test-ca.pem`, 0644, and return its path: what a test's
+/// receive.toml names as `ca_file`, since the receiver verifies every chain
+/// to a trust anchor.
+pub fn write_test_ca(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("test-ca.pem");
+    std::fs::write(&path, certsync_core::testutil::test_root_pem()).expect("write test-ca.pem");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod test-ca.pem");
+    path
 }
 
 fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {

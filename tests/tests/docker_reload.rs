@@ -36,6 +36,7 @@ fn plan(d: &Dockerd, project: Option<&str>, services: &[&str]) -> ReloadPlan {
     ReloadPlan {
         socket: d.socket().to_path_buf(),
         project: project.map(str::to_string),
+        project_alternates: vec![],
         services: services
             .iter()
             .map(|s| ServiceReload {
@@ -87,6 +88,41 @@ async fn mailcow_services_are_reloaded_inside_their_containers_and_a_decoy_is_un
     );
     assert_eq!(decoy.starts(), 1, "the decoy was restarted");
     assert_eq!(postfix.starts(), 1, "a successful reload must not restart");
+}
+
+/// mailcow.conf without COMPOSE_PROJECT_NAME: compose v2 names the project
+/// after the directory keeping its dash (`mailcow-dockerized`), old
+/// docker-compose v1 dropped it (`mailcowdockerized`). The preset matches
+/// the first and tries the second; without the alternate the containers of
+/// a v1-started mailcow are not found.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unset_compose_project_is_found_under_either_spelling() {
+    let Some(d) = engine() else { return };
+    let postfix = d.stand_in(
+        "mailcowdockerized_postfix-mailcow_1",
+        "mailcowdockerized",
+        "postfix-mailcow",
+        0,
+    );
+    let names =
+        certsync_receive::mailcow::project_names(None, Path::new("/opt/mailcow-dockerized"));
+    assert_eq!(names, ["mailcow-dockerized", "mailcowdockerized"]);
+
+    let mut p = plan(&d, Some(&names[0]), &["postfix-mailcow"]);
+    let without = reload(&p, false).await.unwrap();
+    assert_eq!(
+        outcome(&without, "postfix-mailcow").status,
+        ReloadStatus::Missing,
+        "{without:?}"
+    );
+    assert!(postfix.calls().is_empty());
+
+    p.project_alternates = names[1..].to_vec();
+    let with = reload(&p, false).await.unwrap();
+    let o = outcome(&with, "postfix-mailcow");
+    assert_eq!(o.status, ReloadStatus::Reloaded, "{o:?}");
+    assert_eq!(o.containers, ["mailcowdockerized_postfix-mailcow_1"]);
+    assert_eq!(postfix.calls(), ["postfix reload"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -226,6 +262,7 @@ async fn an_unreachable_socket_is_a_clear_error() {
     let plan = ReloadPlan {
         socket: socket.clone(),
         project: Some("mc".into()),
+        project_alternates: vec![],
         services: vec![ServiceReload {
             service: "postfix-mailcow".into(),
             command: vec!["postfix".into(), "reload".into()],

@@ -68,8 +68,9 @@ fn all_parts_present() -> bool {
         && require("a `certsync` login user", sshd::ensure_user(USER))
 }
 
-/// Who owns the installed key.pem (certsync keeps the owner of the file it
-/// replaces).
+/// Who owns the key.pem that mailcow had before the first push (the new
+/// one is root's either way: an owner is never inherited, docs/security.md
+/// item 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyOwner {
     /// The forced command's user: `serve` can read the installed pair to
@@ -165,10 +166,12 @@ impl MailcowFiles {
 
     fn write_config(&self, docker_socket: &Path) {
         let endpoints: Vec<&str> = ENDPOINTS.iter().map(|(e, _)| *e).collect();
+        let ca_file = certsync_tests::receiver::write_test_ca(self.config.parent().unwrap());
         let text = format!(
             r#"staging_dir = {staging:?}
 deploy = "handoff"
 handoff_timeout = 110
+ca_file = {ca_file:?}
 
 [[cert]]
 name = "mail"
@@ -415,14 +418,10 @@ fn renewal_is_served_end_to_end(owner: KeyOwner) {
 
     // ---- who did what: serve as `certsync` over the veth link, deploy as root
     let key_meta = std::fs::metadata(files.key()).unwrap();
-    let key_uid = match owner {
-        KeyOwner::ServeUser => user_id(USER).0,
-        KeyOwner::Root => 0,
-    };
     assert_eq!(
         (key_meta.uid(), key_meta.mode() & 0o777),
-        (key_uid, 0o600),
-        "key.pem keeps its owner and is 0600"
+        (0, 0o600),
+        "key.pem is root's and 0600, whoever owned the one it replaced ({owner:?})"
     );
     let cert_meta = std::fs::metadata(files.cert()).unwrap();
     assert_eq!(

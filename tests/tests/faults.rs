@@ -26,7 +26,7 @@ use certsync_core::report::Report;
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_push::transport::ssh::{connect, HostKeyPolicy, SshTarget};
 use certsync_receive::install::FAULT_POINTS;
-use certsync_receive::lock;
+use certsync_receive::stage::StagingDir;
 use certsync_tests::receiver::{offered, push_session, Mailhost};
 use certsync_tests::sshd::{self, client_key, forced_line, ClientKey, KeyType, Sshd};
 use certsync_tests::{bins, require};
@@ -228,7 +228,7 @@ async fn ssh_push(
 fn wait_lock_free(host: &Mailhost) -> Duration {
     let start = Instant::now();
     loop {
-        if let Ok(Some(_l)) = lock::try_acquire(&host.staging) {
+        if let Ok(Some(_l)) = StagingDir::open(&host.staging).unwrap().try_lock() {
             return start.elapsed();
         }
         assert!(
@@ -519,7 +519,7 @@ async fn staging_filesystem_full_is_a_clear_error() {
         return;
     };
     // The lock file and the cert's dir first (no data blocks), then fill.
-    lock::try_acquire(&host.staging).unwrap();
+    StagingDir::open(&host.staging).unwrap().try_lock().unwrap();
     let filler = host.staging.join("filler");
     {
         use std::io::Write;
@@ -591,7 +591,11 @@ async fn two_pushers_at_once_one_waits_and_says_so() {
     let want = client.offer(&new).await.unwrap();
     assert_eq!(want.certs[0].wanted, Wanted::Send);
     // The first receiver holds the lock now (it took it before its Want).
-    assert!(lock::try_acquire(&host.staging).unwrap().is_none());
+    assert!(StagingDir::open(&host.staging)
+        .unwrap()
+        .try_lock()
+        .unwrap()
+        .is_none());
 
     let pairs = vec![("mail", new.bundle(), new.fingerprint())];
     let cmd = serve_cmd(&host, None);
@@ -655,8 +659,9 @@ async fn docker_stopped_mid_reload_is_exit_4_with_the_pair_installed() {
     );
     // The reload command marks that it started, then takes its time.
     let config = format!(
-        "staging_dir = {staging:?}\nread_timeout = 5\n\n[[cert]]\nname = \"mail\"\nhostnames = [{HOST:?}]\ncert_path = {cert:?}\nkey_path = {key:?}\nreload = [\"postfix-mailcow\"]\nverify = []\n\n[docker]\nsocket = {socket:?}\nproject = \"faultproj\"\n\n[docker.reload]\n\"postfix-mailcow\" = [\"sh\", \"-c\", \"touch /observe/reload-started; sleep 30\"]\n",
+        "staging_dir = {staging:?}\nread_timeout = 5\nca_file = {ca_file:?}\n\n[[cert]]\nname = \"mail\"\nhostnames = [{HOST:?}]\ncert_path = {cert:?}\nkey_path = {key:?}\nreload = [\"postfix-mailcow\"]\nverify = []\n\n[docker]\nsocket = {socket:?}\nproject = \"faultproj\"\n\n[docker.reload]\n\"postfix-mailcow\" = [\"sh\", \"-c\", \"touch /observe/reload-started; sleep 30\"]\n",
         staging = host.staging,
+        ca_file = certsync_tests::receiver::write_test_ca(host.root.path()),
         cert = host.cert_path(),
         key = host.key_path(),
         socket = d.socket(),
@@ -726,6 +731,7 @@ async fn docker_stopped_mid_reload_at_the_reload_step() {
     let plan = ReloadPlan {
         socket: d.socket().to_path_buf(),
         project: Some("faultproj".into()),
+        project_alternates: vec![],
         services: vec![ServiceReload {
             service: "postfix-mailcow".into(),
             command: vec![

@@ -368,7 +368,7 @@ fn two_targets_in_one_run_and_a_third_that_is_down() {
 }
 
 #[test]
-fn dry_run_changes_nothing_and_force_allows_a_rollback() {
+fn dry_run_changes_nothing_and_a_remote_force_needs_allow_remote_force() {
     if !sshd::require() {
         return;
     }
@@ -421,6 +421,30 @@ fn dry_run_changes_nothing_and_force_allows_a_rollback() {
         refused.both()
     );
 
+    // Issue #11 item 3: a pusher's --force is the receiver's decision. Not
+    // opted in: refused over the real sshd, saying why and what to do,
+    // and nothing written.
+    let before = mail.snapshot();
+    let forced = npm.run(&["push", "--force"]);
+    assert_eq!(forced.code, Some(3), "{}", forced.both());
+    assert!(
+        forced.stdout.contains("rollback refused")
+            && forced.stdout.contains("does not allow a remote force")
+            && forced.stdout.contains("allow_remote_force = true")
+            && forced.stdout.contains("install --force"),
+        "{}",
+        forced.both()
+    );
+    assert_eq!(
+        mail.snapshot(),
+        before,
+        "a refused remote force wrote files"
+    );
+    assert!(installed_is_generation(&npm, &mail, 1), "{}", forced.both());
+
+    // Opted in: the same push installs the older pair.
+    let text = std::fs::read_to_string(&mail.config).unwrap();
+    std::fs::write(&mail.config, format!("allow_remote_force = true\n{text}")).unwrap();
     let forced = npm.run(&["push", "--force"]);
     assert_eq!(forced.code, Some(0), "{}", forced.both());
     assert!(installed_is_generation(&npm, &mail, 2), "{}", forced.both());
@@ -475,6 +499,57 @@ fn local_transport_runs_the_receiver_without_ssh() {
         "{}",
         status.both()
     );
+}
+
+/// NPM keeps uploaded certificates in `data/custom_ssl/npm-<id>/` as plain
+/// files. With `live_root` naming certbot's live dir and that dir, a push
+/// finds the domain in the second and installs exactly those bytes.
+#[test]
+fn a_push_finds_an_uploaded_certificate_under_a_second_live_root() {
+    let ca = TestCa::new();
+    let certbot = ca.leaf(KeyKind::P256, &["www.example.net"]);
+    let npm = NpmHost::new(&certbot);
+    let uploaded = ca.leaf(KeyKind::P384, &[HOST]);
+    let custom_root = npm.root.path().join("data/custom_ssl");
+    let custom = custom_root.join("npm-7");
+    std::fs::create_dir_all(&custom).unwrap();
+    std::fs::write(custom.join("fullchain.pem"), &uploaded.chain_pem).unwrap();
+    std::fs::write(custom.join("privkey.pem"), uploaded.key_pem.expose()).unwrap();
+    let mail = Mailhost::new(&[HOST]);
+    let certs = format!(
+        "[[cert]]\nname = \"mail\"\nlive_root = [{:?}, {:?}]\ndomain = \"{HOST}\"\n",
+        npm.live.live_root(),
+        custom_root
+    );
+    npm.write_config(&certs, &[local_target("here", &mail)]);
+
+    let first = npm.run(&["push"]);
+    assert_eq!(first.code, Some(0), "{}", first.both());
+    assert_eq!(
+        mail.installed(),
+        Some((
+            uploaded.chain_pem.clone(),
+            uploaded.key_pem.expose().to_vec()
+        )),
+        "{}",
+        first.both()
+    );
+    assert!(
+        first.stderr.contains(&custom.display().to_string()),
+        "the chosen dir is logged: {}",
+        first.both()
+    );
+
+    // discover without --live-root lists both roots of the config.
+    let listed = npm.run(&["discover"]);
+    assert_eq!(listed.code, Some(0), "{}", listed.both());
+    for root in [npm.live.live_root(), custom_root] {
+        assert!(
+            listed.stdout.contains(&format!("{}:\n", root.display())),
+            "{}",
+            listed.both()
+        );
+    }
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{now_unix, KeyKind, TestCa, TestLeaf, Validity};
-use certsync_push::discover::{discover, pick_for_domain, render_table};
+use certsync_push::discover::{
+    discover, discover_roots, pick_for_domain, pick_for_domain_in, render_table,
+};
 use certsync_push::source::{
     read_consistent, read_consistent_retry, Problem, Retry, SourceError, SourcePair,
 };
@@ -571,6 +573,176 @@ fn pick_for_domain_takes_the_newest_covering_lineage() {
     }
 }
 
+/// An uploaded ("custom") certificate as Nginx Proxy Manager writes it
+/// (backend/internal/certificate.js `writeCustomCert`): a dir
+/// `data/custom_ssl/npm-<id>/` with plain `fullchain.pem` (the certificate,
+/// a newline, the intermediate) and `privkey.pem`, no links, no cert.pem
+/// or chain.pem.
+fn custom_ssl(root: &Path, id: u32, leaf: &TestLeaf) -> std::path::PathBuf {
+    let dir = root.join(format!("data/custom_ssl/npm-{id}"));
+    fs::create_dir_all(&dir).unwrap();
+    let mut fullchain = leaf.cert_pem.clone();
+    fullchain.extend_from_slice(b"\n");
+    fullchain.extend_from_slice(&leaf.intermediates_pem);
+    fs::write(dir.join("fullchain.pem"), fullchain).unwrap();
+    fs::write(dir.join("privkey.pem"), leaf.key_pem.expose()).unwrap();
+    dir
+}
+
+/// NPM's custom_ssl dir is read like a plain copy: the key must match the
+/// leaf. Caught between NPM's two writes (new fullchain, old key) it is
+/// refused as inconsistent, and the retry reads the new pair once NPM has
+/// written the key.
+#[test]
+fn an_npm_custom_ssl_dir_is_read_consistently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let old = ca.leaf(KeyKind::P384, &["mail.example.com"]);
+    let dir = custom_ssl(tmp.path(), 3, &old);
+    let pair = read_consistent(&dir).unwrap();
+    assert_eq!(pair.info.fingerprint, old.fingerprint());
+    assert_eq!(pair.bundle.key.expose(), old.key_pem.expose());
+    assert_eq!(pair.generation, None);
+
+    // NPM rewrites fullchain.pem first, then privkey.pem.
+    let new = ca.leaf(KeyKind::P384, &["mail.example.com"]);
+    fs::write(dir.join("fullchain.pem"), &new.chain_pem).unwrap();
+    let err = read_consistent(&dir).unwrap_err();
+    assert!(
+        matches!(problems(&err), [Problem::KeyMismatch { .. }]),
+        "{err}"
+    );
+    assert!(!format!("{err} {err:?}").contains("PRIVATE KEY"));
+
+    let writer = {
+        let dir = dir.clone();
+        let key = new.key_pem.expose().to_vec();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            fs::write(dir.join("privkey.pem"), key).unwrap();
+        })
+    };
+    let retry = Retry {
+        window: Duration::from_secs(5),
+        interval: Duration::from_millis(50),
+    };
+    let pair = read_consistent_retry(&dir, retry).unwrap();
+    writer.join().unwrap();
+    assert!(is_pair_of(&pair, &new));
+}
+
+/// `live_root` may name certbot's live dir and NPM's custom_ssl dir: a
+/// domain is found in either, the newest covering certificate wins, and
+/// when none covers it the error names both roots and how to list them.
+#[test]
+fn live_root_searches_certbot_and_custom_ssl_dirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let ca = TestCa::new();
+    lineage(root, "npm-1", &ca, KeyKind::P384, &["mail.example.com"], 30);
+    lineage(root, "npm-2", &ca, KeyKind::P384, &["www.example.net"], 90);
+    let uploaded = ca.leaf_with(
+        KeyKind::Rsa2048,
+        &["mail.example.com", "smtp.example.org"],
+        Validity {
+            not_before: -3600,
+            not_after: 365 * 86_400,
+        },
+    );
+    let custom = custom_ssl(root, 3, &uploaded);
+    let roots = [root.join("live"), root.join("data/custom_ssl")];
+    let now = now_unix() + 3600;
+
+    let all = discover_roots(&roots, now).unwrap();
+    let dirs: Vec<_> = all.iter().map(|c| c.dir.clone()).collect();
+    assert_eq!(
+        dirs,
+        [
+            root.join("live/npm-1"),
+            root.join("live/npm-2"),
+            custom.clone()
+        ]
+    );
+    assert!(
+        all[2].consistent && all[2].generation.is_none(),
+        "{:?}",
+        all[2]
+    );
+
+    // Only in custom_ssl.
+    let picked = pick_for_domain_in(&roots, "smtp.example.org", now).unwrap();
+    assert_eq!(picked.dir, custom);
+    // In both: the newest notAfter, here the uploaded one.
+    assert_eq!(
+        pick_for_domain_in(&roots, "mail.example.com", now)
+            .unwrap()
+            .dir,
+        custom
+    );
+    // Only in certbot's dir.
+    assert_eq!(
+        pick_for_domain_in(&roots, "www.example.net", now)
+            .unwrap()
+            .dir,
+        root.join("live/npm-2")
+    );
+    // A single root still works as before.
+    assert_eq!(
+        pick_for_domain(&roots[1], "smtp.example.org", now)
+            .unwrap()
+            .dir,
+        custom
+    );
+
+    let err = pick_for_domain_in(&roots, "imap.example.com", now).unwrap_err();
+    let msg = err.to_string();
+    for needle in [
+        format!("under {} or {}", roots[0].display(), roots[1].display()),
+        format!("{} (mail.example.com, smtp.example.org)", custom.display()),
+        format!(
+            "discover --live-root {} --live-root {}",
+            roots[0].display(),
+            roots[1].display()
+        ),
+        "custom_ssl".to_string(),
+    ] {
+        assert!(msg.contains(&needle), "{needle:?} missing: {msg}");
+    }
+
+    // A misspelt root is named, with both kinds of root as the hint.
+    let err = discover_roots(&[roots[0].clone(), root.join("data/custom-ssl")], now).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("data/custom-ssl does not exist") && msg.contains("/opt/npm/data/custom_ssl"),
+        "{msg}"
+    );
+
+    // The binary: one table per root.
+    let out = std::process::Command::new(certsync_tests::bins::push())
+        .env_remove("CERTSYNC_PUSH_CONFIG")
+        .args(["--config", "/nonexistent/push.toml", "discover"])
+        .arg("--live-root")
+        .arg(&roots[0])
+        .arg("--live-root")
+        .arg(&roots[1])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let custom_section = text
+        .split_once(&format!("{}:\n", roots[1].display()))
+        .unwrap_or_else(|| panic!("no section for {}:\n{text}", roots[1].display()))
+        .1;
+    assert!(
+        text.starts_with(&format!("{}:\nNAME", roots[0].display())),
+        "{text}"
+    );
+    assert!(
+        custom_section.contains("npm-3") && custom_section.contains("smtp.example.org"),
+        "{text}"
+    );
+}
+
 /// Not a benchmark and no assertion on time: prints how long one read of a
 /// typical NPM dir (ECDSA P-384) takes. Run with `--nocapture`.
 #[test]
@@ -591,4 +763,110 @@ fn time_one_read_of_a_p384_dir() {
     }
     let each = start.elapsed() / N;
     eprintln!("read_consistent on a P-384 certbot dir: {each:?} per read (mean of {N})");
+}
+
+/// Issue 11 item 9: the pusher runs as root and whoever writes the live dir
+/// (NPM's container, through its bind mount) must not choose what it
+/// sends. A link that resolves outside its lineage's `archive/<name>/`
+/// (absolute, `../` relative, through a symlinked directory, or into
+/// another lineage) is refused by name, and `push` never connects.
+#[test]
+fn live_links_outside_the_lineage_archive_are_refused_and_nothing_is_sent() {
+    use certsync_tests::npmhost::{local_target, NpmHost};
+    use certsync_tests::receiver::Mailhost;
+    use std::os::unix::fs::symlink;
+
+    let ca = TestCa::new();
+    let ours = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+    // A consistent pair root can read that is not this lineage's: the
+    // attacker wants it sent.
+    let victim = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+    type Plant = fn(&NpmHost, &Path) -> String;
+    // Each returns the text the refusal must show (where the link points).
+    let cases: [(&str, Plant); 4] = [
+        ("absolute links to files outside", |npm, outside| {
+            for kind in ["cert", "privkey", "chain", "fullchain"] {
+                let link = npm.live.link(kind);
+                fs::remove_file(&link).unwrap();
+                symlink(outside.join(format!("{kind}1.pem")), &link).unwrap();
+            }
+            outside.display().to_string()
+        }),
+        ("../ links that climb out of the archive", |npm, outside| {
+            // live/npm-5 → ../../../outside/<kind>1.pem (outside sits
+            // beside letsencrypt/).
+            for kind in ["cert", "privkey", "chain", "fullchain"] {
+                let link = npm.live.link(kind);
+                fs::remove_file(&link).unwrap();
+                symlink(format!("../../../outside/{kind}1.pem"), &link).unwrap();
+            }
+            outside.display().to_string()
+        }),
+        (
+            "certbot's own links through a symlinked archive dir",
+            |npm, outside| {
+                // The links are exactly what certbot writes; archive/npm-5
+                // itself was replaced by a link to elsewhere.
+                fs::remove_dir_all(npm.live.archive()).unwrap();
+                symlink(outside, npm.live.archive()).unwrap();
+                outside.display().to_string()
+            },
+        ),
+        ("links into another lineage's archive", |npm, outside| {
+            let other = npm.root.path().join("letsencrypt/archive/npm-9");
+            fs::create_dir_all(&other).unwrap();
+            for kind in ["cert", "privkey", "chain", "fullchain"] {
+                fs::copy(
+                    outside.join(format!("{kind}1.pem")),
+                    other.join(format!("{kind}1.pem")),
+                )
+                .unwrap();
+                let link = npm.live.link(kind);
+                fs::remove_file(&link).unwrap();
+                symlink(format!("../../archive/npm-9/{kind}1.pem"), &link).unwrap();
+            }
+            "archive/npm-9".to_string()
+        }),
+    ];
+    for (what, plant) in cases {
+        let npm = NpmHost::new(&ours);
+        let mail = Mailhost::new(&["mail.example.com"]);
+        npm.write_config(&npm.cert_source(), &[local_target("mailcow", &mail)]);
+        let outside = npm.root.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("cert1.pem"), &victim.cert_pem).unwrap();
+        fs::write(outside.join("chain1.pem"), &victim.intermediates_pem).unwrap();
+        fs::write(outside.join("fullchain1.pem"), &victim.chain_pem).unwrap();
+        fs::write(outside.join("privkey1.pem"), victim.key_pem.expose()).unwrap();
+        let points_at = plant(&npm, &outside);
+
+        let run = npm.run(&["push"]);
+        let out = run.both();
+        assert_ne!(run.code, Some(0), "{what}: {out}");
+        assert!(
+            out.contains(&npm.live.link("cert").display().to_string())
+                || out.contains(&npm.live.link("privkey").display().to_string())
+                || out.contains(&npm.live.link("chain").display().to_string())
+                || out.contains(&npm.live.link("fullchain").display().to_string()),
+            "{what}: the refusal names the link: {out}"
+        );
+        assert!(
+            out.contains(&points_at),
+            "{what}: and where it points: {out}"
+        );
+        assert!(out.contains("outside"), "{what}: {out}");
+        assert!(
+            !out.contains("connected") && !out.contains(" offer"),
+            "{what}: never connects: {out}"
+        );
+        assert!(
+            mail.nothing_installed(),
+            "{what}: nothing reached the receiver: {out}"
+        );
+        assert!(!out.contains("PRIVATE KEY"), "{what}: {out}");
+        eprintln!(
+            "RESULT {what}: {}",
+            out.lines().find(|l| l.contains("outside")).unwrap_or("")
+        );
+    }
 }

@@ -53,7 +53,7 @@ const MAILCOW_SSL_DIR: &str = "/opt/mailcow-dockerized/data/assets/ssl";
 /// Highest acceptable `systemd-analyze security` exposure per service (0 is
 /// best, 10 worst; systemd calls < 2.0 "OK" and < 5.0 "MEDIUM"). Measured
 /// with systemd 252: push/watch/check 1.6, deploy 2.1 (root with
-/// CAP_DAC_OVERRIDE/CAP_CHOWN/CAP_FOWNER, no PrivateUsers).
+/// CAP_DAC_OVERRIDE only, no PrivateUsers).
 const EXPOSURE_BUDGET: &[(&str, f64)] = &[
     ("certsync-push.service", 1.8),
     ("certsync-push-watch.service", 1.8),
@@ -412,12 +412,9 @@ fn every_service_has_the_hardening_directives() {
         let writable = unit.set("Service", "ReadWritePaths");
         if name == "certsync-deploy.service" {
             // Root reads and writes the staging dir owned by certsync, and
-            // installs into mailcow's ssl dir: nothing more.
-            assert_eq!(
-                caps,
-                set(&["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"]),
-                "{name}"
-            );
+            // installs into mailcow's ssl dir: nothing more. It never
+            // chowns and chmods only what it created (docs/security.md).
+            assert_eq!(caps, set(&["CAP_DAC_OVERRIDE"]), "{name}");
             assert_eq!(
                 writable,
                 set(&[&format!("-{MAILCOW_SSL_DIR}"), DEFAULT_STAGING_DIR])
@@ -564,6 +561,8 @@ fn example_push_config_loads() {
     let by_domain = toggle(&text, &["live_root", "domain"], &["source"]);
     let cfg = PushConfig::from_toml(&by_domain, &path).unwrap_or_else(|e| panic!("{e}"));
     assert!(cfg.certs[0].live_root.is_some() && cfg.certs[0].domain.is_some());
+    // certbot's live dir and NPM's uploaded certificates.
+    assert_eq!(cfg.certs[0].live_root.as_ref().unwrap().paths().len(), 2);
 
     let pinned = toggle(&text, &["host_key"], &["known_hosts"]);
     let cfg = PushConfig::from_toml(&pinned, &path).unwrap_or_else(|e| panic!("{e}"));

@@ -8,7 +8,10 @@
 //! when it comes back; an idle daemon makes (almost) no context switches;
 //! sd_notify READY/WATCHDOG/STOPPING reach a notify socket; SIGTERM exits
 //! 0 promptly; SIGHUP re-reads the config; a deleted and recreated npm-N
-//! dir is watched again.
+//! dir is watched again; a stuck receiver (stalled, or dripping a line
+//! now and then) never holds up a renewal for the healthy target, SIGTERM
+//! in the middle of its session exits 0 at once and kills it, and the
+//! session deadline ends the drip-feeder (issue 11 item 5).
 //!
 //! Waits are bounded polls of files the daemon writes (its log, the
 //! installed pair); the timings printed (TIMING …) are measurements, not
@@ -22,7 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use certsync_core::protocol::Message;
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
+use certsync_tests::fakerecv::{hello, FakeReceiver, Then};
 use certsync_tests::livedir::{LiveDir, RENEWAL_STEPS};
 use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, ClosedPort, NpmHost};
 use certsync_tests::receiver::Mailhost;
@@ -512,5 +517,150 @@ fn a_deleted_and_recreated_live_dir_is_watched_again() {
     again.renew(&next);
     d.wait("the renewal in the recreated dir", PUSH_WAIT, || {
         installed_is(&mail, &next)
+    });
+}
+
+/// Issue 11 item 5: a target whose receiver greets and then stalls (its
+/// session would last until the default 15-minute deadline) must not hold
+/// up the healthy target: the start-up pass's result and the next renewal
+/// reach it within seconds. SIGHUP while the stuck session runs re-reads
+/// the config at once; SIGTERM exits 0 within a couple of seconds and
+/// kills the stuck receiver.
+#[test]
+fn a_stuck_receiver_never_holds_up_the_healthy_one_and_sigterm_ends_it_at_once() {
+    let ca = TestCa::new();
+    let gen1 = ca.leaf(KeyKind::P256, &[HOST]);
+    let gen2 = ca.leaf(KeyKind::P256, &[HOST]);
+    let mut npm = NpmHost::new(&gen1);
+    let mail = Mailhost::new(&[HOST]);
+    let stuck = FakeReceiver::new(&[hello()], b"", Then::Stall);
+    npm.write_config(
+        &npm.cert_source(),
+        &[stuck.target("stuck"), local_target("mailcow", &mail)],
+    );
+    let mut d = Daemon::start(&npm, &[]);
+    d.wait("the stuck receiver to start", PUSH_WAIT, || stuck.running());
+    let took = d.wait("the healthy target's first result", PUSH_WAIT, || {
+        d.count("mailcow: ok: mail: installed ") == 1
+    });
+    eprintln!(
+        "TIMING healthy target's first result {:.3}s after the stuck one started",
+        took.as_secs_f64()
+    );
+    assert!(installed_is(&mail, &gen1));
+
+    npm.live.renew(&gen2);
+    let renewed = Instant::now();
+    d.wait("the renewal at the healthy target", PUSH_WAIT, || {
+        installed_is(&mail, &gen2)
+    });
+    let latency = renewed.elapsed();
+    eprintln!(
+        "TIMING renewal installed at the healthy target {:.3}s after certbot's last step, while the other is stuck",
+        latency.as_secs_f64()
+    );
+    assert!(
+        latency < Duration::from_secs(10),
+        "{latency:?}\n{}",
+        d.log()
+    );
+    assert!(stuck.running(), "the stuck receiver should still be stuck");
+    assert_eq!(
+        d.count("stuck: "),
+        0,
+        "the stuck pass has no result yet:\n{}",
+        d.log()
+    );
+
+    // SIGHUP mid-pass: the config is re-read at once and a new target is
+    // served, while the stuck session (its target unchanged) goes on.
+    let backup = Mailhost::new(&[HOST]);
+    npm.write_config(
+        &npm.cert_source(),
+        &[
+            stuck.target("stuck"),
+            local_target("mailcow", &mail),
+            local_target("backup", &backup),
+        ],
+    );
+    d.signal(libc::SIGHUP);
+    let took = d.wait("the new target's install after SIGHUP", PUSH_WAIT, || {
+        installed_is(&backup, &gen2)
+    });
+    eprintln!(
+        "TIMING SIGHUP during a stuck session to the new target's install: {:.3}s",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}\n{}", d.log());
+    assert!(stuck.running(), "an unchanged target keeps its session");
+
+    d.signal(libc::SIGTERM);
+    let (code, took) = d.wait_exit(Duration::from_secs(10));
+    eprintln!(
+        "TIMING SIGTERM during a stuck session to exit: {:.3}s",
+        took.as_secs_f64()
+    );
+    assert_eq!(code, Some(0), "{}", d.log());
+    assert!(took < Duration::from_secs(3), "{took:?}\n{}", d.log());
+    assert!(d.log().contains("stopping (signal)"), "{}", d.log());
+    let start = Instant::now();
+    while stuck.running() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the stuck receiver outlived the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Issue 11 item 5: a receiver that sends a progress line every second
+/// never trips the per-frame timeout; the target's `session_timeout` ends
+/// its session, the pass fails and is retried, and the healthy target is
+/// served meanwhile.
+#[test]
+fn the_session_deadline_ends_a_drip_feeding_receiver() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::P256, &[HOST]);
+    let npm = NpmHost::new(&leaf);
+    let mail = Mailhost::new(&[HOST]);
+    let drip = FakeReceiver::new(
+        &[hello()],
+        b"",
+        Then::DripFrames {
+            frame: Message::Log("still working".into()),
+            every_secs: 1,
+        },
+    );
+    npm.write_config(
+        &npm.cert_source(),
+        &[
+            drip.target_with("drip", "session_timeout = 3"),
+            local_target("mailcow", &mail),
+        ],
+    );
+    let d = Daemon::start(&npm, &[]);
+    d.wait("the drip-feeder to start", PUSH_WAIT, || drip.running());
+    let started = Instant::now();
+    d.wait("the healthy target's result", PUSH_WAIT, || {
+        d.count("mailcow: ok: mail: installed ") == 1
+    });
+    let took = d.wait("the session deadline", PUSH_WAIT, || {
+        d.count("did not finish the session within 3s") >= 1
+    });
+    let ended = started.elapsed().max(took);
+    eprintln!(
+        "TIMING drip-feeding session ended {:.3}s after it started (session_timeout = 3)",
+        ended.as_secs_f64()
+    );
+    let log = d.log();
+    assert!(
+        d.count("receiver: still working") >= 2,
+        "it was dripping:\n{log}"
+    );
+    assert!(log.contains("session_timeout"), "{log}");
+    // 3 s deadline + at most 1 s to finish (the shell ignores EOF and is killed).
+    assert!(ended < Duration::from_secs(7), "{ended:?}\n{log}");
+    d.wait("the retry", PUSH_WAIT, || {
+        d.count("push failed (1 in a row)") == 1
     });
 }

@@ -1,7 +1,7 @@
 //! `transport = "local"`: the receiver runs on this host, so no SSH. The
 //! receiver command is spawned with its stdin/stdout as the protocol
-//! stream and its stderr passed through to ours (its log lines belong in
-//! the same journal).
+//! stream; its stderr is relayed to our log line by line, as over SSH
+//! (cleaned and capped, see [`super::StderrLog`]).
 //!
 //! The command is an argv list (`command = ["certsync-receive", "--config",
 //! "…"]`), executed directly: never a shell string, so nothing in the
@@ -14,7 +14,9 @@ use std::time::Duration;
 use certsync_core::config::Target;
 use tokio::process::{Child, Command};
 
-use super::{Connection, End, TransportError};
+use tokio::io::AsyncReadExt;
+
+use super::{Connection, End, StderrLog, TransportError};
 
 /// The receiver command when the target gives none.
 pub const DEFAULT_COMMAND: &[&str] = &["certsync-receive", "serve"];
@@ -54,7 +56,7 @@ pub async fn connect(target: &LocalTarget) -> Result<Connection, TransportError>
         .args(target.argv.iter().skip(1))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| TransportError::Spawn {
@@ -69,11 +71,30 @@ pub async fn connect(target: &LocalTarget) -> Result<Connection, TransportError>
         });
     };
     let peer = format!("local {program}");
+    let stderr = child.stderr.take().map(|mut stderr| {
+        let mut log = StderrLog::new(&peer);
+        // Ends at EOF: when the receiver (and whatever inherited its
+        // stderr) has exited, or was killed with the connection.
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stderr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => log.push(&buf[..n]),
+                }
+            }
+            log.flush();
+        })
+    });
     Ok(Connection::new(
         Box::new(stdout),
         Box::new(stdin),
         peer,
-        End::Local(LocalEnd { child, program }),
+        End::Local(LocalEnd {
+            child,
+            program,
+            stderr,
+        }),
     ))
 }
 
@@ -81,9 +102,23 @@ pub async fn connect(target: &LocalTarget) -> Result<Connection, TransportError>
 pub(crate) struct LocalEnd {
     child: Child,
     program: String,
+    /// The task relaying its stderr.
+    stderr: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// How long, after the receiver exited, its last stderr lines may take to
+/// reach our log (a grandchild may hold the pipe open; we do not wait for
+/// that).
+const STDERR_DRAIN: Duration = Duration::from_secs(1);
+
 impl LocalEnd {
+    /// Let the relay log the receiver's last lines, bounded.
+    async fn drain_stderr(&mut self) {
+        if let Some(task) = self.stderr.take() {
+            let _ = tokio::time::timeout(STDERR_DRAIN, task).await;
+        }
+    }
+
     pub(crate) async fn finish(
         mut self,
         peer: &str,
@@ -98,12 +133,14 @@ impl LocalEnd {
                 // kill_on_drop would do it too; do it now so the zombie is
                 // reaped before we report.
                 let _ = self.child.kill().await;
+                self.drain_stderr().await;
                 return Err(TransportError::FinishTimeout {
                     peer: peer.to_string(),
                     secs: limit.as_secs(),
                 });
             }
         };
+        self.drain_stderr().await;
         match status.code() {
             Some(code) => Ok(Some(code as u32)),
             None => {

@@ -11,6 +11,10 @@
 //!   bounded by [`FINISH_TIMEOUT`] (or the caller's choice), so a hung peer
 //!   cannot hang the watch daemon.
 //! - The local receiver is started from an argv list, never through a shell.
+//! - The receiver's stderr (SSH extended data, or the local child's pipe)
+//!   reaches our log only through [`StderrLog`]: line by line, cleaned of
+//!   control characters and escapes, within a per-session budget
+//!   ([`crate::untrusted`]).
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -22,6 +26,8 @@ use certsync_core::ExitCode;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::untrusted::{Allow, LogBudget};
+
 pub mod known_hosts;
 pub mod local;
 pub mod ssh;
@@ -32,6 +38,61 @@ pub use known_hosts::KnownHostsError;
 /// closed our side. The receiver has already sent its report by then, so
 /// this only guards against a peer that hangs.
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The receiver's stderr, logged line by line under its peer's name. A
+/// line longer than [`MAX_STDERR_LINE`] bytes is logged in pieces, each
+/// cut to what [`crate::untrusted::clean`] shows.
+pub(crate) struct StderrLog {
+    buf: Vec<u8>,
+    peer: String,
+    budget: LogBudget,
+}
+
+/// See [`StderrLog`].
+const MAX_STDERR_LINE: usize = 4096;
+
+impl StderrLog {
+    pub(crate) fn new(peer: &str) -> StderrLog {
+        StderrLog {
+            buf: Vec::new(),
+            peer: peer.to_string(),
+            budget: LogBudget::default(),
+        }
+    }
+
+    /// More bytes from the receiver's stderr: log every complete line.
+    pub(crate) fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            self.line(&line);
+        }
+        if self.buf.len() > MAX_STDERR_LINE {
+            self.flush();
+        }
+    }
+
+    /// The stream ended: log what is left.
+    pub(crate) fn flush(&mut self) {
+        let rest = std::mem::take(&mut self.buf);
+        self.line(&rest);
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let cut = &line[..line.len().min(MAX_STDERR_LINE)];
+        let text = String::from_utf8_lossy(cut);
+        let text = text.trim_end();
+        if text.is_empty() {
+            return;
+        }
+        let peer = &self.peer;
+        match self.budget.take(text) {
+            Allow::Show(text) => tracing::info!("{peer}: {text}"),
+            Allow::Notice(notice) => tracing::warn!("{peer}: {notice}"),
+            Allow::Drop => {}
+        }
+    }
+}
 
 /// A byte stream to a receiver. Run the protocol on `reader` / `writer`,
 /// then call [`Connection::finish`].

@@ -37,7 +37,8 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use super::known_hosts::{join_lines, KnownHosts, Verdict};
-use super::{Connection, End, TransportError};
+use super::{Connection, End, StderrLog, TransportError};
+use crate::untrusted;
 
 /// What we ask the server to run. The forced command overrides it.
 pub const REMOTE_COMMAND: &str = "certsync-receive serve";
@@ -49,8 +50,6 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 pub const KEEPALIVE_MAX: usize = 3;
 /// Buffer between the channel and `Connection::reader`.
 const READ_BUFFER: usize = 64 * 1024;
-/// The receiver's stderr is logged line by line; longer lines are cut.
-const MAX_STDERR_LINE: usize = 4096;
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -487,7 +486,7 @@ async fn pump(
 ) -> RemoteEnd {
     let mut out = Some(pipe);
     let mut end = RemoteEnd::default();
-    let mut stderr = Vec::new();
+    let mut stderr = StderrLog::new(&peer);
     loop {
         let msg = match early.pop_front() {
             Some(msg) => msg,
@@ -506,8 +505,7 @@ async fn pump(
                 }
             }
             ChannelMsg::ExtendedData { data, ext: 1 } => {
-                stderr.extend_from_slice(&data);
-                log_stderr_lines(&mut stderr, &peer, false);
+                stderr.push(&data);
             }
             ChannelMsg::Eof => {
                 // Dropping the pipe's writer is the reader's EOF.
@@ -522,7 +520,7 @@ async fn pump(
                 ..
             } => {
                 end.signal = Some(
-                    format!("{signal_name:?} {error_message}")
+                    format!("{signal_name:?} {}", untrusted::clean(&error_message))
                         .trim()
                         .to_string(),
                 )
@@ -531,28 +529,8 @@ async fn pump(
             _ => {}
         }
     }
-    log_stderr_lines(&mut stderr, &peer, true);
+    stderr.flush();
     end
-}
-
-fn log_stderr_lines(buf: &mut Vec<u8>, peer: &str, flush: bool) {
-    while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-        let line: Vec<u8> = buf.drain(..=pos).collect();
-        log_line(&line, peer);
-    }
-    if (flush || buf.len() > MAX_STDERR_LINE) && !buf.is_empty() {
-        let line = std::mem::take(buf);
-        log_line(&line, peer);
-    }
-}
-
-fn log_line(line: &[u8], peer: &str) {
-    let cut = &line[..line.len().min(MAX_STDERR_LINE)];
-    let text = String::from_utf8_lossy(cut);
-    let text = text.trim_end();
-    if !text.is_empty() {
-        tracing::info!("{peer}: {text}");
-    }
 }
 
 /// The SSH session, kept for `finish`.
@@ -667,6 +645,7 @@ mod tests {
             transport: Default::default(),
             command: None,
             connect_timeout: None,
+            session_timeout: None,
         }
     }
 
