@@ -28,6 +28,8 @@ const SSL_DIR: &str = "/opt/mailcow-dockerized/data/assets/ssl";
 /// the shipped certsync-push.path names.
 const LE_ROOT: &str = "/opt/npm/letsencrypt";
 const LIVE: &str = "/opt/npm/letsencrypt/live/npm-7";
+/// The test CA's root, which receive.toml trusts (`ca_file`).
+const CA_FILE: &str = "/etc/certsync/test-ca.pem";
 /// Where the tests put the packages inside the machine (the README says
 /// `target/debian/`).
 const DEBS_IN: &str = "/root/debs";
@@ -78,7 +80,7 @@ fn ssh_target() -> String {
 
 fn receive_toml(deploy: &str, staging: &str, ssl_dir: &str) -> String {
     format!(
-        "staging_dir = \"{staging}\"\ndeploy = \"{deploy}\"\n\n[[cert]]\nname = \"mail\"\n\
+        "staging_dir = \"{staging}\"\ndeploy = \"{deploy}\"\nca_file = \"{CA_FILE}\"\n\n[[cert]]\nname = \"mail\"\n\
          hostnames = [\"{HOST}\"]\ncert_path = \"{ssl_dir}/cert.pem\"\nkey_path = \"{ssl_dir}/key.pem\"\n\
          # No Docker in this machine: nothing to reload or probe.\nreload = []\nverify = []\n"
     )
@@ -100,6 +102,7 @@ impl Scene {
         let leaf = ca.leaf(KeyKind::P256, &[HOST]);
         let live = LiveDir::new(&m.path(LE_ROOT), "npm-7", &leaf);
         std::fs::create_dir_all(m.path(SSL_DIR)).unwrap();
+        trust(&m, &ca);
         Scene { m, live, ca }
     }
 
@@ -156,6 +159,12 @@ impl Scene {
     fn notified(&self) -> String {
         std::fs::read_to_string(self.m.path("/var/tmp/certsync-failed")).unwrap_or_default()
     }
+}
+
+/// Put the test CA's root where receive.toml's `ca_file` points.
+fn trust(m: &Machine, ca: &TestCa) {
+    std::fs::create_dir_all(m.path("/etc/certsync")).unwrap();
+    std::fs::write(m.path(CA_FILE), ca.root_pem()).unwrap();
 }
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -451,6 +460,7 @@ fn npm_under_root_and_mailcow_under_home() {
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     LiveDir::new(&m.path("/root/npm/letsencrypt"), "npm-2", &leaf);
+    trust(&m, &ca);
     let mailcow = "/home/admin/mailcow-dockerized";
     let ssl = format!("{mailcow}/data/assets/ssl");
     std::fs::create_dir_all(m.path(&ssl)).unwrap();
@@ -462,7 +472,7 @@ fn npm_under_root_and_mailcow_under_home() {
     std::fs::write(
         m.path("/etc/certsync/receive.toml"),
         format!(
-            "deploy = \"handoff\"\nhandoff_timeout = 20\n[mailcow]\ndir = \"{mailcow}\"\n\n[[cert]]\nname = \"mail\"\n\
+            "deploy = \"handoff\"\nhandoff_timeout = 20\nca_file = \"{CA_FILE}\"\n[mailcow]\ndir = \"{mailcow}\"\n\n[[cert]]\nname = \"mail\"\n\
              # No Docker in this machine.\nreload = []\nverify = []\n"
         ),
     )
