@@ -461,6 +461,7 @@ fn npm_under_root_and_mailcow_under_home() {
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     LiveDir::new(&m.path("/root/npm/letsencrypt"), "npm-2", &leaf);
     trust(&m, &ca);
+    let staging = "/var/lib/certsync/staging";
     let mailcow = "/home/admin/mailcow-dockerized";
     let ssl = format!("{mailcow}/data/assets/ssl");
     std::fs::create_dir_all(m.path(&ssl)).unwrap();
@@ -513,6 +514,13 @@ fn npm_under_root_and_mailcow_under_home() {
     // The failed deploys left the request behind and tripped the path
     // unit's start limit (certsync-deploy.service's comment gives this).
     m.ok("systemctl reset-failed && systemctl restart certsync-deploy.path");
+    // The restarted path unit serves that stale request first; a push
+    // that hands off while that deploy runs can lose its answer (see the
+    // report of issue #12), so wait for it to finish.
+    m.wait("the stale request is served", SETTLE, || {
+        !m.path(&format!("{staging}/deploy.request")).exists()
+            && m.unit_prop("certsync-deploy.service", "ActiveState") != "activating"
+    });
     let run = m.sh("systemctl start certsync-push.service");
     assert!(
         run.ok() && installed() == leaf.chain_pem,
