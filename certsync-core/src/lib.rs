@@ -15,6 +15,7 @@
 //! - [`config`]: `push.toml` and `receive.toml`.
 //! - [`report`]: the structured result the receiver sends back.
 //! - [`exit`]: the exit codes both binaries use (a contract).
+//! - [`units`]: the systemd drop-ins certsync writes from its config.
 //! - [`hardening`]: what both binaries do to their own process first.
 //! - [`command`]: running an operator's command within bounds.
 //! - [`notify`]: `[notify]`, telling a person what happened (both sides).
@@ -32,6 +33,7 @@ pub mod logging;
 pub mod notify;
 pub mod protocol;
 pub mod report;
+pub mod units;
 pub mod validate;
 
 #[cfg(any(test, feature = "testutil"))]

@@ -29,3 +29,4 @@ pub mod selector;
 pub mod serve;
 pub mod settings;
 pub mod stage;
+pub mod units;
