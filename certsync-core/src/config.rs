@@ -418,6 +418,9 @@ pub struct ReceiveCert {
     pub reload: Option<Vec<String>>,
     /// Endpoints to check: `"127.0.0.1:25 smtp"`, `"127.0.0.1:993"`.
     pub verify: Option<Vec<String>>,
+    /// systemd units on the receiving host to reload (`systemctl reload`,
+    /// restart on failure), e.g. `["postfix.service", "dovecot.service"]`.
+    pub reload_units: Option<Vec<String>>,
     /// A command (program and arguments, no shell) run after each
     /// successful install of this certificate.
     pub hook: Option<Vec<String>>,

@@ -17,6 +17,7 @@ pub mod fault;
 pub mod fsutil;
 pub mod handoff;
 pub mod hook;
+pub mod host_units;
 pub mod install;
 pub mod lock;
 pub mod mailcow;

@@ -551,6 +551,7 @@ async fn reload_and_verify<P: PostInstall>(
 ) {
     if run.dry_run {
         post.reload(spec, true, report).await;
+        crate::host_units::reload_step(&spec.reload_units, true, report).await;
         return;
     }
     let marker = Entry::ReloadOwed(&spec.name);
@@ -562,6 +563,7 @@ async fn reload_and_verify<P: PostInstall>(
     }
     let failed_before = failed_posts(report);
     post.reload(spec, false, report).await;
+    crate::host_units::reload_step(&spec.reload_units, false, report).await;
     post.verify(spec, leaf, report).await;
     if failed_posts(report) > failed_before {
         tracing::warn!(cert = %spec.name, marker = %run.staging.display(marker).display(), "installed but not proven served; the next deploy, check or push retries the reload and the verify");
@@ -740,6 +742,7 @@ mod tests {
                 verify: vec![],
                 folders_root: None,
                 hook: None,
+                reload_units: vec![],
             }],
             docker: DockerConfig::default(),
             project_alternates: vec![],

@@ -352,6 +352,7 @@ mod tests {
             verify: vec![],
             folders_root: None,
             hook: None,
+            reload_units: vec![],
         };
         let hint = sni_hint(ssl.path(), &spec, served.fingerprint());
         assert!(

@@ -33,6 +33,8 @@ pub struct CertSpec {
     pub folders_root: Option<PathBuf>,
     /// Run after each successful install ([`crate::hook`]).
     pub hook: Option<Hook>,
+    /// systemd units on this host to reload ([`crate::host_units`]).
+    pub reload_units: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,16 @@ impl Settings {
                 (None, Some(_)) => mailcow::SERVICES.iter().map(|s| s.to_string()).collect(),
                 (None, None) => Vec::new(),
             };
+            let reload_units = c.reload_units.clone().unwrap_or_default();
+            for unit in &reload_units {
+                crate::host_units::check(unit).map_err(|why| {
+                    ReceiveError::Settings(format!(
+                        "{}: [[cert]] {:?}: {why}",
+                        path.display(),
+                        c.name
+                    ))
+                })?;
+            }
             for entry in &reload {
                 crate::selector::check(entry).map_err(|why| {
                     ReceiveError::Settings(format!(
@@ -134,6 +146,7 @@ impl Settings {
                 reload,
                 verify,
                 folders_root,
+                reload_units,
                 hook: c.hook.clone().map(|command| Hook {
                     command,
                     timeout: Duration::from_secs(

@@ -99,3 +99,23 @@ fn a_malformed_reload_entry_is_a_config_error_and_nothing_is_written() {
         assert!(host.nothing_installed(), "{entry}");
     }
 }
+
+#[test]
+fn a_malformed_reload_unit_is_a_config_error_and_nothing_is_written() {
+    use certsync_core::testutil::{KeyKind, TestCa};
+    use certsync_tests::receiver::Mailhost;
+    for unit in ["--now", "postfix", "../x.service"] {
+        let host = Mailhost::new(&["mail.example.com"]);
+        let toml = std::fs::read_to_string(&host.config).unwrap().replace(
+            "reload = []",
+            &format!("reload = []\nreload_units = [{unit:?}]"),
+        );
+        std::fs::write(&host.config, toml).unwrap();
+        let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+        let out = host.install_leaf(&leaf, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{unit}: {err}");
+        assert!(err.contains("not a systemd unit name"), "{unit}: {err}");
+        assert!(host.nothing_installed(), "{unit}");
+    }
+}
