@@ -119,3 +119,18 @@ fn a_malformed_reload_unit_is_a_config_error_and_nothing_is_written() {
         assert!(host.nothing_installed(), "{unit}");
     }
 }
+
+/// examples/receive-debian.toml (a plain Debian mail host) loads and
+/// resolves to its units, with no container to reload.
+#[test]
+fn the_debian_host_example_loads() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/receive-debian.toml");
+    let raw = certsync_core::config::ReceiveConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let settings =
+        certsync_receive::settings::Settings::resolve(raw, &path).unwrap_or_else(|e| panic!("{e}"));
+    let cert = &settings.certs[0];
+    assert_eq!(cert.reload_units, ["postfix.service", "dovecot.service"]);
+    assert!(cert.reload.is_empty());
+    assert_eq!(cert.verify.len(), 3);
+}
