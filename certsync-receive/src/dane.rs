@@ -21,6 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use certsync_core::config::{DaneMode, ReceiveConfig};
 use certsync_core::fingerprint::hex;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -39,9 +40,10 @@ pub const UDP_PAYLOAD: u16 = 1232;
 pub const MAX_RESPONSE: usize = 16 * 1024;
 /// At most this many TLSA records of one RRset are kept.
 pub const MAX_RECORDS: usize = 64;
-/// The default of `dane_deadline_days`: see [`crate::dane`]'s caller and
-/// docs/contract.md (a week leaves a renewal failure time to be noticed,
-/// and is past the weekly checks most operators run).
+/// The default of `dane_deadline_days`. A week: certbot renews 30 days
+/// before expiry, so a held pair waits up to three weeks for DNS, and an
+/// expired certificate (which breaks every sender, not only DANE ones) is
+/// still a week away when the guard gives up.
 pub const DEFAULT_DEADLINE_DAYS: u32 = 7;
 
 #[derive(Debug, thiserror::Error)]
@@ -423,6 +425,196 @@ fn interpret(
     }
 }
 
+/// The DANE part of receive.toml, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaneSettings {
+    pub mode: DaneMode,
+    /// 25 first, then `dane_ports`, without repeats.
+    pub ports: Vec<u16>,
+    pub deadline_days: u32,
+    /// `dns_resolver`; `None`: the first nameserver of /etc/resolv.conf.
+    pub resolver: Option<SocketAddr>,
+}
+
+impl DaneSettings {
+    pub fn from_config(raw: &ReceiveConfig) -> DaneSettings {
+        let mut ports = vec![25];
+        for p in &raw.dane_ports {
+            if !ports.contains(p) {
+                ports.push(*p);
+            }
+        }
+        DaneSettings {
+            mode: raw.dane,
+            ports,
+            deadline_days: raw.dane_deadline_days.unwrap_or(DEFAULT_DEADLINE_DAYS),
+            resolver: raw.dns_resolver,
+        }
+    }
+
+    /// No DANE at all (tests that do not exercise it).
+    pub fn off() -> DaneSettings {
+        DaneSettings {
+            mode: DaneMode::Off,
+            ports: vec![25],
+            deadline_days: DEFAULT_DEADLINE_DAYS,
+            resolver: None,
+        }
+    }
+
+    /// Every TLSA owner name for these hostnames.
+    pub fn owners(&self, hostnames: &[String]) -> Vec<String> {
+        hostnames
+            .iter()
+            .flat_map(|h| self.ports.iter().map(move |p| owner_name(h, *p)))
+            .collect()
+    }
+}
+
+/// One owner name and what its lookup gave.
+#[derive(Debug)]
+pub struct OwnerLookup {
+    pub owner: String,
+    pub result: Result<Lookup, DaneError>,
+}
+
+/// Look up every owner name of `hostnames`, one after the other (a few
+/// names, each bounded by [`DNS_TIMEOUT`]). With no resolver to ask, every
+/// owner carries that error.
+pub async fn look_up_all(settings: &DaneSettings, hostnames: &[String]) -> Vec<OwnerLookup> {
+    let resolver = resolver(settings.resolver, Path::new(RESOLV_CONF));
+    let mut out = Vec::new();
+    for owner in settings.owners(hostnames) {
+        let result = match &resolver {
+            Ok(r) => lookup(*r, &owner).await,
+            Err(e) => Err(DaneError::NoResolver {
+                path: format!("{RESOLV_CONF} ({e})"),
+            }),
+        };
+        out.push(OwnerLookup { owner, result });
+    }
+    out
+}
+
+/// Where the system's resolver is configured.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// What the guard says about installing a new chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Install. `notes` are warnings for the report (unvalidated answers,
+    /// an unreachable resolver in `auto` mode, owners without records).
+    Install { notes: Vec<String> },
+    /// Do not install: validated records exist for these owners and the
+    /// new chain matches none of them. `publish` holds the zone lines that
+    /// would let it through.
+    Hold {
+        notes: Vec<String>,
+        publish: Vec<String>,
+    },
+    /// Held, but the installed certificate is within the deadline (or
+    /// there is none): install anyway, with `warning` in the report and
+    /// the journal.
+    Forced {
+        notes: Vec<String>,
+        publish: Vec<String>,
+        warning: String,
+    },
+    /// Refuse: `require` without validated records, or an answer that is
+    /// an error (SERVFAIL, malformed).
+    Refuse { reason: String },
+}
+
+/// Decide, from the lookups, whether `chain` (leaf first) may be
+/// installed. `installed_days_left` is `None` when nothing is installed.
+pub fn decide(
+    settings: &DaneSettings,
+    lookups: &[OwnerLookup],
+    chain: &[X509],
+    installed_days_left: Option<i64>,
+) -> Verdict {
+    if settings.mode == DaneMode::Off {
+        return Verdict::Install { notes: vec![] };
+    }
+    let mut notes = Vec::new();
+    let mut unmatched = Vec::new();
+    let mut guarded = 0usize;
+    for l in lookups {
+        match &l.result {
+            Ok(Lookup::Validated(records)) => {
+                let usable: Vec<&Tlsa> = records.iter().filter(|t| t.usable()).collect();
+                if usable.is_empty() {
+                    if !records.is_empty() {
+                        notes.push(format!(
+                            "{}: no TLSA record usable for SMTP (RFC 7672 §3.1.3: usages 2 and 3 only)",
+                            l.owner
+                        ));
+                    }
+                    continue;
+                }
+                guarded += 1;
+                if !usable.iter().any(|t| t.matches(chain)) {
+                    unmatched.push(l.owner.clone());
+                }
+            }
+            Ok(Lookup::Unvalidated(records)) => notes.push(format!(
+                "{}: the resolver did not validate the answer (no AD bit: unsigned zone or \
+                 a non-validating resolver); {} TLSA record(s) ignored",
+                l.owner,
+                records.len()
+            )),
+            Err(e) if e.is_unreachable() && settings.mode == DaneMode::Auto => {
+                notes.push(format!("DANE check skipped: {e}"))
+            }
+            Err(e) => {
+                return Verdict::Refuse {
+                    reason: format!("DANE: {e}"),
+                }
+            }
+        }
+    }
+    if settings.mode == DaneMode::Require && guarded == 0 {
+        return Verdict::Refuse {
+            reason: format!(
+                "dane = \"require\" but no DNSSEC-validated TLSA records exist for {}",
+                lookups
+                    .iter()
+                    .map(|l| l.owner.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+    }
+    if unmatched.is_empty() {
+        return Verdict::Install { notes };
+    }
+    let next = chain.first().and_then(Tlsa::dane_ee_spki_sha256);
+    let publish: Vec<String> = match next {
+        Some(t) => unmatched.iter().map(|o| t.zone_line(o)).collect(),
+        None => vec![],
+    };
+    let deadline = i64::from(settings.deadline_days);
+    match installed_days_left {
+        Some(left) if left > deadline => Verdict::Hold { notes, publish },
+        left => {
+            let why = match left {
+                Some(d) => format!("the installed certificate has {d} day(s) left (dane_deadline_days = {deadline})"),
+                None => "no certificate is installed".to_string(),
+            };
+            Verdict::Forced {
+                warning: format!(
+                    "DANE: installing a certificate that matches none of the TLSA records of {} because {why}: \
+                     mail from DANE-validating senders to this host FAILS until DNS has: {}",
+                    unmatched.join(", "),
+                    publish.join(" ; ")
+                ),
+                notes,
+                publish,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -699,5 +891,179 @@ mod tests {
         let got = lookup(addr, "_25._tcp.mail.example.com.").await.unwrap();
         server.await.unwrap();
         assert_eq!(got, Lookup::Validated(vec![want]));
+    }
+
+    fn guard(mode: DaneMode) -> DaneSettings {
+        DaneSettings {
+            mode,
+            ..DaneSettings::off()
+        }
+    }
+
+    fn validated(owner: &str, records: Vec<Tlsa>) -> OwnerLookup {
+        OwnerLookup {
+            owner: owner.into(),
+            result: Ok(Lookup::Validated(records)),
+        }
+    }
+
+    const OWNER: &str = "_25._tcp.mail.example.com.";
+
+    #[test]
+    fn the_guard_installs_a_match_and_holds_a_new_key_with_the_record_to_publish() {
+        let ca = TestCa::new();
+        let old = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+        let new = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+        let rec = Tlsa::dane_ee_spki_sha256(&old.cert).unwrap();
+        let s = guard(DaneMode::Auto);
+        let l = [validated(OWNER, vec![rec.clone()])];
+        assert_eq!(
+            decide(&s, &l, &chain(&old, &ca), Some(60)),
+            Verdict::Install { notes: vec![] }
+        );
+        let next = Tlsa::dane_ee_spki_sha256(&new.cert).unwrap();
+        assert_eq!(
+            decide(&s, &l, &chain(&new, &ca), Some(60)),
+            Verdict::Hold {
+                notes: vec![],
+                publish: vec![next.zone_line(OWNER)]
+            }
+        );
+        // "current + next" published: both pairs pass.
+        let both = [validated(OWNER, vec![rec, next])];
+        assert!(matches!(
+            decide(&s, &both, &chain(&new, &ca), Some(60)),
+            Verdict::Install { .. }
+        ));
+    }
+
+    #[test]
+    fn the_deadline_forces_the_install_with_a_warning() {
+        let ca = TestCa::new();
+        let old = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+        let new = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+        let l = [validated(
+            OWNER,
+            vec![Tlsa::dane_ee_spki_sha256(&old.cert).unwrap()],
+        )];
+        let s = guard(DaneMode::Auto);
+        assert!(matches!(
+            decide(&s, &l, &chain(&new, &ca), Some(8)),
+            Verdict::Hold { .. }
+        ));
+        for left in [Some(7), Some(-1), None] {
+            match decide(&s, &l, &chain(&new, &ca), left) {
+                Verdict::Forced {
+                    warning, publish, ..
+                } => {
+                    assert!(warning.contains("DANE-validating senders"), "{warning}");
+                    assert_eq!(publish.len(), 1);
+                }
+                v => panic!("{left:?}: {v:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unvalidated_answers_and_an_unreachable_resolver_never_hold_in_auto() {
+        let ca = TestCa::new();
+        let old = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+        let new = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+        let rec = Tlsa::dane_ee_spki_sha256(&old.cert).unwrap();
+        let unsigned = OwnerLookup {
+            owner: OWNER.into(),
+            result: Ok(Lookup::Unvalidated(vec![rec])),
+        };
+        let down = OwnerLookup {
+            owner: "_25._tcp.mx2.example.com.".into(),
+            result: Err(DaneError::Timeout {
+                name: "_25._tcp.mx2.example.com.".into(),
+                resolver: "127.0.0.1:53".parse().unwrap(),
+                secs: 5,
+            }),
+        };
+        let l = [unsigned, down];
+        match decide(&guard(DaneMode::Auto), &l, &chain(&new, &ca), Some(60)) {
+            Verdict::Install { notes } => {
+                assert_eq!(notes.len(), 2, "{notes:?}");
+                assert!(notes[0].contains("no AD bit"), "{}", notes[0]);
+            }
+            v => panic!("{v:?}"),
+        }
+        // require: neither counts as validated records.
+        assert!(matches!(
+            decide(&guard(DaneMode::Require), &l, &chain(&new, &ca), Some(60)),
+            Verdict::Refuse { .. }
+        ));
+        // off: nothing is even looked at.
+        assert_eq!(
+            decide(&guard(DaneMode::Off), &l, &chain(&new, &ca), Some(60)),
+            Verdict::Install { notes: vec![] }
+        );
+    }
+
+    #[test]
+    fn servfail_refuses_and_require_wants_validated_records() {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(KeyKind::P256, &["mail.example.com"]);
+        let bogus = [OwnerLookup {
+            owner: OWNER.into(),
+            result: Err(DaneError::ServFail {
+                name: OWNER.into(),
+                resolver: "127.0.0.1:53".parse().unwrap(),
+            }),
+        }];
+        assert!(matches!(
+            decide(&guard(DaneMode::Auto), &bogus, &chain(&leaf, &ca), Some(60)),
+            Verdict::Refuse { .. }
+        ));
+        let none = [validated(OWNER, vec![])];
+        assert_eq!(
+            decide(&guard(DaneMode::Auto), &none, &chain(&leaf, &ca), Some(60)),
+            Verdict::Install { notes: vec![] }
+        );
+        assert!(matches!(
+            decide(
+                &guard(DaneMode::Require),
+                &none,
+                &chain(&leaf, &ca),
+                Some(60)
+            ),
+            Verdict::Refuse { .. }
+        ));
+        let ok = [validated(
+            OWNER,
+            vec![Tlsa::dane_ee_spki_sha256(&leaf.cert).unwrap()],
+        )];
+        assert!(matches!(
+            decide(&guard(DaneMode::Require), &ok, &chain(&leaf, &ca), Some(60)),
+            Verdict::Install { .. }
+        ));
+    }
+
+    #[test]
+    fn dane_ports_add_owner_names_after_25() {
+        let cert = "[mailcow]\ndir = \"/opt/mailcow-dockerized\"\n[[cert]]\nname = \"mail\"\n";
+        let parse =
+            |t: &str| ReceiveConfig::from_toml(&format!("{t}{cert}"), Path::new("receive.toml"));
+        let raw = parse(
+            "dane = \"require\"\ndane_ports = [465, 25, 587]\ndns_resolver = \"127.0.0.1:5353\"\n",
+        )
+        .unwrap();
+        let s = DaneSettings::from_config(&raw);
+        assert_eq!(s.mode, DaneMode::Require);
+        assert_eq!(s.deadline_days, DEFAULT_DEADLINE_DAYS);
+        assert_eq!(s.resolver, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(
+            s.owners(&["mail.example.com".into()]),
+            vec![
+                "_25._tcp.mail.example.com.",
+                "_465._tcp.mail.example.com.",
+                "_587._tcp.mail.example.com."
+            ]
+        );
+        let default = parse("").unwrap();
+        assert_eq!(DaneSettings::from_config(&default).mode, DaneMode::Auto);
+        assert!(parse("dane = \"maybe\"\n").is_err());
     }
 }

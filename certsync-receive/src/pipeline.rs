@@ -692,6 +692,7 @@ mod tests {
         let ssl = dir.join("ssl");
         std::fs::create_dir_all(&ssl).unwrap();
         Settings {
+            dane: crate::dane::DaneSettings::off(),
             config_path: dir.join("receive.toml"),
             staging_dir: dir.join("staging"),
             deploy: DeployMode::Inline,
