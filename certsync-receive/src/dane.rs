@@ -21,14 +21,21 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use certsync_core::bundle::parse_chain;
 use certsync_core::config::{DaneMode, ReceiveConfig};
 use certsync_core::fingerprint::hex;
+use certsync_core::report::{CertReport, Step};
+use certsync_core::validate::ValidatedBundle;
+use certsync_core::ExitCode;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use openssl::hash::MessageDigest;
 use openssl::x509::X509;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+
+use crate::pipeline::{installed_not_after, Run, StepFailed};
+use crate::settings::CertSpec;
 
 /// How long one lookup may take in all (UDP, then TCP on truncation).
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -613,6 +620,88 @@ pub fn decide(
             }
         }
     }
+}
+
+/// The guard in the install pipeline, between compare and install
+/// (docs/contract.md "DANE"). `Err` when the pair must not be installed
+/// now: held for DNS (exit 5, the pair stays staged so that the deploy
+/// timer, the next push or `deploy` installs it once DNS matches) or
+/// refused (exit 3). Everything it says is in `report`.
+pub async fn guard_step(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    pair: &ValidatedBundle,
+    report: &mut CertReport,
+) -> Result<(), StepFailed> {
+    let settings = &run.settings.dane;
+    if settings.mode == DaneMode::Off {
+        return Ok(());
+    }
+    let chain = match parse_chain(&pair.bundle().chain) {
+        Ok(c) => c,
+        Err(e) => {
+            report.failed(Step::Install, format!("DANE: {e}"), ExitCode::Runtime);
+            return Err(StepFailed);
+        }
+    };
+    let lookups = look_up_all(settings, &spec.hostnames).await;
+    let days_left = installed_not_after(spec).map(|na| {
+        let now = run
+            .now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        na.saturating_sub(now).div_euclid(86_400)
+    });
+    match decide(settings, &lookups, &chain, days_left) {
+        Verdict::Install { notes } => {
+            for n in notes {
+                tracing::warn!(cert = %spec.name, "{n}");
+                report.warn(n);
+            }
+            Ok(())
+        }
+        Verdict::Forced {
+            notes,
+            publish: _,
+            warning,
+        } => {
+            for n in notes {
+                report.warn(n);
+            }
+            tracing::error!(cert = %spec.name, "{warning}");
+            report.warn(warning);
+            Ok(())
+        }
+        Verdict::Hold { notes, publish } => {
+            for n in notes {
+                report.warn(n);
+            }
+            let msg = format!(
+                "held for DNS: the new pair matches none of the DNSSEC-validated TLSA records; \
+                 the installed pair keeps serving and the new one stays staged until DNS has: {}",
+                publish.join(" ; ")
+            );
+            tracing::warn!(cert = %spec.name, leaf = %pair.leaf_fingerprint(), "{msg}");
+            report.skipped(Step::Install, msg);
+            report.exit = report.exit.worst(ExitCode::Held);
+            Err(StepFailed)
+        }
+        Verdict::Refuse { reason } => {
+            tracing::error!(cert = %spec.name, "refused: {reason}");
+            report.failed(
+                Step::Install,
+                format!("refused: {reason}"),
+                ExitCode::Refused,
+            );
+            Err(StepFailed)
+        }
+    }
+}
+
+/// Whether this report holds its pair for DNS: then the pair stays staged.
+pub fn held(report: &CertReport) -> bool {
+    report.exit == ExitCode::Held
 }
 
 #[cfg(test)]
