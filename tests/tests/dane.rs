@@ -1,0 +1,141 @@
+//! The DANE guard against real DNS: Knot DNS serving a signed and an
+//! unsigned zone, a real validating unbound in front (see
+//! `certsync_tests::dns`), and `certsync-receive install` asking unbound
+//! through `dns_resolver`.
+
+use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
+use certsync_receive::dane::Tlsa;
+use certsync_tests::dns::{self, DnsLab, SIGNED};
+use certsync_tests::receiver::Mailhost;
+use openssl::hash::MessageDigest;
+
+fn ee(leaf: &TestLeaf) -> String {
+    Tlsa::dane_ee_spki_sha256(&leaf.cert).unwrap().rdata()
+}
+
+fn ta(ca: &TestCa) -> String {
+    let spki = ca
+        .intermediate
+        .public_key()
+        .unwrap()
+        .public_key_to_der()
+        .unwrap();
+    let data = openssl::hash::hash(MessageDigest::sha256(), &spki)
+        .unwrap()
+        .to_vec();
+    Tlsa {
+        usage: 2,
+        selector: 1,
+        matching: 1,
+        data,
+    }
+    .rdata()
+}
+
+fn host(lab: &DnsLab, name: &str) -> Mailhost {
+    Mailhost::with_extra(
+        &[name],
+        &format!("dane = \"auto\"\ndns_resolver = \"{}\"\n", lab.resolver),
+    )
+}
+
+fn installed_is(h: &Mailhost, leaf: &TestLeaf) -> bool {
+    h.installed().is_some_and(|(c, _)| c == leaf.chain_pem)
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
+    if !certsync_tests::require(
+        "knot and unbound (apt-get install knot unbound)",
+        dns::available(),
+    ) {
+        return;
+    }
+    let ca = TestCa::new();
+    let mail_old = ca.leaf(KeyKind::P256, &["mail.example.test"]);
+    let mail_new = ca.leaf(KeyKind::P256, &["mail.example.test"]);
+    let short = Validity {
+        not_before: -3600,
+        not_after: 5 * 86_400,
+    };
+    let mx3_old = ca.leaf_with(KeyKind::P256, &["mx3.example.test"], short);
+    let mx3_new = ca.leaf(KeyKind::P256, &["mx3.example.test"]);
+    let mx5_a = ca.leaf(KeyKind::P256, &["mx5.example.test"]);
+    let mx5_b = ca.leaf(KeyKind::P256, &["mx5.example.test"]);
+    let plain = ca.leaf(KeyKind::P256, &["mail.unsigned.test"]);
+    let signed = format!(
+        "_25._tcp.mail TLSA {}\n_25._tcp.mx3 TLSA {}\n_25._tcp.mx5 TLSA {}\n",
+        ee(&mail_old),
+        ee(&mx3_old),
+        ta(&ca)
+    );
+    // The unsigned zone pins another key: were it trusted, it would hold.
+    let unsigned = format!("_25._tcp.mail TLSA 3 1 1 {}\n", "00".repeat(32));
+    let mut lab = DnsLab::start(&signed, &unsigned);
+
+    // 1. A matching 3 1 1 installs.
+    let h = host(&lab, "mail.example.test");
+    let out = h.install_leaf(&mail_old, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(installed_is(&h, &mail_old));
+
+    // 2. A new key with no matching record is held: exit 5, the installed
+    // pair untouched, the exact record to publish in the report.
+    let before = h.snapshot();
+    let out = h.install_leaf(&mail_new, &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(
+        h.snapshot(),
+        before,
+        "a held pair must not touch the installed one"
+    );
+    let want = format!("_25._tcp.mail.example.test. IN TLSA {}", ee(&mail_new));
+    assert!(text(&out).contains(&want), "{want}\n{}", text(&out));
+
+    // ... and installs once the record is added and the zone re-signed.
+    lab.set_records(
+        SIGNED,
+        &format!("{signed}_25._tcp.mail TLSA {}\n", ee(&mail_new)),
+    );
+    let out = h.install_leaf(&mail_new, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(installed_is(&h, &mail_new));
+
+    // 3. The deadline forces the install: the installed certificate has
+    // 5 days left, under the default dane_deadline_days = 7.
+    let h = host(&lab, "mx3.example.test");
+    let out = h.install_leaf(&mx3_old, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = h.install_leaf(&mx3_new, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(installed_is(&h, &mx3_new));
+    assert!(
+        text(&out).contains("DANE-validating senders"),
+        "a forced install warns loudly\n{}",
+        text(&out)
+    );
+
+    // 4. An unsigned zone is reported and not trusted.
+    let h = host(&lab, "mail.unsigned.test");
+    let out = h.install_leaf(&plain, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(installed_is(&h, &plain));
+    assert!(text(&out).contains("no AD bit"), "{}", text(&out));
+
+    // 5. 2 1 1 on the issuer keeps matching across a key change.
+    let h = host(&lab, "mx5.example.test");
+    for leaf in [&mx5_a, &mx5_b] {
+        let out = h.install_leaf(leaf, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(installed_is(&h, leaf));
+    }
+}
