@@ -72,11 +72,14 @@ fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
     let mx5_a = ca.leaf(KeyKind::P256, &["mx5.example.test"]);
     let mx5_b = ca.leaf(KeyKind::P256, &["mx5.example.test"]);
     let plain = ca.leaf(KeyKind::P256, &["mail.unsigned.test"]);
+    let mx6_old = ca.leaf(KeyKind::P256, &["mx6.example.test"]);
+    let mx6_new = ca.leaf(KeyKind::P256, &["mx6.example.test"]);
     let signed = format!(
-        "_25._tcp.mail TLSA {}\n_25._tcp.mx3 TLSA {}\n_25._tcp.mx5 TLSA {}\n",
+        "_25._tcp.mail TLSA {}\n_25._tcp.mx3 TLSA {}\n_25._tcp.mx5 TLSA {}\n_25._tcp.mx6 TLSA {}\n",
         ee(&mail_old),
         ee(&mx3_old),
-        ta(&ca)
+        ta(&ca),
+        ee(&mx6_old),
     );
     // The unsigned zone pins another key: were it trusted, it would hold.
     let unsigned = format!("_25._tcp.mail TLSA 3 1 1 {}\n", "00".repeat(32));
@@ -101,14 +104,45 @@ fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
     let want = format!("_25._tcp.mail.example.test. IN TLSA {}", ee(&mail_new));
     assert!(text(&out).contains(&want), "{want}\n{}", text(&out));
 
-    // ... and installs once the record is added and the zone re-signed.
+    // A pair staged by `serve` and held by root's `deploy` stays staged.
+    let h6 = host(&lab, "mx6.example.test");
+    let out = h6.install_leaf(&mx6_old, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let staged = h6.staging.join("mail");
+    std::fs::create_dir_all(&staged).unwrap();
+    std::fs::write(staged.join("fullchain.pem"), &mx6_new.chain_pem).unwrap();
+    std::fs::write(staged.join("privkey.pem"), mx6_new.key_pem.expose()).unwrap();
+    std::fs::set_permissions(
+        staged.join("privkey.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let before6 = h6.snapshot();
+    let out = h6.cmd().arg("deploy").output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(h6.snapshot(), before6);
+    assert!(
+        staged.join("fullchain.pem").exists(),
+        "a held pair stays staged"
+    );
+
+    // ... and both install once the records are added and the zone
+    // re-signed: `install` again, and the next `deploy` (timer) by itself.
     lab.set_records(
         SIGNED,
-        &format!("{signed}_25._tcp.mail TLSA {}\n", ee(&mail_new)),
+        &format!(
+            "{signed}_25._tcp.mail TLSA {}\n_25._tcp.mx6 TLSA {}\n",
+            ee(&mail_new),
+            ee(&mx6_new)
+        ),
     );
     let out = h.install_leaf(&mail_new, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(installed_is(&h, &mail_new));
+    let out = h6.cmd().arg("deploy").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(installed_is(&h6, &mx6_new));
+    assert!(!staged.join("fullchain.pem").exists(), "{}", text(&out));
 
     // 3. The deadline forces the install: the installed certificate has
     // 5 days left, under the default dane_deadline_days = 7.
