@@ -704,6 +704,111 @@ pub fn held(report: &CertReport) -> bool {
     report.exit == ExitCode::Held
 }
 
+/// What `check` reports about DANE for one certificate (docs/contract.md
+/// "Output of `check`").
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DaneCheck {
+    /// Per owner name: "validated", "unvalidated", or the lookup error.
+    pub lookups: Vec<OwnerState>,
+    /// Whether the certificate served on port 25 matches the validated
+    /// TLSA records; `None` when there are none to match, or the served
+    /// certificate is not the installed one (then the endpoint line says
+    /// so already).
+    pub served_matches: Option<bool>,
+    /// A pair held for DNS in the staging dir: its leaf's fingerprint.
+    pub held: Option<String>,
+    /// The `3 1 1` records to publish: the installed key's ("current")
+    /// and, when a pair is held, the next key's ("next").
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OwnerState {
+    pub owner: String,
+    pub state: String,
+    pub records: Vec<Tlsa>,
+}
+
+/// The DANE part of `check`: `installed` is the installed chain, `served`
+/// whether port 25 serves it (from the endpoint probes), `held` the chain
+/// staged and held, if any. Returns the report part, a problem (exit 4)
+/// when the served certificate matches none of the validated records, and
+/// warnings.
+pub async fn check(
+    settings: &DaneSettings,
+    hostnames: &[String],
+    installed: Option<&[X509]>,
+    served_is_installed: bool,
+    held: Option<&[X509]>,
+) -> (DaneCheck, Option<String>, Vec<String>) {
+    let mut out = DaneCheck::default();
+    let mut warnings = Vec::new();
+    let mut problem = None;
+    if settings.mode == DaneMode::Off {
+        return (out, problem, warnings);
+    }
+    let lookups = look_up_all(settings, hostnames).await;
+    let mut guarded: Vec<(&str, Vec<&Tlsa>)> = Vec::new();
+    for l in &lookups {
+        let (state, records) = match &l.result {
+            Ok(Lookup::Validated(r)) => ("validated".to_string(), r.clone()),
+            Ok(Lookup::Unvalidated(r)) => {
+                warnings.push(format!(
+                    "{}: the TLSA answer is not DNSSEC-validated (no AD bit); it is not trusted",
+                    l.owner
+                ));
+                ("unvalidated".to_string(), r.clone())
+            }
+            Err(e) => {
+                warnings.push(format!("DANE: {e}"));
+                (format!("error: {e}"), vec![])
+            }
+        };
+        out.lookups.push(OwnerState {
+            owner: l.owner.clone(),
+            state,
+            records,
+        });
+        if let Ok(Lookup::Validated(r)) = &l.result {
+            let usable: Vec<&Tlsa> = r.iter().filter(|t| t.usable()).collect();
+            if !usable.is_empty() {
+                guarded.push((l.owner.as_str(), usable));
+            }
+        }
+    }
+    if let (Some(chain), true, false) = (installed, served_is_installed, guarded.is_empty()) {
+        let unmatched: Vec<&str> = guarded
+            .iter()
+            .filter(|(_, recs)| !recs.iter().any(|t| t.matches(chain)))
+            .map(|(o, _)| *o)
+            .collect();
+        out.served_matches = Some(unmatched.is_empty());
+        if !unmatched.is_empty() {
+            problem = Some(format!(
+                "the certificate served on port 25 matches none of the DNSSEC-validated TLSA records of {}: \
+                 DANE-validating senders cannot deliver; publish the record(s) below",
+                unmatched.join(", ")
+            ));
+        }
+    }
+    let owners = settings.owners(hostnames);
+    for chain in [installed, held].into_iter().flatten() {
+        if let Some(t) = chain.first().and_then(Tlsa::dane_ee_spki_sha256) {
+            for o in &owners {
+                let line = t.zone_line(o);
+                if !out.publish.contains(&line) {
+                    out.publish.push(line);
+                }
+            }
+        }
+    }
+    out.held = held
+        .and_then(|c| c.first())
+        .and_then(|leaf| leaf.to_der().ok())
+        .map(|der| certsync_core::Fingerprint::of_der(&der).to_string());
+    (out, problem, warnings)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

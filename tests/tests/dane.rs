@@ -125,6 +125,27 @@ fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
         staged.join("fullchain.pem").exists(),
         "a held pair stays staged"
     );
+    // `check` shows the held pair (exit 5) and both records: current + next.
+    let out = h6.cmd().args(["check", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = &json["certs"][0]["dane"];
+    assert!(d["held"].is_string(), "{d}");
+    assert_eq!(d["served_matches"], serde_json::json!(true), "{d}");
+    assert_eq!(d["lookups"][0]["state"], "validated", "{d}");
+    let publish: Vec<&str> = d["publish"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        publish,
+        [
+            format!("_25._tcp.mx6.example.test. IN TLSA {}", ee(&mx6_old)),
+            format!("_25._tcp.mx6.example.test. IN TLSA {}", ee(&mx6_new)),
+        ]
+    );
 
     // ... and both install once the records are added and the zone
     // re-signed: `install` again, and the next `deploy` (timer) by itself.
@@ -143,6 +164,13 @@ fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(installed_is(&h6, &mx6_new));
     assert!(!staged.join("fullchain.pem").exists(), "{}", text(&out));
+    let out = h6.cmd().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("DANE: port 25 matches the validated TLSA records"),
+        "{}",
+        text(&out)
+    );
 
     // 3. The deadline forces the install: the installed certificate has
     // 5 days left, under the default dane_deadline_days = 7.
@@ -156,6 +184,21 @@ fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
         text(&out).contains("DANE-validating senders"),
         "a forced install warns loudly\n{}",
         text(&out)
+    );
+    // Now port 25 serves a key DNS does not pin: `check` says so (exit 4).
+    let prom = h.root.path().join("m.prom");
+    let out = h
+        .cmd()
+        .args(["check", "--metrics"])
+        .arg(&prom)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("does NOT match"), "{}", text(&out));
+    let prom = std::fs::read_to_string(prom).unwrap();
+    assert!(
+        prom.contains("certsync_dane_tlsa_match{name=\"mail\"} 0"),
+        "{prom}"
     );
 
     // 4. An unsigned zone is reported and not trusted.
