@@ -15,6 +15,7 @@
 //! - [`config`]: `push.toml` and `receive.toml`.
 //! - [`report`]: the structured result the receiver sends back.
 //! - [`exit`]: the exit codes both binaries use (a contract).
+//! - [`units`]: the systemd drop-ins certsync writes from its config.
 //! - [`hardening`]: what both binaries do to their own process first.
 //!
 //! What is `pub` here is the contract between the two sides.
@@ -28,6 +29,7 @@ pub mod hardening;
 pub mod logging;
 pub mod protocol;
 pub mod report;
+pub mod units;
 pub mod validate;
 
 #[cfg(any(test, feature = "testutil"))]

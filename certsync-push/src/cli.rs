@@ -33,6 +33,8 @@ Examples:
       one target, allowing a certificate that expires sooner (rollback)
   certsync-push status --json
       local vs installed fingerprint per cert and target
+  certsync-push units
+      make certsync-push.path watch every live dir in the config
 
 Exit codes:
   0  success, or nothing to do
@@ -102,6 +104,14 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Write the systemd drop-in that makes certsync-push.path watch every
+    /// live dir in the config (certsync-push.path.d/certsync-sources.conf),
+    /// then say what to reload.
+    Units {
+        /// The systemd unit dir to write into.
+        #[arg(long, value_name = "DIR", default_value = certsync_core::units::SYSTEM_UNIT_DIR)]
+        dir: PathBuf,
     },
     /// Make an ed25519 key pair (PATH 0600 and PATH.pub) and print the
     /// authorized_keys line for the receiving host.

@@ -41,6 +41,9 @@ pub enum PushError {
     #[error("{0}")]
     Keygen(#[from] KeygenError),
 
+    #[error("{0}")]
+    Units(#[from] certsync_core::units::UnitsError),
+
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -55,7 +58,8 @@ impl PushError {
             PushError::Keygen(KeygenError::Exists { .. } | KeygenError::BadComment { .. }) => {
                 ExitCode::Usage
             }
-            PushError::Keygen(_) | PushError::Output(_) => ExitCode::Runtime,
+            PushError::Units(certsync_core::units::UnitsError::BadPath { .. }) => ExitCode::Usage,
+            PushError::Keygen(_) | PushError::Output(_) | PushError::Units(_) => ExitCode::Runtime,
         }
     }
 }

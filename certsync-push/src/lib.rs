@@ -6,7 +6,8 @@
 //! or locally, [`session`] speaks the protocol, [`push`] runs one pass over
 //! every target, [`status`] compares local and installed fingerprints,
 //! [`watch`] pushes on change, [`keygen`] makes the pusher's key;
-//! [`untrusted`] makes what a receiver says safe to log.
+//! [`untrusted`] makes what a receiver says safe to log; [`units`] points
+//! certsync-push.path at the configured live dirs.
 
 pub mod cli;
 pub mod discover;
@@ -17,5 +18,6 @@ pub mod session;
 pub mod source;
 pub mod status;
 pub mod transport;
+pub mod units;
 pub mod untrusted;
 pub mod watch;

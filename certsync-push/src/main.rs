@@ -73,6 +73,7 @@ async fn run(cli: Cli) -> ExitCode {
             certsync_push::status::run(&cli.config, json, &mut stdout).await
         }
         Command::Keygen { out } => keygen(&out),
+        Command::Units { dir } => units(&cli.config, &dir),
     };
     match result {
         Ok(code) => code,
@@ -154,5 +155,20 @@ fn keygen(out: &Path) -> Result<ExitCode, PushError> {
     );
     eprintln!("put this line in ~certsync/.ssh/authorized_keys on the receiving host (add --config … to the command if its receive.toml is elsewhere):");
     println!("{}", made.authorized_keys_line);
+    Ok(ExitCode::Success)
+}
+
+fn units(config: &Path, dir: &Path) -> Result<ExitCode, PushError> {
+    let cfg = PushConfig::load(config)?;
+    let drop_in = certsync_push::units::drop_in(&cfg, config)?;
+    let path = drop_in.write(dir)?;
+    for d in certsync_push::units::watched_dirs(&cfg) {
+        println!("watch {}", d.display());
+    }
+    eprintln!(
+        "wrote {}; now run: systemctl daemon-reload && systemctl restart {}",
+        path.display(),
+        certsync_push::units::PATH_UNIT
+    );
     Ok(ExitCode::Success)
 }

@@ -108,6 +108,7 @@ pub async fn run(
     out: &mut dyn std::io::Write,
 ) -> Result<ExitCode, PushError> {
     let config = PushConfig::load(config_path)?;
+    crate::units::warn_unwatched(&config);
     let results = pass(&config, config_path, opts).await?;
     out.write_all(render(&results, opts.dry_run).as_bytes())?;
     out.flush()?;
@@ -306,7 +307,7 @@ pub async fn read_source(
     read_consistent_retry_async(&dir, retry).await
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -688,10 +688,17 @@ fn read_consistent_inner(
     let meta = match fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let hidden_home = ["/home", "/root", "/run/user"]
+                .iter()
+                .any(|h| dir.starts_with(h));
             return Err(SourceError::NoSuchDir {
                 path: dir.to_path_buf(),
-                hint: "check `source` in push.toml; `certsync-push discover` lists certbot's live dirs and NPM's custom_ssl dirs",
-            })
+                hint: if hidden_home {
+                    "check `source` in push.toml; if it does exist, a unit with ProtectHome=yes hides /home and /root: the shipped certsync-push units use ProtectHome=read-only, so remove a drop-in (`systemctl cat certsync-push.service`) that sets it to yes"
+                } else {
+                    "check `source` in push.toml; `certsync-push discover` lists certbot's live dirs and NPM's custom_ssl dirs"
+                },
+            });
         }
         Err(e) => return Err(io_err("open the live dir", dir)(e)),
     };

@@ -107,6 +107,7 @@ pub async fn run(
     out: &mut dyn std::io::Write,
 ) -> Result<ExitCode, PushError> {
     let config = PushConfig::load(config_path)?;
+    crate::units::warn_unwatched(&config);
     let opts = PushOptions {
         dry_run: true,
         offer_only: true,

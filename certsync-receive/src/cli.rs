@@ -96,6 +96,14 @@ pub enum Command {
         #[arg(long)]
         metrics: Option<PathBuf>,
     },
+    /// Write the systemd drop-ins that let certsync-deploy.service write
+    /// where receive.toml installs (ReadWritePaths=) and certsync-deploy.path
+    /// watch its staging dir, then say what to reload.
+    Units {
+        /// The systemd unit dir to write into.
+        #[arg(long, value_name = "DIR", default_value = certsync_core::units::SYSTEM_UNIT_DIR)]
+        dir: PathBuf,
+    },
     /// Print the restricted authorized_keys line for a pusher's public key.
     AuthorizedKey {
         /// The pusher's public key (id_ed25519.pub from `certsync-push keygen`).

@@ -50,7 +50,7 @@ pub const FAULT_POINTS: [&str; 7] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {source}{}", sandbox_hint(source))]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -58,13 +58,41 @@ pub enum InstallError {
         source: std::io::Error,
     },
     #[error(
-        "the directory {0} does not exist; create it, or fix cert_path/key_path in receive.toml"
+        "the directory {} does not exist; create it, or fix cert_path/key_path in receive.toml{}",
+        .0.display(),
+        home_hint(.0)
     )]
     NoDir(PathBuf),
     #[error("{0} is too large to be a certificate or key file")]
     TooLarge(PathBuf),
     #[error("the installed pair {cert} / {key} does not match and no kept previous pair can repair it; the next push of this certificate replaces it (or on this host: certsync-receive install --name NAME --cert FULLCHAIN --key KEY; add --force there if that pair expires before the installed certificate)")]
     Unrepairable { cert: PathBuf, key: PathBuf },
+}
+
+/// Under systemd's `ProtectSystem=strict` a dir the unit may not write is
+/// read-only: say which command opens it.
+fn sandbox_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+        "; under systemd, `certsync-receive units && systemctl daemon-reload` lets certsync-deploy.service write where receive.toml installs"
+    } else {
+        ""
+    }
+}
+
+/// A dir under /home or /root may only look missing: say why.
+fn home_hint(p: &Path) -> &'static str {
+    if under_home(p) {
+        "; if it does exist, certsync-deploy.service's ProtectHome=yes hides it: run `certsync-receive units && systemctl daemon-reload`"
+    } else {
+        ""
+    }
+}
+
+/// Under a dir that `ProtectHome=yes` hides from a unit?
+pub(crate) fn under_home(p: &Path) -> bool {
+    ["/home", "/root", "/run/user"]
+        .iter()
+        .any(|h| p.starts_with(h))
 }
 
 fn io_err<'a>(

@@ -26,3 +26,4 @@ pub mod reload;
 pub mod serve;
 pub mod settings;
 pub mod stage;
+pub mod units;

@@ -187,12 +187,29 @@ pub fn literal_sans(value: &str) -> Vec<String> {
 /// Read `<dir>/mailcow.conf`.
 pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
     let path = dir.join("mailcow.conf");
-    let bytes = crate::fsutil::read_capped(&path, MAX_CONF_BYTES)
-        .and_then(|b| b.ok_or_else(|| std::io::ErrorKind::NotFound.into()))
-        .map_err(|source| ReceiveError::ReadInput {
-            path: path.clone(),
-            source,
-        })?;
+    let bytes = match crate::fsutil::read_capped(&path, MAX_CONF_BYTES) {
+        Ok(Some(b)) => b,
+        // A unit with ProtectHome=yes sees an empty /home and /root: the
+        // checkout seems missing there while the admin can see it.
+        Ok(None) if crate::install::under_home(dir) => {
+            return Err(ReceiveError::Settings(format!(
+                "{} does not exist; check `[mailcow] dir` in receive.toml. If it does exist, a unit with ProtectHome=yes hides /home and /root from it: for certsync-deploy.service run `certsync-receive units && systemctl daemon-reload`",
+                path.display()
+            )))
+        }
+        Ok(None) => {
+            return Err(ReceiveError::ReadInput {
+                path: path.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
+        }
+        Err(source) => {
+            return Err(ReceiveError::ReadInput {
+                path: path.clone(),
+                source,
+            })
+        }
+    };
     let vars = parse_conf(&String::from_utf8_lossy(&bytes));
     // A key set twice: the last line wins, as with `source`.
     let get = |k: &str| {

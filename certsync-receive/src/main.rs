@@ -116,6 +116,26 @@ async fn run(cli: Cli) -> ExitCode {
             warn_days,
             metrics,
         } => certsync_receive::check::run(&settings, json, warn_days, metrics.as_deref()).await,
+        Command::Units { dir } => match certsync_receive::units::write(&settings, &dir) {
+            Ok(paths) => {
+                for d in certsync_receive::units::writable_dirs(&settings) {
+                    println!("writable {}", d.display());
+                }
+                for p in paths {
+                    eprintln!("wrote {}", p.display());
+                }
+                eprintln!("now run: systemctl daemon-reload");
+                ExitCode::Success
+            }
+            Err(e @ certsync_core::units::UnitsError::BadPath { .. }) => {
+                tracing::error!("{e}");
+                ExitCode::Usage
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::Runtime
+            }
+        },
         Command::AuthorizedKey { .. } => ExitCode::Usage,
     }
 }

@@ -32,6 +32,7 @@ complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "push" -
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "watch" -d 'Run until stopped; push whenever a live dir changes'
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "discover" -d 'List the certbot live dirs (and NPM\'s uploaded certificates) with subject, SANs, key type, notAfter, fingerprint and consistency'
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "status" -d 'Per cert and target: the local fingerprint against the installed one (asks each receiver with a dry run; changes nothing)'
+complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "units" -d 'Write the systemd drop-in that makes certsync-push.path watch every live dir in the config (certsync-push.path.d/certsync-sources.conf), then say what to reload'
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "keygen" -d 'Make an ed25519 key pair (PATH 0600 and PATH.pub) and print the authorized_keys line for the receiving host'
 complete -c certsync-push -n "__fish_certsync_push_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand push" -l target -d 'Only this [[target]] (repeatable)' -r
@@ -53,13 +54,18 @@ complete -c certsync-push -n "__fish_certsync_push_using_subcommand status" -s c
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand status" -l log-format -d 'Log format: auto (journald under systemd, else text), text, json, journald' -r
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand status" -l json -d 'Print JSON instead of text'
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand units" -l dir -d 'The systemd unit dir to write into' -r -F
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand units" -s c -l config -d 'The config file' -r -F
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand units" -l log-format -d 'Log format: auto (journald under systemd, else text), text, json, journald' -r
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand units" -s h -l help -d 'Print help'
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand keygen" -l out -d 'Where to write the private key' -r -F
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand keygen" -s c -l config -d 'The config file' -r -F
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand keygen" -l log-format -d 'Log format: auto (journald under systemd, else text), text, json, journald' -r
 complete -c certsync-push -n "__fish_certsync_push_using_subcommand keygen" -s h -l help -d 'Print help'
-complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status keygen help" -f -a "push" -d 'One pass: offer every cert to every target, send only what differs'
-complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status keygen help" -f -a "watch" -d 'Run until stopped; push whenever a live dir changes'
-complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status keygen help" -f -a "discover" -d 'List the certbot live dirs (and NPM\'s uploaded certificates) with subject, SANs, key type, notAfter, fingerprint and consistency'
-complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status keygen help" -f -a "status" -d 'Per cert and target: the local fingerprint against the installed one (asks each receiver with a dry run; changes nothing)'
-complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status keygen help" -f -a "keygen" -d 'Make an ed25519 key pair (PATH 0600 and PATH.pub) and print the authorized_keys line for the receiving host'
-complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status keygen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "push" -d 'One pass: offer every cert to every target, send only what differs'
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "watch" -d 'Run until stopped; push whenever a live dir changes'
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "discover" -d 'List the certbot live dirs (and NPM\'s uploaded certificates) with subject, SANs, key type, notAfter, fingerprint and consistency'
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "status" -d 'Per cert and target: the local fingerprint against the installed one (asks each receiver with a dry run; changes nothing)'
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "units" -d 'Write the systemd drop-in that makes certsync-push.path watch every live dir in the config (certsync-push.path.d/certsync-sources.conf), then say what to reload'
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "keygen" -d 'Make an ed25519 key pair (PATH 0600 and PATH.pub) and print the authorized_keys line for the receiving host'
+complete -c certsync-push -n "__fish_certsync_push_using_subcommand help; and not __fish_seen_subcommand_from push watch discover status units keygen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -32,6 +32,7 @@ complete -c certsync-receive -n "__fish_certsync_receive_needs_command" -f -a "s
 complete -c certsync-receive -n "__fish_certsync_receive_needs_command" -f -a "deploy" -d 'Install what `serve` staged (root\'s half of deploy = "handoff"), reload, verify'
 complete -c certsync-receive -n "__fish_certsync_receive_needs_command" -f -a "install" -d 'Validate and install a pair from local files, as a push would'
 complete -c certsync-receive -n "__fish_certsync_receive_needs_command" -f -a "check" -d 'Is the installed pair valid and matching, not expiring, served on the wire?'
+complete -c certsync-receive -n "__fish_certsync_receive_needs_command" -f -a "units" -d 'Write the systemd drop-ins that let certsync-deploy.service write where receive.toml installs (ReadWritePaths=) and certsync-deploy.path watch its staging dir, then say what to reload'
 complete -c certsync-receive -n "__fish_certsync_receive_needs_command" -f -a "authorized-key" -d 'Print the restricted authorized_keys line for a pusher\'s public key'
 complete -c certsync-receive -n "__fish_certsync_receive_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand serve" -s c -l config -d 'The config file' -r -F
@@ -56,14 +57,19 @@ complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand check"
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand check" -l log-format -d 'Log format: auto (journald under systemd, else text), text, json, journald' -r
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand check" -l json -d 'Print JSON instead of text'
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand units" -l dir -d 'The systemd unit dir to write into' -r -F
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand units" -s c -l config -d 'The config file' -r -F
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand units" -l log-format -d 'Log format: auto (journald under systemd, else text), text, json, journald' -r
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand units" -s h -l help -d 'Print help'
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand authorized-key" -l pubkey -d 'The pusher\'s public key (id_ed25519.pub from `certsync-push keygen`)' -r -F
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand authorized-key" -l from -d 'Only accept the key from these addresses (e.g. 192.0.2.10/32)' -r
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand authorized-key" -s c -l config -d 'The config file' -r -F
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand authorized-key" -l log-format -d 'Log format: auto (journald under systemd, else text), text, json, journald' -r
 complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand authorized-key" -s h -l help -d 'Print help'
-complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check authorized-key help" -f -a "serve" -d 'Speak the certsync protocol on stdin/stdout (the authorized_keys forced command; the default when no command is given)'
-complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check authorized-key help" -f -a "deploy" -d 'Install what `serve` staged (root\'s half of deploy = "handoff"), reload, verify'
-complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check authorized-key help" -f -a "install" -d 'Validate and install a pair from local files, as a push would'
-complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check authorized-key help" -f -a "check" -d 'Is the installed pair valid and matching, not expiring, served on the wire?'
-complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check authorized-key help" -f -a "authorized-key" -d 'Print the restricted authorized_keys line for a pusher\'s public key'
-complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check authorized-key help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check units authorized-key help" -f -a "serve" -d 'Speak the certsync protocol on stdin/stdout (the authorized_keys forced command; the default when no command is given)'
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check units authorized-key help" -f -a "deploy" -d 'Install what `serve` staged (root\'s half of deploy = "handoff"), reload, verify'
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check units authorized-key help" -f -a "install" -d 'Validate and install a pair from local files, as a push would'
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check units authorized-key help" -f -a "check" -d 'Is the installed pair valid and matching, not expiring, served on the wire?'
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check units authorized-key help" -f -a "units" -d 'Write the systemd drop-ins that let certsync-deploy.service write where receive.toml installs (ReadWritePaths=) and certsync-deploy.path watch its staging dir, then say what to reload'
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check units authorized-key help" -f -a "authorized-key" -d 'Print the restricted authorized_keys line for a pusher\'s public key'
+complete -c certsync-receive -n "__fish_certsync_receive_using_subcommand help; and not __fish_seen_subcommand_from serve deploy install check units authorized-key help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

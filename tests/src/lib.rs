@@ -14,6 +14,7 @@ pub mod docker;
 pub mod e2e;
 pub mod fakerecv;
 pub mod livedir;
+pub mod machine;
 pub mod netns;
 pub mod npmhost;
 pub mod receiver;
@@ -26,6 +27,11 @@ pub fn real_required() -> bool {
 
 /// Check that a real part is available. Returns `false` (and says so on
 /// stderr) when the test should skip; panics when `CERTSYNC_REQUIRE_REAL=1`.
+///
+/// The `SKIP <test>: …` line goes straight to the process's stderr, not
+/// through the test harness's output capture, so `cargo test` shows it even
+/// for a test that then passes, and `.ci/run` counts those lines as skipped
+/// tests (one per skipping test: callers return at the first `false`).
 pub fn require(part: &str, available: bool) -> bool {
     if available {
         return true;
@@ -33,6 +39,12 @@ pub fn require(part: &str, available: bool) -> bool {
     if real_required() {
         panic!("{part} is required (CERTSYNC_REQUIRE_REAL=1) but is not available on this machine");
     }
-    eprintln!("SKIP: {part} is not available; set CERTSYNC_REQUIRE_REAL=1 to make this a failure");
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let line = format!(
+        "SKIP {test}: {part} is not available; set CERTSYNC_REQUIRE_REAL=1 to make this a failure\n"
+    );
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
     false
 }

@@ -16,6 +16,24 @@ use crate::livedir::LiveDir;
 use crate::receiver::Mailhost;
 use crate::sshd::{self, ClientKey, KeyType, Sshd};
 
+/// The pusher's ed25519 key: made by OpenSSH's ssh-keygen where it is
+/// installed (every SSH scenario needs sshd, and so has it). Without
+/// OpenSSH only the local transport runs, which never reads the key, so
+/// certsync's own `keygen` makes one: the scenario still builds on a bare
+/// machine instead of failing before its first step.
+fn pusher_key(dir: &Path) -> ClientKey {
+    if sshd::available() {
+        return sshd::client_key(dir, "id_ed25519", KeyType::Ed25519);
+    }
+    let made = certsync_push::keygen::keygen(&dir.join("id_ed25519"), "id_ed25519")
+        .expect("certsync-push keygen");
+    ClientKey {
+        private: made.private_key,
+        public: made.public_key,
+        public_line: made.public_line,
+    }
+}
+
 /// The pusher's host.
 pub struct NpmHost {
     pub root: TempDir,
@@ -51,7 +69,7 @@ impl NpmHost {
         let root = tempfile::tempdir().expect("tempdir");
         let le = root.path().join("letsencrypt");
         let live = LiveDir::new(&le, "npm-5", leaf);
-        let key = sshd::client_key(root.path(), "id_ed25519", KeyType::Ed25519);
+        let key = pusher_key(root.path());
         let config = root.path().join("push.toml");
         let state_dir = root.path().join("state");
         NpmHost {

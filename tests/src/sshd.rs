@@ -39,6 +39,14 @@ pub fn available() -> bool {
     Path::new(SSHD).exists() && Path::new(SSH_KEYGEN).exists()
 }
 
+/// [`crate::require`] for sshd: the one "skip unless OpenSSH" check.
+pub fn require() -> bool {
+    crate::require(
+        "OpenSSH's sshd and ssh-keygen (apt-get install openssh-server)",
+        available(),
+    )
+}
+
 /// Key types `ssh-keygen -t` understands that we test with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyType {

@@ -59,7 +59,7 @@ const ENDPOINTS: [(&str, Option<&str>); 3] = [
 fn all_parts_present() -> bool {
     let program = |p: &str| find_program(p).is_some() || Path::new("/usr/sbin").join(p).exists();
     require("network namespaces (root, iproute2)", netns::available())
-        && require("sshd", sshd::available())
+        && sshd::require()
         && require("dockerd", Dockerd::available())
         && require("postfix", program("postfix"))
         && require("dovecot", program("dovecot"))

@@ -183,10 +183,6 @@ fn forced_command(host: &Mailhost, fault: Option<&str>) -> String {
     }
 }
 
-fn have_sshd() -> bool {
-    require("sshd", sshd::available())
-}
-
 fn target(sshd: &Sshd, key: &ClientKey) -> SshTarget {
     SshTarget {
         host: sshd.host().to_string(),
@@ -256,7 +252,7 @@ enum Via {
 /// what a run finds, and a retried push completes.
 #[tokio::test]
 async fn sigkill_at_every_install_point_locally_and_over_ssh() {
-    let ssh = have_sshd();
+    let ssh = sshd::require();
     let ca = TestCa::new();
     let server = if ssh { Some(start_sshd()) } else { None };
     let mut vias = vec![Via::Local];
@@ -388,7 +384,7 @@ fn children_of(parent: u32) -> Vec<(u32, String)> {
 /// staged.
 #[tokio::test]
 async fn ssh_connection_cut_or_stalled_mid_bundle_installs_nothing() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let ca = TestCa::new();

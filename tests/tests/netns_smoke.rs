@@ -5,7 +5,12 @@ use certsync_tests::netns::{self, TwoHosts};
 
 #[test]
 fn two_hosts_talk_over_their_link_only() {
-    if !certsync_tests::require("network namespaces (root, iproute2)", netns::available()) {
+    if !certsync_tests::require("network namespaces (root, iproute2)", netns::available())
+        || !certsync_tests::require(
+            "busybox (apt-get install busybox-static)",
+            certsync_tests::docker::find_program("busybox").is_some(),
+        )
+    {
         return;
     }
     let hosts = TwoHosts::create();
@@ -15,11 +20,7 @@ fn two_hosts_talk_over_their_link_only() {
         .args(["nc", "-l", "-p", "2525", "-w", "5"])
         .stdout(std::process::Stdio::piped())
         .spawn();
-    let Ok(listener) = listener else {
-        // busybox is required elsewhere; say clearly what is missing here.
-        certsync_tests::require("busybox", false);
-        return;
-    };
+    let listener = listener.unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let out = hosts
         .npm

@@ -13,14 +13,9 @@ use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_tests::livedir::Renewal;
 use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, ClosedPort, NpmHost};
 use certsync_tests::receiver::Mailhost;
-use certsync_tests::require;
 use certsync_tests::sshd::{self, client_key, KeyType, Sshd};
 
 const HOST: &str = "mail.example.com";
-
-fn have_sshd() -> bool {
-    require("sshd", sshd::available())
-}
 
 /// An NPM host, a mail host, and an sshd in front of the mail host's
 /// receiver, with push.toml naming it by a correct known_hosts file.
@@ -70,7 +65,7 @@ fn identity(mail: &Mailhost) -> Vec<(u64, i64, i64)> {
 
 #[test]
 fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let ca = TestCa::new();
@@ -165,7 +160,7 @@ fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
 
 #[test]
 fn a_renewal_is_pushed_only_once_it_is_consistent() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let ca = TestCa::new();
@@ -219,7 +214,7 @@ fn a_renewal_is_pushed_only_once_it_is_consistent() {
 
 #[test]
 fn unknown_and_changed_host_keys_are_refused_before_anything_runs() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let ca = TestCa::new();
@@ -274,7 +269,7 @@ fn unknown_and_changed_host_keys_are_refused_before_anything_runs() {
 
 #[test]
 fn a_key_that_is_not_authorized_fails_clearly() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let ca = TestCa::new();
@@ -306,7 +301,7 @@ fn a_key_that_is_not_authorized_fails_clearly() {
 
 #[test]
 fn two_targets_in_one_run_and_a_third_that_is_down() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let ca = TestCa::new();
@@ -374,7 +369,7 @@ fn two_targets_in_one_run_and_a_third_that_is_down() {
 
 #[test]
 fn dry_run_changes_nothing_and_a_remote_force_needs_allow_remote_force() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let ca = TestCa::new();
@@ -602,7 +597,7 @@ fn a_cert_name_the_receiver_does_not_know_is_a_config_error_naming_its_file() {
 
 #[test]
 fn a_key_from_keygen_works_with_the_line_it_prints() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let ca = TestCa::new();

@@ -14,13 +14,6 @@ use certsync_tests::require;
 use certsync_tests::sshd::{self, client_key, forced_line, script, ClientKey, KeyType, Sshd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn have_sshd() -> bool {
-    require(
-        "sshd",
-        Path::new("/usr/sbin/sshd").exists() && sshd::available(),
-    )
-}
-
 fn target(sshd: &Sshd, key: &ClientKey, host_keys: HostKeyPolicy) -> SshTarget {
     SshTarget {
         host: sshd.host().to_string(),
@@ -71,7 +64,7 @@ fn marker_command(dir: &Path) -> (String, PathBuf) {
 
 #[tokio::test]
 async fn cat_round_trips_bytes_and_reports_exit_0() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let (sshd, key, _k) = sshd_with("/bin/cat");
@@ -100,7 +93,7 @@ async fn cat_round_trips_bytes_and_reports_exit_0() {
 
 #[tokio::test]
 async fn remote_exit_status_and_original_command() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -123,7 +116,7 @@ async fn remote_exit_status_and_original_command() {
 
 #[tokio::test]
 async fn finish_without_reading_still_gets_status() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -142,7 +135,7 @@ async fn finish_without_reading_still_gets_status() {
 
 #[tokio::test]
 async fn killed_receiver_gives_no_status_and_hung_one_is_bounded() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let (sshd, key, _k) = sshd_with("kill -9 $$");
@@ -170,7 +163,7 @@ async fn killed_receiver_gives_no_status_and_hung_one_is_bounded() {
 
 #[tokio::test]
 async fn known_hosts_plain_hashed_and_bracketed_forms() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let (sshd, key, _k) = sshd_with("/bin/cat");
@@ -204,7 +197,7 @@ async fn known_hosts_plain_hashed_and_bracketed_forms() {
 
 #[tokio::test]
 async fn known_hosts_with_only_the_ecdsa_key_of_a_two_key_host() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     // sshd offers ed25519 and ECDSA; known_hosts lists only ECDSA. OpenSSH
@@ -226,7 +219,7 @@ async fn known_hosts_with_only_the_ecdsa_key_of_a_two_key_host() {
 
 #[tokio::test]
 async fn unknown_host_key_refused_with_fingerprint_nothing_executed() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -272,7 +265,7 @@ async fn unknown_host_key_refused_with_fingerprint_nothing_executed() {
 
 #[tokio::test]
 async fn changed_host_key_refused() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -299,7 +292,7 @@ async fn changed_host_key_refused() {
 
 #[tokio::test]
 async fn revoked_host_key_refused_even_if_listed() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let (sshd, key, _k) = sshd_with("/bin/cat");
@@ -328,7 +321,7 @@ async fn revoked_host_key_refused_even_if_listed() {
 
 #[tokio::test]
 async fn pinned_host_key_accepted_and_mismatch_refused() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let (sshd, key, keys) = sshd_with("/bin/cat");
@@ -356,7 +349,7 @@ async fn pinned_host_key_accepted_and_mismatch_refused() {
 
 #[tokio::test]
 async fn unauthorized_client_key_gives_clear_auth_error() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let (sshd, _authorized, keys) = sshd_with("/bin/cat");
@@ -380,7 +373,7 @@ async fn unauthorized_client_key_gives_clear_auth_error() {
 
 #[tokio::test]
 async fn rsa_and_ecdsa_client_keys_work() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let keys = tempfile::tempdir().unwrap();
@@ -405,7 +398,7 @@ async fn rsa_and_ecdsa_client_keys_work() {
 
 #[tokio::test]
 async fn our_keygen_key_works_with_its_printed_line() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     // The operator's path: keygen, paste the printed line (with its
@@ -434,7 +427,7 @@ async fn our_keygen_key_works_with_its_printed_line() {
 
 #[tokio::test]
 async fn forced_command_runs_as_an_unprivileged_user() {
-    if !have_sshd()
+    if !sshd::require()
         || !require(
             "a local user certsync-test",
             sshd::ensure_user("certsync-test"),
@@ -462,7 +455,7 @@ async fn forced_command_runs_as_an_unprivileged_user() {
 
 #[tokio::test]
 async fn closed_port_is_a_connect_error_naming_host_and_port() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let keys = tempfile::tempdir().unwrap();
@@ -489,7 +482,7 @@ async fn closed_port_is_a_connect_error_naming_host_and_port() {
 
 #[tokio::test]
 async fn silent_listener_times_out_within_the_bound() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let keys = tempfile::tempdir().unwrap();
@@ -530,7 +523,7 @@ async fn silent_listener_times_out_within_the_bound() {
 
 #[tokio::test]
 async fn timing_connect_exec_close_on_loopback() {
-    if !have_sshd() {
+    if !sshd::require() {
         return;
     }
     let (sshd, key, _k) = sshd_with("/bin/cat");

@@ -31,7 +31,6 @@ use certsync_tests::fakerecv::{hello, FakeReceiver, Then};
 use certsync_tests::livedir::{LiveDir, RENEWAL_STEPS};
 use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, ClosedPort, NpmHost};
 use certsync_tests::receiver::Mailhost;
-use certsync_tests::require;
 use certsync_tests::sshd::{self, Sshd};
 
 const HOST: &str = "mail.example.com";
@@ -173,7 +172,7 @@ const PUSH_WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_renewal_with_pauses_is_pushed_once_after_its_last_step_and_never_half() {
-    if !require("sshd", sshd::available()) {
+    if !sshd::require() {
         return;
     }
     let ca = TestCa::new();
@@ -286,7 +285,7 @@ fn a_renewal_with_pauses_is_pushed_once_after_its_last_step_and_never_half() {
 
 #[test]
 fn a_target_that_is_down_is_retried_and_gets_the_pair_when_it_comes_back() {
-    if !require("sshd", sshd::available()) {
+    if !sshd::require() {
         return;
     }
     let ca = TestCa::new();
