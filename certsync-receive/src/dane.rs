@@ -546,6 +546,7 @@ pub fn decide(
     let mut notes = Vec::new();
     let mut unmatched = Vec::new();
     let mut guarded = 0usize;
+    let mut errors = Vec::new();
     for l in lookups {
         match &l.result {
             Ok(Lookup::Validated(records)) => {
@@ -573,12 +574,36 @@ pub fn decide(
             Err(e) if e.is_unreachable() && settings.mode == DaneMode::Auto => {
                 notes.push(format!("DANE check skipped: {e}"))
             }
-            Err(e) => {
-                return Verdict::Refuse {
-                    reason: format!("DANE: {e}"),
-                }
-            }
+            Err(e) => errors.push(e.to_string()),
         }
+    }
+    let deadline = i64::from(settings.deadline_days);
+    let within_deadline = |left: Option<i64>| left.is_none_or(|d| d <= deadline);
+    let why_now = |left: Option<i64>| match left {
+        Some(d) => format!(
+            "the installed certificate has {d} day(s) left (dane_deadline_days = {deadline})"
+        ),
+        None => "no certificate is installed".to_string(),
+    };
+    if !errors.is_empty() {
+        // A bogus answer already stops DANE senders; an expired
+        // certificate would stop every sender. So the deadline wins here
+        // too, loudly.
+        if within_deadline(installed_days_left) {
+            return Verdict::Forced {
+                warning: format!(
+                    "DANE: installing although the TLSA lookup failed ({}) because {}: \
+                     fix the zone's DNSSEC; DANE-validating senders cannot deliver until then",
+                    errors.join("; "),
+                    why_now(installed_days_left)
+                ),
+                notes,
+                publish: vec![],
+            };
+        }
+        return Verdict::Refuse {
+            reason: format!("DANE: {}", errors.join("; ")),
+        };
     }
     if settings.mode == DaneMode::Require && guarded == 0 {
         return Verdict::Refuse {
@@ -600,14 +625,10 @@ pub fn decide(
         Some(t) => unmatched.iter().map(|o| t.zone_line(o)).collect(),
         None => vec![],
     };
-    let deadline = i64::from(settings.deadline_days);
     match installed_days_left {
-        Some(left) if left > deadline => Verdict::Hold { notes, publish },
+        left if !within_deadline(left) => Verdict::Hold { notes, publish },
         left => {
-            let why = match left {
-                Some(d) => format!("the installed certificate has {d} day(s) left (dane_deadline_days = {deadline})"),
-                None => "no certificate is installed".to_string(),
-            };
+            let why = why_now(left);
             Verdict::Forced {
                 warning: format!(
                     "DANE: installing a certificate that matches none of the TLSA records of {} because {why}: \
@@ -1210,6 +1231,11 @@ mod tests {
         assert!(matches!(
             decide(&guard(DaneMode::Auto), &bogus, &chain(&leaf, &ca), Some(60)),
             Verdict::Refuse { .. }
+        ));
+        // At the deadline, a broken zone does not stop the renewal.
+        assert!(matches!(
+            decide(&guard(DaneMode::Auto), &bogus, &chain(&leaf, &ca), Some(3)),
+            Verdict::Forced { .. }
         ));
         let none = [validated(OWNER, vec![])];
         assert_eq!(

@@ -1,8 +1,9 @@
 //! A real DNSSEC lab for the DANE tests: Knot DNS (`knotd`) serves the
 //! zone `example.test.`, signed by knot itself (automatic signing, the
 //! default ECDSA P-256 policy), and `unsigned.test.`, not signed; a real
-//! `unbound` validates, with `example.test.`'s DS as its only trust anchor
-//! and stub zones pointing at knot on 127.0.0.1. The receiver asks unbound
+//! `unbound` validates, with `example.test.`'s DS as its trust anchor (and,
+//! for `bogus.test.`, a DS that matches none of knot's keys), and stub
+//! zones pointing at knot on 127.0.0.1. The receiver asks unbound
 //! (`dns_resolver`), exactly as it would ask unbound-mailcow.
 //!
 //! unbound answers `test.` itself by default (RFC 6761 names are its
@@ -18,6 +19,9 @@ use std::time::{Duration, Instant};
 
 pub const SIGNED: &str = "example.test.";
 pub const UNSIGNED: &str = "unsigned.test.";
+/// Signed by knot, but unbound's trust anchor for it matches no key:
+/// every answer is bogus, and unbound says SERVFAIL.
+pub const BOGUS: &str = "bogus.test.";
 
 const KNOTD: &str = "/usr/sbin/knotd";
 const KNOTC: &str = "/usr/sbin/knotc";
@@ -66,7 +70,7 @@ impl DnsLab {
     /// Start knot with both zones holding `signed_records` and
     /// `unsigned_records` (zone-file lines relative to the zone), then
     /// unbound trusting the signed zone's DS.
-    pub fn start(signed_records: &str, unsigned_records: &str) -> DnsLab {
+    pub fn start(signed_records: &str, unsigned_records: &str, bogus_records: &str) -> DnsLab {
         let dir = tempfile::tempdir().unwrap();
         let knot_port = free_port();
         let conf = dir.path().join("knot.conf");
@@ -78,7 +82,7 @@ impl DnsLab {
                  log:\n  - target: stderr\n    any: warning\n\
                  database:\n    storage: {db:?}\n\
                  template:\n  - id: default\n    storage: {d:?}\n    file: \"%s.zone\"\n    zonefile-sync: -1\n\
-                 zone:\n  - domain: {SIGNED}\n    dnssec-signing: on\n  - domain: {UNSIGNED}\n",
+                 zone:\n  - domain: {SIGNED}\n    dnssec-signing: on\n  - domain: {UNSIGNED}\n  - domain: {BOGUS}\n    dnssec-signing: on\n",
                 d = dir.path(),
                 db = dir.path().join("db"),
             ),
@@ -98,6 +102,7 @@ impl DnsLab {
         };
         lab.write_zone(SIGNED, signed_records);
         lab.write_zone(UNSIGNED, unsigned_records);
+        lab.write_zone(BOGUS, bogus_records);
         lab.knotc(&["reload"]);
         wait_tcp(SocketAddr::from(([127, 0, 0, 1], knot_port)), "knotd");
         let ds = lab.ds();
@@ -111,11 +116,14 @@ impl DnsLab {
                  use-syslog: no\n  logfile: \"\"\n  verbosity: 0\n\
                  access-control: 127.0.0.0/8 allow\n  do-not-query-localhost: no\n\
                  module-config: \"validator iterator\"\n  trust-anchor: \"{ds}\"\n\
+                 trust-anchor: \"{BOGUS} DS 1 13 2 {zeros}\"\n\
                  cache-max-ttl: 0\n  local-zone: \"test.\" nodefault\n  cache-max-negative-ttl: 0\n\
                  stub-zone:\n  name: \"{SIGNED}\"\n  stub-addr: 127.0.0.1@{knot_port}\n\
-                 stub-zone:\n  name: \"{UNSIGNED}\"\n  stub-addr: 127.0.0.1@{knot_port}\n",
+                 stub-zone:\n  name: \"{UNSIGNED}\"\n  stub-addr: 127.0.0.1@{knot_port}\n\
+                 stub-zone:\n  name: \"{BOGUS}\"\n  stub-addr: 127.0.0.1@{knot_port}\n",
                 d = lab.dir.path(),
                 pid = lab.dir.path().join("unbound.pid"),
+                zeros = "00".repeat(32),
             ),
         )
         .unwrap();

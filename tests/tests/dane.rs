@@ -83,7 +83,10 @@ fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
     );
     // The unsigned zone pins another key: were it trusted, it would hold.
     let unsigned = format!("_25._tcp.mail TLSA 3 1 1 {}\n", "00".repeat(32));
-    let mut lab = DnsLab::start(&signed, &unsigned);
+    let bogus_leaf = ca.leaf(KeyKind::P256, &["mail.bogus.test"]);
+    let bogus_next = ca.leaf(KeyKind::P256, &["mail.bogus.test"]);
+    let bogus = format!("_25._tcp.mail TLSA {}\n", ee(&bogus_leaf));
+    let mut lab = DnsLab::start(&signed, &unsigned, &bogus);
 
     // 1. A matching 3 1 1 installs.
     let h = host(&lab, "mail.example.test");
@@ -207,6 +210,21 @@ fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(installed_is(&h, &plain));
     assert!(text(&out).contains("no AD bit"), "{}", text(&out));
+
+    // A bogus answer (signatures that do not chain to the trust anchor):
+    // unbound says SERVFAIL, and the install is refused, nothing written,
+    // even though the records would match.
+    // With nothing installed yet the deadline applies (no certificate
+    // fails every sender): installed, with the warning.
+    let h = host(&lab, "mail.bogus.test");
+    let out = h.install_leaf(&bogus_leaf, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("SERVFAIL"), "{}", text(&out));
+    let before = h.snapshot();
+    let out = h.install_leaf(&bogus_next, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(h.snapshot(), before, "{}", text(&out));
+    assert!(text(&out).contains("SERVFAIL"), "{}", text(&out));
 
     // 5. 2 1 1 on the issuer keeps matching across a key change.
     let h = host(&lab, "mx5.example.test");
