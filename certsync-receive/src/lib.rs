@@ -10,6 +10,7 @@
 pub mod authorized_key;
 pub mod check;
 pub mod cli;
+pub mod dane;
 pub mod deploy;
 pub mod error;
 pub mod fault;

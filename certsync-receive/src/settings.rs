@@ -53,6 +53,8 @@ pub struct Settings {
     pub allow_remote_force: bool,
     /// What chains must verify to: the system store and `ca_file`.
     pub anchors: Anchors,
+    /// The DANE guard's settings ([`crate::dane`]).
+    pub dane: crate::dane::DaneSettings,
 }
 
 impl Settings {
@@ -123,7 +125,9 @@ impl Settings {
         }
         let anchors = Anchors::load(raw.ca_file.as_deref())
             .map_err(|e| ReceiveError::Settings(format!("{}: {e}", path.display())))?;
+        let dane = crate::dane::DaneSettings::from_config(&raw);
         Ok(Settings {
+            dane,
             allow_remote_force: raw.allow_remote_force,
             anchors,
             config_path: path.to_path_buf(),
