@@ -430,25 +430,11 @@ impl DockerConfig {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_SOCKET))
     }
 
-    /// The reload command for a compose service: configured, else the
-    /// mailcow default, else none.
+    /// The reload command configured for a compose service, if any (the
+    /// receiver knows mailcow's own: `certsync_receive::mailcow`).
     pub fn reload_command(&self, service: &str) -> Option<Vec<String>> {
-        if let Some(cmd) = self.reload.get(service) {
-            return Some(cmd.clone());
-        }
-        default_reload_command(service)
+        self.reload.get(service).cloned()
     }
-}
-
-/// mailcow's services and how each reloads its certificate.
-pub fn default_reload_command(service: &str) -> Option<Vec<String>> {
-    let cmd: &[&str] = match service {
-        "postfix-mailcow" => &["postfix", "reload"],
-        "dovecot-mailcow" => &["dovecot", "reload"],
-        "nginx-mailcow" => &["nginx", "-s", "reload"],
-        _ => return None,
-    };
-    Some(cmd.iter().map(|s| s.to_string()).collect())
 }
 
 impl ReceiveConfig {
@@ -635,10 +621,8 @@ project = "mailcowdockerized"
         assert!(!r.allow_remote_force, "a remote force is off by default");
         assert!(r.ca_file.is_none());
         let d = r.docker.unwrap();
-        assert_eq!(
-            d.reload_command("nginx-mailcow").unwrap(),
-            ["nginx", "-s", "reload"]
-        );
+        // Not configured: the receiver falls back to mailcow's own.
+        assert!(d.reload_command("nginx-mailcow").is_none());
         assert_eq!(
             d.reload_command("postfix-mailcow").unwrap(),
             ["postfix", "reload"]

@@ -484,14 +484,25 @@ async fn probe_endpoint(text: &str, sni: &str, expected: Option<Fingerprint>) ->
         }
     };
     let sni = sni.to_string();
+    // With SNI and without, as verify does: mailcow serves its per-domain
+    // folders to SNI clients and the top-level pair to the others.
     let served = tokio::task::spawn_blocking(move || {
-        probe::served_leaf(&endpoint, &sni, probe::PROBE_TIMEOUT)
+        let with = probe::served_leaf(&endpoint, &sni, probe::PROBE_TIMEOUT)?;
+        let without = probe::served_leaf_with(&endpoint, None, probe::PROBE_TIMEOUT)?;
+        Ok::<_, probe::ProbeError>((with, without))
     })
     .await;
     match served {
-        Ok(Ok(info)) => {
-            e.served = Some(info.fingerprint);
-            e.matches = expected == Some(info.fingerprint);
+        Ok(Ok((with, without))) => {
+            e.served = Some(with.fingerprint);
+            e.matches = expected == Some(with.fingerprint);
+            if e.matches && expected != Some(without.fingerprint) {
+                e.matches = false;
+                e.error = Some(format!(
+                    "{text} serves {} to clients without SNI, not the installed leaf it serves with SNI: reload that service (`certsync-receive deploy`) or check which file it reads",
+                    without.fingerprint
+                ));
+            }
         }
         Ok(Err(err)) => e.error = Some(err.to_string()),
         Err(err) => e.error = Some(format!("{text}: the probe task failed: {err}")),

@@ -41,8 +41,6 @@ use crate::error::ReceiveError;
 
 /// mailcow's services that use the certificate.
 pub const SERVICES: [&str; 3] = ["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"];
-/// Where the preset checks the served certificate by default.
-pub const DEFAULT_VERIFY: [&str; 3] = ["127.0.0.1:25 smtp", "127.0.0.1:993", "127.0.0.1:443"];
 
 /// The largest `domains` file read: acme-mailcow writes one line of names,
 /// at most 100 per certificate (Let's Encrypt's limit).
@@ -63,6 +61,9 @@ pub struct MailcowConf {
     pub project_alternates: Vec<String>,
     pub skip_lets_encrypt: bool,
     pub enable_ssl_sni: bool,
+    /// Where mailcow publishes SMTP, submission, SMTPS, IMAPS and HTTPS,
+    /// in `verify` syntax ([`verify_endpoints`]).
+    pub verify: Vec<String>,
     /// The literal names of `ADDITIONAL_SAN` ([`literal_sans`]); empty when
     /// `ONLY_MAILCOW_HOSTNAME` is yes (acme-mailcow then ignores them).
     pub additional_sans: Vec<String>,
@@ -238,6 +239,7 @@ pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
         project_alternates: projects.collect(),
         skip_lets_encrypt: yes("SKIP_LETS_ENCRYPT"),
         enable_ssl_sni: yes("ENABLE_SSL_SNI"),
+        verify: verify_endpoints(&get, &path),
         additional_sans: if yes("ONLY_MAILCOW_HOSTNAME") {
             Vec::new()
         } else {
@@ -412,6 +414,148 @@ pub fn lost_name_warnings(
         ));
     }
     out
+}
+
+/// How each mailcow service is made to serve new certificate files, for
+/// `[docker.reload]` entries the operator did not write. Each choice and
+/// the fact behind it, from mailcow-dockerized:
+///
+/// - postfix-mailcow: `data/Dockerfiles/postfix/postfix.sh` writes
+///   `/opt/postfix/conf/sni.map` from every `data/assets/ssl/<dir>/`
+///   holding `domains`, `cert.pem`, `key.pem` at container start and runs
+///   `postmap -F` on it (`main.cf`: `tls_server_sni_maps`). `-F` stores
+///   the files' contents, so `postfix reload` alone keeps serving the old
+///   chain to every client that sends SNI (tests/tests/mailcow_env.rs
+///   shows it). The map's source names paths, which do not change when
+///   certsync replaces the files: rebuilding the map from it, then
+///   reloading, serves the new chain without dropping a connection. (If
+///   the map does not exist, there is nothing to rebuild.) mailcow's own
+///   `data/Dockerfiles/acme/reload-configurations.sh` restarts postfix
+///   instead; certsync restarts only when verify still sees the old leaf.
+/// - dovecot-mailcow: `data/Dockerfiles/dovecot/docker-entrypoint.sh`
+///   writes `sni.conf` with `ssl_cert = <…/cert.pem` (a file name, read
+///   when the config is read), and `dovecot reload` re-reads the config:
+///   tests/tests/mailcow_env.rs shows every listener, with and without
+///   SNI, serving the new files after a reload. mailcow's acme container
+///   restarts dovecot; the restart is certsync's fallback.
+/// - nginx-mailcow: `ssl_certificate` names files, which `nginx -s
+///   reload` re-reads (the reload mailcow's acme container uses too).
+pub fn reload_command(service: &str) -> Option<Vec<String>> {
+    let cmd: &[&str] = match service {
+        "postfix-mailcow" => &["sh", "-c", POSTFIX_RELOAD],
+        "dovecot-mailcow" => &["dovecot", "reload"],
+        "nginx-mailcow" => &["nginx", "-s", "reload"],
+        _ => return None,
+    };
+    Some(cmd.iter().map(|s| s.to_string()).collect())
+}
+
+/// Rebuild postfix-mailcow's SNI map (if there is one), then reload.
+pub const POSTFIX_RELOAD: &str = "{ test ! -f /opt/postfix/conf/sni.map || postmap -F hash:/opt/postfix/conf/sni.map; } && postfix reload";
+
+/// mailcow.conf's variables for the TLS services certsync checks by
+/// default: the variable, compose's default (`docker-compose.yml`:
+/// `"${SMTP_PORT:-25}:25"` …), the protocol word of the `verify` entry.
+/// IMAP, POP3, POP3S and ManageSieve are served by the same dovecot
+/// process from the same `ssl_cert` settings as IMAPS, so IMAPS stands for
+/// them; add them to `verify` to check them too.
+const PUBLISHED: [(&str, &str, &str); 4] = [
+    ("SMTP_PORT", "25", "smtp"),
+    ("SUBMISSION_PORT", "587", "submission"),
+    ("SMTPS_PORT", "465", "smtps"),
+    ("IMAPS_PORT", "993", "imaps"),
+];
+
+/// The `verify` entries for a mailcow host, from mailcow.conf's port and
+/// bind variables (`get` looks one up; `path` names the file in
+/// warnings): SMTP and submission with STARTTLS, SMTPS, IMAPS, and HTTPS
+/// on `HTTPS_BIND:HTTPS_PORT`. A port variable may be `IP:PORT`; a bind of
+/// `0.0.0.0`, `::` or nothing means every address, so the probe uses
+/// loopback. With `NGINX_USE_PROXY_PROTOCOL=y` nginx expects a PROXY
+/// header, and the HTTPS probe sends one. A value that is not a port is
+/// warned about and left out.
+pub fn verify_endpoints(get: &dyn Fn(&str) -> Option<String>, path: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut push = |var: &str, value: &str, word: &str, suffix: &str| match published(value) {
+        Ok(addr) => out.push(format!("{addr} {word}{suffix}")),
+        Err(why) => tracing::warn!(
+            file = %path.display(),
+            "{var}={value:?} {why}: the {word} endpoint is not verified; fix {var} in mailcow.conf or list the endpoint under `verify`"
+        ),
+    };
+    for (var, default, word) in PUBLISHED {
+        let value = get(var).filter(|v| !v.trim().is_empty());
+        push(var, value.as_deref().unwrap_or(default), word, "");
+    }
+    let port = get("HTTPS_PORT")
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "443".into());
+    let bind = get("HTTPS_BIND").unwrap_or_default();
+    let proxy = get("NGINX_USE_PROXY_PROTOCOL").is_some_and(|v| is_yes(&v));
+    if proxy {
+        tracing::info!(file = %path.display(), "NGINX_USE_PROXY_PROTOCOL is set: the HTTPS probe sends a PROXY header");
+    }
+    let https = if bind.trim().is_empty() {
+        port.trim().to_string()
+    } else if bind.contains(':') && !bind.starts_with('[') {
+        format!("[{}]:{}", bind.trim(), port.trim())
+    } else {
+        format!("{}:{}", bind.trim(), port.trim())
+    };
+    push(
+        "HTTPS_BIND/HTTPS_PORT",
+        &https,
+        "https",
+        if proxy { " proxy" } else { "" },
+    );
+    out
+}
+
+/// `PORT`, `IP:PORT` or `[IPv6]:PORT` as compose publishes it → where a
+/// client on this host reaches it (`HOST:PORT`).
+fn published(value: &str) -> Result<String, &'static str> {
+    let value = value.trim();
+    let (bind, port) = match value.rsplit_once(':') {
+        Some((bind, port)) => (bind, port),
+        None => ("", value),
+    };
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or("is not a port (PORT or IP:PORT)")?;
+    let bind = bind.trim_start_matches('[').trim_end_matches(']');
+    Ok(match bind {
+        "" | "0.0.0.0" | "*" => format!("127.0.0.1:{port}"),
+        "::" => format!("[::1]:{port}"),
+        v6 if v6.contains(':') => format!("[{v6}]:{port}"),
+        v4 => format!("{v4}:{port}"),
+    })
+}
+
+/// The mailcow service behind a `verify` entry: by its protocol word
+/// (`smtp`, `submission`, `smtps` → postfix; `imap`, `imaps`, `pop3`,
+/// `pop3s`, `sieve` → dovecot; `https` → nginx), else by mailcow's
+/// container port. `None` when neither tells.
+pub fn service_for_endpoint(text: &str) -> Option<&'static str> {
+    let mut words = text.split_whitespace();
+    let addr = words.next()?;
+    let word = words.next().map(|w| w.to_ascii_lowercase());
+    let by_word = match word.as_deref() {
+        Some("smtp" | "submission" | "smtps" | "submissions") => Some(SERVICES[0]),
+        Some("imap" | "imaps" | "pop3" | "pop3s" | "sieve" | "managesieve") => Some(SERVICES[1]),
+        Some("https") => Some(SERVICES[2]),
+        _ => None,
+    };
+    by_word.or_else(|| {
+        let port: u16 = addr.rsplit_once(':')?.1.parse().ok()?;
+        match port {
+            25 | 465 | 587 => Some(SERVICES[0]),
+            143 | 993 | 110 | 995 | 4190 => Some(SERVICES[1]),
+            443 => Some(SERVICES[2]),
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -633,5 +777,108 @@ mod tests {
             vec!["imap.example.com", "*.example.org"]
         );
         assert!(lost_names(&new, &["MAIL.example.com.".to_string()]).is_empty());
+    }
+
+    fn endpoints_of(conf: &str) -> Vec<String> {
+        let vars = parse_conf(conf);
+        let get = |k: &str| {
+            vars.iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        verify_endpoints(&get, Path::new("mailcow.conf"))
+    }
+
+    #[test]
+    fn endpoints_come_from_mailcow_conf() {
+        // generate_config.sh's defaults.
+        let defaults = "SMTP_PORT=25\nSMTPS_PORT=465\nSUBMISSION_PORT=587\nIMAP_PORT=143\nIMAPS_PORT=993\nHTTPS_PORT=443\nHTTPS_BIND=\n";
+        assert_eq!(
+            endpoints_of(defaults),
+            [
+                "127.0.0.1:25 smtp",
+                "127.0.0.1:587 submission",
+                "127.0.0.1:465 smtps",
+                "127.0.0.1:993 imaps",
+                "127.0.0.1:443 https"
+            ]
+        );
+        // Unset: compose's defaults.
+        assert_eq!(endpoints_of(""), endpoints_of(defaults));
+        // The reverse-proxy guide's HTTPS, IP:PORT forms, binds meaning
+        // every address, IPv6, and the PROXY protocol.
+        let custom = "SMTP_PORT=203.0.113.7:2525\nSUBMISSION_PORT=0.0.0.0:5870\nSMTPS_PORT=[::]:4650\nIMAPS_PORT=[2001:db8::1]:9930\nHTTPS_BIND=127.0.0.1\nHTTPS_PORT=8443\nNGINX_USE_PROXY_PROTOCOL=Yes\n";
+        assert_eq!(
+            endpoints_of(custom),
+            [
+                "203.0.113.7:2525 smtp",
+                "127.0.0.1:5870 submission",
+                "[::1]:4650 smtps",
+                "[2001:db8::1]:9930 imaps",
+                "127.0.0.1:8443 https proxy"
+            ]
+        );
+        assert_eq!(
+            endpoints_of("HTTPS_BIND=::\nHTTPS_PORT=443\nNGINX_USE_PROXY_PROTOCOL=n\n")
+                .last()
+                .unwrap(),
+            "[::1]:443 https"
+        );
+        assert_eq!(
+            endpoints_of("HTTPS_BIND=2001:db8::2\nHTTPS_PORT=443\n")
+                .last()
+                .unwrap(),
+            "[2001:db8::2]:443 https"
+        );
+        // A value that is no port is left out (and warned about).
+        let bad = endpoints_of("SMTP_PORT=smtp\nHTTPS_PORT=0\n");
+        assert_eq!(
+            bad,
+            [
+                "127.0.0.1:587 submission",
+                "127.0.0.1:465 smtps",
+                "127.0.0.1:993 imaps"
+            ]
+        );
+        // Every entry parses as a probe endpoint.
+        for text in endpoints_of(custom).iter().chain(&endpoints_of(defaults)) {
+            crate::probe::Endpoint::parse(text).unwrap();
+        }
+    }
+
+    #[test]
+    fn endpoints_map_to_their_service() {
+        for (text, service) in [
+            ("127.0.0.1:2525 smtp", Some("postfix-mailcow")),
+            ("127.0.0.1:5870 submission", Some("postfix-mailcow")),
+            ("127.0.0.1:4650 smtps", Some("postfix-mailcow")),
+            ("127.0.0.1:9930 imaps", Some("dovecot-mailcow")),
+            ("127.0.0.1:8443 https proxy", Some("nginx-mailcow")),
+            ("127.0.0.1:25", Some("postfix-mailcow")),
+            ("127.0.0.1:993", Some("dovecot-mailcow")),
+            ("[::1]:443", Some("nginx-mailcow")),
+            ("127.0.0.1:8443", None),
+            ("127.0.0.1:8443 tls", None),
+        ] {
+            assert_eq!(service_for_endpoint(text), service, "{text}");
+        }
+    }
+
+    #[test]
+    fn reload_commands_are_mailcows() {
+        assert_eq!(
+            reload_command("postfix-mailcow").unwrap(),
+            ["sh", "-c", POSTFIX_RELOAD]
+        );
+        assert_eq!(
+            reload_command("dovecot-mailcow").unwrap(),
+            ["dovecot", "reload"]
+        );
+        assert_eq!(
+            reload_command("nginx-mailcow").unwrap(),
+            ["nginx", "-s", "reload"]
+        );
+        assert!(reload_command("sogo-mailcow").is_none());
     }
 }

@@ -524,8 +524,13 @@ pub async fn finish<P: PostInstall>(
     reload_and_verify(run, spec, pair.leaf_fingerprint(), post, report).await;
 }
 
-/// Steps 6 and 7, remembering a reload that failed (or clearing one that
-/// was owed and now succeeded).
+/// Steps 6 and 7, remembering a pair that is installed but not proven
+/// served (see [`reload_owed`]).
+///
+/// The marker is written before the reload and removed only once the
+/// reload and the verify both succeeded: a failed reload, a failed verify,
+/// or a crash in between leave it, so the next push, `deploy` or `check`
+/// does not say "nothing to do" about a pair the daemons may not serve.
 async fn reload_and_verify<P: PostInstall>(
     run: &Run<'_>,
     spec: &CertSpec,
@@ -533,36 +538,37 @@ async fn reload_and_verify<P: PostInstall>(
     post: &P,
     report: &mut CertReport,
 ) {
-    let failed_before = failed_reloads(report);
-    post.reload(spec, run.dry_run, report).await;
     if run.dry_run {
+        post.reload(spec, true, report).await;
         return;
     }
     let marker = Entry::ReloadOwed(&spec.name);
-    if failed_reloads(report) > failed_before {
-        if let Err(e) = run
-            .staging
-            .write(marker, format!("{leaf}\n").as_bytes(), 0o600)
-        {
-            tracing::error!(cert = %spec.name, "cannot remember the owed reload: {e}; run `certsync-receive deploy` once Docker is back");
-        } else {
-            tracing::warn!(cert = %spec.name, marker = %run.staging.display(marker).display(), "reload owed; the next deploy, check or push retries it");
-        }
-    } else {
-        match run.staging.remove(marker) {
-            Ok(true) => tracing::info!(cert = %spec.name, "the owed reload is done"),
-            Ok(false) => {}
-            Err(e) => tracing::error!(cert = %spec.name, "{e}"),
-        }
+    if let Err(e) = run
+        .staging
+        .write(marker, format!("{leaf}\n").as_bytes(), 0o600)
+    {
+        tracing::error!(cert = %spec.name, "cannot remember the owed reload: {e}; if this run fails, run `certsync-receive deploy` once it can succeed");
     }
+    let failed_before = failed_posts(report);
+    post.reload(spec, false, report).await;
     post.verify(spec, leaf, report).await;
+    if failed_posts(report) > failed_before {
+        tracing::warn!(cert = %spec.name, marker = %run.staging.display(marker).display(), "installed but not proven served; the next deploy, check or push retries the reload and the verify");
+        return;
+    }
+    match run.staging.remove(marker) {
+        Ok(true) => tracing::debug!(cert = %spec.name, "reloaded and verified; nothing owed"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(cert = %spec.name, "{e}"),
+    }
 }
 
-fn failed_reloads(report: &CertReport) -> usize {
+/// Failed reload and verify steps so far.
+fn failed_posts(report: &CertReport) -> usize {
     report
         .steps
         .iter()
-        .filter(|s| s.step == Step::Reload && s.status == StepStatus::Failed)
+        .filter(|s| matches!(s.step, Step::Reload | Step::Verify) && s.status == StepStatus::Failed)
         .count()
 }
 
@@ -574,7 +580,7 @@ async fn settle_owed<P: PostInstall>(
     report: &mut CertReport,
 ) {
     let marker = run.staging.display(Entry::ReloadOwed(&spec.name));
-    tracing::info!(cert = %spec.name, marker = %marker.display(), "retrying the reload owed since an earlier install");
+    tracing::info!(cert = %spec.name, marker = %marker.display(), "retrying the reload and verify owed since an earlier install");
     let what = if run.dry_run {
         "would retry it"
     } else {
@@ -583,7 +589,7 @@ async fn settle_owed<P: PostInstall>(
     report.done(
         Step::Compare,
         format!(
-            "a reload is owed since an earlier install ({}); {what}",
+            "a reload is owed since an earlier install whose reload or verify failed ({}); {what}",
             marker.display()
         ),
     );
@@ -627,7 +633,11 @@ pub async fn retry_owed<P: PostInstall>(
     Some(cr)
 }
 
-/// Is a reload of this certificate's services still owed?
+/// Is a reload (and verify) of this certificate's services still owed?
+/// The marker ([`Entry::ReloadOwed`]) remembers a pair that is installed
+/// but not proven served (its reload or its verify failed, or the run
+/// stopped in between), so that the next push, `deploy` or `check`
+/// retries the reload and the verify instead of saying "nothing to do".
 pub fn reload_owed(staging: &StagingDir, name: &str) -> bool {
     staging.exists(Entry::ReloadOwed(name))
 }
@@ -667,6 +677,8 @@ mod tests {
         fail: Cell<bool>,
         reloads: Cell<usize>,
         verifies: Cell<usize>,
+        /// Verify fails while set (the reload succeeds).
+        stale: Cell<bool>,
     }
 
     impl PostInstall for Flaky {
@@ -684,7 +696,15 @@ mod tests {
         }
         async fn verify(&self, _spec: &CertSpec, _leaf: Fingerprint, report: &mut CertReport) {
             self.verifies.set(self.verifies.get() + 1);
-            report.skipped(Step::Verify, "none configured");
+            if self.stale.get() {
+                report.failed(
+                    Step::Verify,
+                    "127.0.0.1:25 smtp serves the old certificate",
+                    ExitCode::Unverified,
+                );
+            } else {
+                report.skipped(Step::Verify, "none configured");
+            }
         }
     }
 
@@ -732,6 +752,7 @@ mod tests {
             fail: Cell::new(true),
             reloads: Cell::new(0),
             verifies: Cell::new(0),
+            stale: Cell::new(false),
         };
         let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
 
@@ -766,6 +787,47 @@ mod tests {
         assert_eq!(wanted, Wanted::Have);
     }
 
+    #[tokio::test]
+    async fn a_failed_verify_is_owed_too_and_a_repeat_delivery_retries_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let staging = StagingDir::open(&s.staging_dir).unwrap();
+        let spec = &s.certs[0];
+        let run = Run {
+            settings: &s,
+            staging: &staging,
+            now: SystemTime::now(),
+            dry_run: false,
+            force: Force::No,
+        };
+        let post = Flaky {
+            fail: Cell::new(false),
+            reloads: Cell::new(0),
+            verifies: Cell::new(0),
+            stale: Cell::new(true),
+        };
+        let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+        let mut cr = CertReport::new("mail", None);
+        let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
+        finish(&run, spec, &pair, &post, &mut cr).await;
+        assert_eq!(cr.exit, ExitCode::Unverified, "{cr}");
+        assert!(
+            reload_owed(&staging, "mail"),
+            "a failed verify is remembered"
+        );
+        let (wanted, why) = decide_owed(&staging, spec, &offered(&leaf));
+        assert_eq!(wanted, Wanted::Send, "not 'nothing to do': {why}");
+
+        post.stale.set(false);
+        let mut cr = CertReport::new("mail", None);
+        let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
+        finish(&run, spec, &pair, &post, &mut cr).await;
+        assert_eq!(cr.exit, ExitCode::Success, "{cr}");
+        assert_eq!((post.reloads.get(), post.verifies.get()), (2, 2));
+        assert!(!reload_owed(&staging, "mail"));
+        assert_eq!(decide_owed(&staging, spec, &offered(&leaf)).0, Wanted::Have);
+    }
+
     fn offered(leaf: &certsync_core::testutil::TestLeaf) -> OfferedCert {
         let b = leaf.bundle();
         OfferedCert {
@@ -793,6 +855,7 @@ mod tests {
             fail: Cell::new(true),
             reloads: Cell::new(0),
             verifies: Cell::new(0),
+            stale: Cell::new(false),
         };
         let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
         let mut cr = CertReport::new("mail", None);

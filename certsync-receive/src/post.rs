@@ -11,13 +11,22 @@
 //!   "skipped: none configured" step; every service and every endpoint gets
 //!   a line of its own.
 //! - The probe is blocking (std sockets), so it runs in `spawn_blocking`.
+//! - An endpoint counts as verified only when clients with SNI = the first
+//!   hostname and clients without SNI both get the installed leaf: mailcow
+//!   serves per-domain folders to SNI clients and the top-level pair to
+//!   the others, and either can be stale.
+//! - When an endpoint still serves another leaf after its service's
+//!   reload reported success, that service's containers are restarted
+//!   once and the endpoint is verified again (a restart re-runs mailcow's
+//!   start scripts, which rebuild postfix's SNI map and dovecot's
+//!   `sni.conf`); only then is it exit 4.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use certsync_core::bundle::{parse_chain, CertInfo};
 use certsync_core::protocol::MAX_CHAIN_BYTES;
-use certsync_core::report::{CertReport, Step};
+use certsync_core::report::{CertReport, Step, StepStatus};
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::mailcow;
@@ -34,6 +43,11 @@ pub const VERIFY_RETRY: Duration = Duration::from_secs(8);
 /// How long a served certificate must stay the same to count as served:
 /// long enough for the old workers of a reloaded daemon to stop accepting.
 pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// How long verify waits for a restarted container to serve again:
+/// mailcow's images wait for their database and DNS before the daemon
+/// starts, which takes far longer than a reload.
+pub const RESTART_VERIFY_RETRY: Duration = Duration::from_secs(90);
 
 /// The production [`PostInstall`].
 pub struct Post<'a> {
@@ -99,14 +113,36 @@ impl PostInstall for Post<'_> {
             .verify
             .iter()
             .map(|text| verify_endpoint(text, &sni, leaf, VERIFY_RETRY));
-        let results = futures_util::future::join_all(probes).await;
+        let mut results = futures_util::future::join_all(probes).await;
+
+        let restarted = self.restart_stale(spec, &results, report).await;
+        if !restarted.is_empty() {
+            let again: Vec<usize> = (0..results.len())
+                .filter(|&i| results[i].is_err())
+                .filter(|&i| {
+                    mailcow::service_for_endpoint(&spec.verify[i])
+                        .is_some_and(|s| restarted.iter().any(|r| r == s))
+                })
+                .collect();
+            let probes = again
+                .iter()
+                .map(|&i| verify_endpoint(&spec.verify[i], &sni, leaf, RESTART_VERIFY_RETRY));
+            let fresh = futures_util::future::join_all(probes).await;
+            for (i, result) in again.into_iter().zip(fresh) {
+                results[i] = result;
+            }
+        }
+
         for (text, result) in spec.verify.iter().zip(results) {
             match result {
                 Ok(served) => {
                     tracing::info!(cert = %spec.name, endpoint = %text, "verified: serves {}", served.short());
                     report.done(
                         Step::Verify,
-                        format!("{text} serves {} (SNI {sni})", served.short()),
+                        format!(
+                            "{text} serves {} (with SNI {sni} and without SNI)",
+                            served.short()
+                        ),
                     );
                 }
                 Err(e) => {
@@ -122,6 +158,76 @@ impl PostInstall for Post<'_> {
     }
 }
 
+impl Post<'_> {
+    /// Restart, once, each service whose reload reported success but one
+    /// of whose endpoints still serves another leaf. Returns the services
+    /// restarted.
+    async fn restart_stale(
+        &self,
+        spec: &CertSpec,
+        results: &[Result<Fingerprint, ProbeError>],
+        report: &mut CertReport,
+    ) -> Vec<String> {
+        let mut stale: Vec<(&'static str, &str)> = Vec::new();
+        for (text, result) in spec.verify.iter().zip(results) {
+            let Err(ProbeError::Mismatch(_)) = result else {
+                continue;
+            };
+            let Some(service) = mailcow::service_for_endpoint(text) else {
+                continue;
+            };
+            if spec.reload.iter().any(|s| s == service)
+                && reloaded(report, service)
+                && !stale.iter().any(|(s, _)| *s == service)
+            {
+                stale.push((service, text));
+            }
+        }
+        if stale.is_empty() {
+            return Vec::new();
+        }
+        let plan = match ReloadPlan::from_config(&self.settings.docker, &spec.reload) {
+            Ok(plan) => plan,
+            Err(e) => {
+                report.failed(Step::Reload, e.to_string(), ExitCode::Unverified);
+                return Vec::new();
+            }
+        };
+        let mut restarted = Vec::new();
+        for (service, text) in stale {
+            let why = format!("{text} still served the old certificate after the reload");
+            match reload::restart_service(&plan, service, &why).await {
+                Ok(o) if o.status.ok() => {
+                    report.done(
+                        Step::Reload,
+                        format!("{service} {}: {}", o.status, o.message),
+                    );
+                    restarted.push(service.to_string());
+                }
+                Ok(o) => report.failed(
+                    Step::Reload,
+                    format!("{service} {}: {}", o.status, o.message),
+                    ExitCode::Unverified,
+                ),
+                Err(e) => report.failed(
+                    Step::Reload,
+                    format!("{service} not restarted ({why}): {e}"),
+                    ExitCode::Unverified,
+                ),
+            }
+        }
+        restarted
+    }
+}
+
+/// Did `service`'s reload in this run succeed (without a restart)?
+fn reloaded(report: &CertReport, service: &str) -> bool {
+    let prefix = format!("{service} {}:", reload::ReloadStatus::Reloaded);
+    report.steps.iter().any(|s| {
+        s.step == Step::Reload && s.status == StepStatus::Done && s.message.starts_with(&prefix)
+    })
+}
+
 /// Probe one configured endpoint until it serves `expected` or `retry_for`
 /// has passed.
 ///
@@ -129,7 +235,7 @@ impl PostInstall for Post<'_> {
 /// new worker already serves the new certificate while the old worker can
 /// still accept a connection and serve the old one (seen in the
 /// real-nginx test). So a match counts once a second probe, [`SETTLE`]
-/// later, sees the same certificate.
+/// later, sees the same certificate, and a client without SNI does too.
 pub async fn verify_endpoint(
     text: &str,
     sni: &str,
@@ -145,7 +251,8 @@ pub async fn verify_endpoint(
             let left = deadline.saturating_duration_since(Instant::now());
             let served = probe::verify(&endpoint, &sni, expected, left)?;
             std::thread::sleep(SETTLE);
-            let again = probe::verify(&endpoint, &sni, expected, Duration::ZERO);
+            let again = probe::verify(&endpoint, &sni, expected, Duration::ZERO)
+                .and_then(|_| probe::verify_with(&endpoint, None, expected, Duration::ZERO));
             match again {
                 Ok(_) => return Ok(served),
                 Err(e) if Instant::now() >= deadline => return Err(e),

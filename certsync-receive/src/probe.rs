@@ -2,8 +2,12 @@
 //!
 //! A probe connects to an endpoint such as `127.0.0.1:25 smtp`, speaks just
 //! enough of the protocol to start TLS (STARTTLS for SMTP, IMAP, POP3 and
-//! ManageSieve; implicit TLS otherwise), sends SNI = the hostname, and
-//! returns the leaf the server presented. It does not verify the chain: the
+//! ManageSieve; implicit TLS otherwise), sends SNI = the hostname (or no
+//! SNI, as old clients do: [`served_leaf_with`]), and returns the leaf the
+//! server presented. An endpoint marked `proxy` (`"127.0.0.1:443 https
+//! proxy"`) first sends a PROXY protocol v1 header naming the probe's own
+//! connection, for an nginx that expects one (mailcow's
+//! `NGINX_USE_PROXY_PROTOCOL=y`). It does not verify the chain: the
 //! point is to compare the served leaf's SHA-256 fingerprint with the one
 //! just installed, which is a stronger statement than "some valid
 //! certificate" and works on a host that cannot resolve its own name.
@@ -95,22 +99,30 @@ pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub protocol: Protocol,
+    /// Send a PROXY protocol v1 header before anything else.
+    pub proxy: bool,
 }
 
 impl Endpoint {
     /// Parse `"127.0.0.1:25 smtp"`, `"127.0.0.1:993"`, `"[::1]:443 https"`,
-    /// `"mail.example.com:587 submission"`. Without a protocol word the port
-    /// decides ([`Protocol::for_port`]).
+    /// `"mail.example.com:587 submission"`, `"127.0.0.1:443 https proxy"`.
+    /// Without a protocol word the port decides ([`Protocol::for_port`]); a
+    /// last word `proxy` sends a PROXY v1 header first.
     pub fn parse(text: &str) -> Result<Endpoint, ProbeError> {
         let bad = |reason: &str| ProbeError::BadEndpoint {
             text: printable(text.as_bytes(), 80),
             reason: reason.to_string(),
         };
-        let mut words = text.split_whitespace();
+        let mut words: Vec<&str> = text.split_whitespace().collect();
+        let proxy = words.len() > 1 && words.last() == Some(&"proxy");
+        if proxy {
+            words.pop();
+        }
+        let mut words = words.into_iter();
         let addr = words.next().ok_or_else(|| bad("it is empty"))?;
         let protocol_word = words.next();
         if words.next().is_some() {
-            return Err(bad("expected at most two words"));
+            return Err(bad("expected at most two words before `proxy`"));
         }
         let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
             let (host, after) = rest
@@ -146,6 +158,7 @@ impl Endpoint {
             host: host.to_string(),
             port,
             protocol,
+            proxy,
         })
     }
 }
@@ -161,10 +174,14 @@ impl fmt::Display for Endpoint {
     /// The form [`Endpoint::parse`] reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
-            write!(f, "[{}]:{} {}", self.host, self.port, self.protocol)
+            write!(f, "[{}]:{} {}", self.host, self.port, self.protocol)?;
         } else {
-            write!(f, "{}:{} {}", self.host, self.port, self.protocol)
+            write!(f, "{}:{} {}", self.host, self.port, self.protocol)?;
         }
+        if self.proxy {
+            f.write_str(" proxy")?;
+        }
+        Ok(())
     }
 }
 
@@ -172,7 +189,7 @@ impl fmt::Display for Endpoint {
 /// wrong one.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("verify endpoint {text:?}: {reason}; write it as HOST:PORT [smtp|imap|pop3|sieve|tls], e.g. \"127.0.0.1:25 smtp\" or \"[::1]:993\"")]
+    #[error("verify endpoint {text:?}: {reason}; write it as HOST:PORT [smtp|imap|pop3|sieve|tls] [proxy], e.g. \"127.0.0.1:25 smtp\" or \"[::1]:993\"")]
     BadEndpoint { text: String, reason: String },
     #[error("{endpoint}: cannot resolve the host: {source}")]
     Resolve {
@@ -193,7 +210,7 @@ pub enum ProbeError {
     },
     #[error("{endpoint}: {message}")]
     Dialogue { endpoint: Endpoint, message: String },
-    #[error("{endpoint}: TLS handshake with SNI {sni} failed: {message}")]
+    #[error("{endpoint}: TLS handshake with {sni} failed: {message}")]
     Tls {
         endpoint: Endpoint,
         sni: String,
@@ -207,9 +224,10 @@ pub enum ProbeError {
 
 /// The endpoint serves another certificate than the installed one.
 #[derive(Debug, thiserror::Error)]
-#[error("{endpoint} (SNI {sni}) serves certificate {served} ({subject}), not the installed {expected}: the daemon behind it has not re-read the certificate (did its reload run?) or reads another file")]
+#[error("{endpoint} ({sni}) serves certificate {served} ({subject}), not the installed {expected}: the daemon behind it has not re-read the certificate (did its reload run?) or reads another file")]
 pub struct Mismatch {
     pub endpoint: Endpoint,
+    /// `SNI mail.example.com` or `no SNI`.
     pub sni: String,
     pub expected: Fingerprint,
     pub served: Fingerprint,
@@ -223,13 +241,34 @@ pub fn served_leaf(
     sni: &str,
     timeout: Duration,
 ) -> Result<CertInfo, ProbeError> {
+    served_leaf_with(endpoint, Some(sni), timeout)
+}
+
+/// How an SNI choice reads in messages: `SNI mail.example.com`, `no SNI`.
+pub fn sni_label(sni: Option<&str>) -> String {
+    match sni {
+        Some(name) => format!("SNI {name}"),
+        None => "no SNI".into(),
+    }
+}
+
+/// The leaf certificate `endpoint` presents for `sni`, or to a client that
+/// sends no SNI (`None`), within `timeout`.
+pub fn served_leaf_with(
+    endpoint: &Endpoint,
+    sni: Option<&str>,
+    timeout: Duration,
+) -> Result<CertInfo, ProbeError> {
     let deadline = Instant::now() + timeout;
     let mut stream = connect(endpoint, deadline)?;
+    if endpoint.proxy {
+        send_proxy_header(&mut stream, endpoint, deadline)?;
+    }
     starttls(&mut stream, endpoint, deadline)?;
     set_timeouts(&stream, endpoint, deadline, "before the TLS handshake")?;
     let tls_error = |message: String| ProbeError::Tls {
         endpoint: endpoint.clone(),
-        sni: sni.to_string(),
+        sni: sni_label(sni),
         message,
     };
     let mut builder =
@@ -243,17 +282,20 @@ pub fn served_leaf(
         .configure()
         .map_err(|e| tls_error(e.to_string()))?
         .verify_hostname(false)
-        .use_server_name_indication(true);
-    let tls = config.connect(sni, stream).map_err(|e| {
-        if Instant::now() >= deadline {
-            ProbeError::Timeout {
-                endpoint: endpoint.clone(),
-                stage: "in the TLS handshake",
+        .use_server_name_indication(sni.is_some());
+    // Without SNI the name is not sent anywhere (hostname checks are off).
+    let tls = config
+        .connect(sni.unwrap_or("localhost"), stream)
+        .map_err(|e| {
+            if Instant::now() >= deadline {
+                ProbeError::Timeout {
+                    endpoint: endpoint.clone(),
+                    stage: "in the TLS handshake",
+                }
+            } else {
+                tls_error(printable(e.to_string().as_bytes(), 200))
             }
-        } else {
-            tls_error(printable(e.to_string().as_bytes(), 200))
-        }
-    })?;
+        })?;
     let leaf = tls
         .ssl()
         .peer_certificate()
@@ -272,10 +314,20 @@ pub fn verify(
     expected: Fingerprint,
     retry_for: Duration,
 ) -> Result<Fingerprint, ProbeError> {
+    verify_with(endpoint, Some(sni), expected, retry_for)
+}
+
+/// [`verify`] for a client that sends `sni`, or no SNI at all (`None`).
+pub fn verify_with(
+    endpoint: &Endpoint,
+    sni: Option<&str>,
+    expected: Fingerprint,
+    retry_for: Duration,
+) -> Result<Fingerprint, ProbeError> {
     let deadline = Instant::now() + retry_for;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let result = served_leaf(
+        let result = served_leaf_with(
             endpoint,
             sni,
             PROBE_TIMEOUT.min(left.max(Duration::from_secs(1))),
@@ -284,7 +336,7 @@ pub fn verify(
             Ok(info) if info.fingerprint == expected => return Ok(info.fingerprint),
             Ok(info) => ProbeError::Mismatch(Box::new(Mismatch {
                 endpoint: endpoint.clone(),
-                sni: sni.to_string(),
+                sni: sni_label(sni),
                 expected,
                 served: info.fingerprint,
                 subject: info.subject,
@@ -359,6 +411,35 @@ fn connect(endpoint: &Endpoint, deadline: Instant) -> Result<TcpStream, ProbeErr
         endpoint: endpoint.clone(),
         source: last,
     })
+}
+
+/// PROXY protocol v1 (haproxy's proxy-protocol.txt, section 2.1): one
+/// line naming the connection's source and destination, before the
+/// protocol itself. The probe names its own connection, so the server
+/// logs the truth.
+fn send_proxy_header(
+    stream: &mut TcpStream,
+    endpoint: &Endpoint,
+    deadline: Instant,
+) -> Result<(), ProbeError> {
+    let io = |source| ProbeError::Connect {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let local = stream.local_addr().map_err(io)?;
+    let peer = stream.peer_addr().map_err(io)?;
+    let family = if local.is_ipv4() { "TCP4" } else { "TCP6" };
+    let header = format!(
+        "PROXY {family} {} {} {} {}\r\n",
+        local.ip(),
+        peer.ip(),
+        local.port(),
+        peer.port()
+    );
+    set_timeouts(stream, endpoint, deadline, "sending the PROXY header")?;
+    stream
+        .write_all(header.as_bytes())
+        .map_err(|e| io_error(endpoint, e, "sending the PROXY header"))
 }
 
 /// The line-based part of a STARTTLS dialogue, bounded in every
@@ -586,6 +667,7 @@ mod tests {
         ];
         for (text, host, port, protocol) in cases {
             let e = Endpoint::parse(text).unwrap();
+            assert!(!e.proxy, "{text}");
             assert_eq!(
                 (e.host.as_str(), e.port, e.protocol),
                 (host, port, protocol),
@@ -593,6 +675,47 @@ mod tests {
             );
             assert_eq!(Endpoint::parse(&e.to_string()).unwrap(), e, "{text}");
         }
+    }
+
+    #[test]
+    fn a_last_word_proxy_asks_for_a_proxy_header() {
+        for (text, protocol) in [
+            ("127.0.0.1:8443 https proxy", Protocol::Tls),
+            ("127.0.0.1:443 proxy", Protocol::Tls),
+            ("[::1]:25 smtp proxy", Protocol::Smtp),
+        ] {
+            let e = Endpoint::parse(text).unwrap();
+            assert!(e.proxy, "{text}");
+            assert_eq!(e.protocol, protocol, "{text}");
+            assert_eq!(Endpoint::parse(&e.to_string()).unwrap(), e, "{text}");
+        }
+        assert!(Endpoint::parse("127.0.0.1:443 https proxy x").is_err());
+        assert!(Endpoint::parse("proxy").is_err());
+    }
+
+    #[test]
+    fn the_proxy_header_names_the_probes_own_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, peer) = listener.accept().unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while !line.ends_with(b"\r\n") {
+                s.read_exact(&mut b).unwrap();
+                line.push(b[0]);
+            }
+            (String::from_utf8(line).unwrap(), peer.port())
+        });
+        let e = Endpoint::parse(&format!("127.0.0.1:{port} tls proxy")).unwrap();
+        // The server closes after the header: the handshake fails, the
+        // header was sent first.
+        let _ = served_leaf_with(&e, None, Duration::from_secs(2));
+        let (line, client_port) = server.join().unwrap();
+        assert_eq!(
+            line,
+            format!("PROXY TCP4 127.0.0.1 127.0.0.1 {client_port} {port}\r\n")
+        );
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! on both labels means another compose project on the same host that also
 //! has a `postfix-mailcow` service is never touched.
 //!
-//! For each service the reload command (`postfix reload`, `dovecot reload`,
-//! `nginx -s reload`: [`certsync_core::config::default_reload_command`]) is
-//! exec'd in every running container and its exit code checked. A failed
+//! For each service the reload command (configured under `[docker.reload]`,
+//! else mailcow's: [`crate::mailcow::reload_command`], which says why each
+//! is what it is) is exec'd in every running container and its exit code
+//! checked. A failed
 //! reload restarts that container, because a daemon that refused to reload
 //! still serves the old certificate and a restart makes it read the new one.
 //!
@@ -92,14 +93,19 @@ impl ReloadPlan {
     ) -> Result<ReloadPlan, ReloadError> {
         let services = services
             .iter()
-            .map(|service| match docker.reload_command(service) {
-                Some(command) if !command.is_empty() => Ok(ServiceReload {
-                    service: service.clone(),
-                    command,
-                }),
-                _ => Err(ReloadError::NoCommand {
-                    service: service.clone(),
-                }),
+            .map(|service| {
+                match docker
+                    .reload_command(service)
+                    .or_else(|| crate::mailcow::reload_command(service))
+                {
+                    Some(command) if !command.is_empty() => Ok(ServiceReload {
+                        service: service.clone(),
+                        command,
+                    }),
+                    _ => Err(ReloadError::NoCommand {
+                        service: service.clone(),
+                    }),
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ReloadPlan {
@@ -269,14 +275,18 @@ pub async fn connect(socket: &Path) -> Result<Docker, ReloadError> {
     docker.negotiate_version().await.map_err(negotiate)
 }
 
-/// Reload every service of `plan`, in order. `Err` only when Docker cannot
-/// be reached at all; every per-service problem is a [`ServiceOutcome`].
+/// Reload every service of `plan`, concurrently (each is its own
+/// container: the step takes as long as the slowest reload, not the sum);
+/// the outcomes are in the plan's order. `Err` only when Docker cannot be
+/// reached at all; every per-service problem is a [`ServiceOutcome`].
 pub async fn reload(plan: &ReloadPlan, dry_run: bool) -> Result<Vec<ServiceOutcome>, ReloadError> {
     let docker = connect(&plan.socket).await?;
-    let mut outcomes = Vec::with_capacity(plan.services.len());
-    for service in &plan.services {
+    let outcomes = futures_util::future::join_all(plan.services.iter().map(|service| async {
         let project = project_for(&docker, plan, &service.service).await;
-        let outcome = reload_service(&docker, project.as_deref(), service, dry_run).await;
+        reload_service(&docker, project.as_deref(), service, dry_run).await
+    }))
+    .await;
+    for outcome in &outcomes {
         tracing::info!(
             service = %outcome.service,
             status = %outcome.status,
@@ -284,9 +294,68 @@ pub async fn reload(plan: &ReloadPlan, dry_run: bool) -> Result<Vec<ServiceOutco
             "reload: {}",
             outcome.message
         );
-        outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// Restart the running containers of `service` once: the fallback when
+/// its reload reported success but verify still sees the old certificate
+/// (`why` says so in the outcome). `Err` only when Docker cannot be
+/// reached; a service without a running container is an outcome.
+pub async fn restart_service(
+    plan: &ReloadPlan,
+    service: &str,
+    why: &str,
+) -> Result<ServiceOutcome, ReloadError> {
+    let docker = connect(&plan.socket).await?;
+    let project = project_for(&docker, plan, service).await;
+    let project = project.as_deref();
+    let outcome = |containers, status, message| ServiceOutcome {
+        service: service.to_string(),
+        containers,
+        status,
+        message,
+    };
+    let found = match list(&docker, project, service).await {
+        Ok(found) => found,
+        Err(source) => {
+            let e = ReloadError::List {
+                service: service.to_string(),
+                source: Box::new(source),
+            };
+            return Ok(outcome(vec![], ReloadStatus::Failed, e.to_string()));
+        }
+    };
+    if project.is_none() && ambiguous_projects(&found).is_some() {
+        return Ok(outcome(
+            names(&found),
+            ReloadStatus::Ambiguous,
+            format!("service {service} runs in several compose projects; not restarting: set `project` under [docker] in receive.toml"),
+        ));
+    }
+    let running: Vec<&Found> = found.iter().filter(|f| f.running).collect();
+    if running.is_empty() {
+        return Ok(outcome(
+            names(&found),
+            ReloadStatus::Missing,
+            format!("{why}, but no container of service {service} is running to restart"),
+        ));
+    }
+    let mut parts = Vec::new();
+    let mut status = ReloadStatus::Restarted;
+    for container in running {
+        match restart(&docker, service, container).await {
+            Ok(()) => {
+                tracing::warn!(service, container = %container.name, "restarted: {why}");
+                parts.push(format!("{why}; restarted container {}", container.name));
+            }
+            Err(e) => {
+                parts.push(format!("{why}; {e}"));
+                status = ReloadStatus::Failed;
+            }
+        }
+    }
+    Ok(outcome(names(&found), status, parts.join("; ")))
 }
 
 /// The project to match for `service`: the plan's, unless none of its
@@ -712,7 +781,11 @@ mod tests {
         let commands: Vec<String> = plan.services.iter().map(|s| s.command.join(" ")).collect();
         assert_eq!(
             commands,
-            ["postfix reload", "doveadm reload", "nginx -s reload"]
+            [
+                format!("sh -c {}", crate::mailcow::POSTFIX_RELOAD).as_str(),
+                "doveadm reload",
+                "nginx -s reload"
+            ]
         );
         let err = ReloadPlan::from_config(&docker, &["sogo-mailcow".into()]).unwrap_err();
         let msg = err.to_string();

@@ -107,10 +107,7 @@ impl Settings {
             };
             let verify = match (&c.verify, &mc) {
                 (Some(v), _) => v.clone(),
-                (None, Some(_)) => mailcow::DEFAULT_VERIFY
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                (None, Some(m)) => m.verify.clone(),
                 (None, None) => Vec::new(),
             };
             let folders_root = mc.as_ref().map(|m| m.ssl_dir());

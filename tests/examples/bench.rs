@@ -2,8 +2,10 @@
 //! figure measured side by side in the same run.
 //!
 //! ```text
-//! cargo run -p certsync-tests --example bench [--release] [-- --quick]
+//! cargo run -p certsync-tests --example bench [--release] [-- --quick] [-- --only-mailcow]
 //! ```
+//!
+//! `--only-mailcow` runs figures 3, 3b and 6 only.
 //!
 //! Runs as root on one machine (real OpenSSH sshd on loopback, real
 //! rsync, real openssl, a private dockerd with Debian's nginx when
@@ -18,13 +20,26 @@
 //!    -fingerprint -sha256` locally and, over ssh, on the installed file,
 //!    then compare).
 //! 3. **propagation**: `certsync-push watch`, a renewal, and a probe that
-//!    polls the TLS server every 10 ms: time from the renewal's last link
+//!    polls the TLS servers every 10 ms: time from the renewal's last link
 //!    change (certbot removing `previous_*.pem`) to the new leaf on the
 //!    wire, p50 and p95 over [`RENEWALS`] renewals, against the timer
-//!    chain's worst case (12 h 15 min). The TLS server is nginx in a
-//!    container reloaded through the Docker API when dockerd is available,
-//!    else an in-process server that loads the installed pair per
-//!    connection (the table says which).
+//!    chain's worst case (12 h 15 min). With dockerd, postfix, dovecot and
+//!    nginx, the servers are the mailcow-faithful environment
+//!    (`certsync_tests::mailcow`: postfix's SNI map, dovecot's sni.conf,
+//!    nginx on HTTPS_BIND:HTTPS_PORT, an acme-left folder) with a
+//!    mailcow.conf that puts HTTPS on 127.0.0.1:8443 and SMTP on 2525, the
+//!    receiver uses the `[mailcow]` preset, and "served" means every
+//!    default endpoint (SMTP, submission, SMTPS, IMAPS, HTTPS) serves the
+//!    new leaf with and without SNI. Else an in-process server that loads
+//!    the installed pair per connection (the table says which).
+//!    Then, on the same environment: **3b** what a reload and what a
+//!    container restart cost per service (until it serves TLS again), and
+//!    **6. a renewal nobody notices**: clients connect in a loop to SMTP
+//!    (STARTTLS), IMAPS and HTTPS while certsync delivers [`UNNOTICED`]
+//!    renewals; every failed connection is counted, and so is every
+//!    restart certsync makes. The baseline is mailcow's own post-renewal
+//!    step (acme's `reload-configurations.sh`: reload nginx, restart
+//!    dovecot and postfix) under the same clients.
 //! 4. **idle watch daemon**: its VmRSS, and the voluntary + involuntary
 //!    context switches of all its threads over [`IDLE_WINDOW`], as
 //!    wakeups per minute.
@@ -39,15 +54,17 @@ use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
+use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_core::Fingerprint;
-use certsync_receive::probe::{served_leaf, Endpoint};
+use certsync_receive::probe::{served_leaf, served_leaf_with, Endpoint};
 use certsync_tests::bins;
 use certsync_tests::docker::{wait_until, Dockerd};
 use certsync_tests::e2e::{pem_leaf_fingerprint, Process};
+use certsync_tests::mailcow::{Conf, Mailcow};
 use certsync_tests::npmhost::{receiver_command, NpmHost};
 use certsync_tests::receiver::Mailhost;
 use certsync_tests::sshd::{self, ClientKey, KeyType, Sshd};
@@ -62,12 +79,19 @@ const RENEWALS: usize = 25;
 const IDLE_WINDOW: Duration = Duration::from_secs(60);
 /// Pushes per fan-out size.
 const FAN_ROUNDS: usize = 3;
+/// Renewals delivered while figure 6's clients connect.
+const UNNOTICED: usize = 5;
+/// Reloads and restarts per service in figure 3b.
+const RESTARTS: usize = 3;
+/// What a client sends: SNI = the hostname, or none.
+const SNIS: [Option<&str>; 2] = [Some(HOST), None];
 /// The timer chain's worst case: push at 03:00/15:00 just missed (12 h),
 /// deploy 15 min after the push.
 const TIMER_WORST: Duration = Duration::from_secs(12 * 3600 + 15 * 60);
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let only_mailcow = std::env::args().any(|a| a == "--only-mailcow");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !sshd::available() || !have("rsync") || !have("ssh") {
         eprintln!("bench: needs root, sshd, ssh, rsync and openssl (Debian: openssh-server openssh-client rsync openssl)");
@@ -75,7 +99,7 @@ fn main() {
     }
     build_binaries();
     let mut b = Bench::new(quick);
-    b.run();
+    b.run(only_mailcow);
 }
 
 fn have(program: &str) -> bool {
@@ -239,21 +263,37 @@ impl Bench {
         self.ca.leaf(KeyKind::P384, &[HOST])
     }
 
-    fn run(&mut self) {
+    fn run(&mut self, only_mailcow: bool) {
         let started = chrono_now();
         let machine = machine();
-        self.push_cycle_and_nothing_to_do();
+        if !only_mailcow {
+            self.push_cycle_and_nothing_to_do();
+        }
         // The engine outlives the containers and the daemon of figures 3
         // and 4 (they borrow it); it is stopped at the end of this scope.
-        let docker = if Dockerd::available() && have("nginx") {
+        let mailcow = Dockerd::available()
+            && ["nginx", "postfix", "dovecot"]
+                .iter()
+                .all(|p| have(p) || Path::new("/usr/sbin").join(p).exists());
+        let docker = if mailcow {
             Some(Dockerd::start())
         } else {
             None
         };
+        if only_mailcow && docker.is_none() {
+            eprintln!("bench: --only-mailcow needs dockerd, postfix, dovecot and nginx");
+            std::process::exit(2);
+        }
         let watched = self.propagation(docker.as_ref());
-        self.idle(watched);
+        if only_mailcow {
+            drop(watched);
+        } else {
+            self.idle(watched);
+        }
         drop(docker);
-        self.fan_out();
+        if !only_mailcow {
+            self.fan_out();
+        }
         self.report(&started, &machine);
     }
 
@@ -419,30 +459,14 @@ impl Bench {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let (port, server_kind, reload, nginx);
-        match docker {
-            Some(d) => {
-                let n = d.nginx_mailcow("mc-nginx-mailcow-1", "mc", &mail.ssl, HOST);
-                port = n.port;
-                nginx = Some(n);
-                server_kind =
-                    "Debian nginx in a container, `nginx -s reload` through the Docker API";
-                reload = format!("[docker]\nsocket = {:?}\nproject = \"mc\"\n", d.socket());
-            }
-            None => {
-                nginx = None;
-                port = serve_installed(mail.cert_path(), mail.key_path());
-                server_kind = "in-process TLS server that loads the installed pair per connection (no dockerd here)";
-                reload = String::new();
-            }
+        if let Some(d) = docker {
+            drop(mail);
+            return self.propagation_mailcow(d, npm);
         }
+        let port = serve_installed(mail.cert_path(), mail.key_path());
+        let server_kind = "in-process TLS server that loads the installed pair per connection (no dockerd, postfix, dovecot or nginx here)";
         let text = std::fs::read_to_string(&mail.config).unwrap();
-        let mut text = text.replace("verify = []", &format!("verify = [\"127.0.0.1:{port}\"]"));
-        if nginx.is_some() {
-            text = text.replace("reload = []", "reload = [\"nginx-mailcow\"]");
-        }
-        text.push('\n');
-        text.push_str(&reload);
+        let text = text.replace("verify = []", &format!("verify = [\"127.0.0.1:{port}\"]"));
         std::fs::write(&mail.config, text).unwrap();
 
         let server = certsync_tests::npmhost::sshd_for(&mail, &npm.key);
@@ -517,8 +541,8 @@ impl Bench {
         Watched {
             watch,
             _server: server,
-            _nginx: nginx,
-            _mail: mail,
+            _mailcow: None,
+            _mail: Some(mail),
             _npm: npm,
         }
     }
@@ -720,6 +744,383 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Figure 3 on the mailcow-faithful environment, then 3b and 6 on it.
+    fn propagation_mailcow<'d>(&mut self, d: &'d Dockerd, mut npm: NpmHost) -> Watched<'d> {
+        eprintln!("bench: propagation on the mailcow-faithful environment …");
+        // mailcow's own pair predates certsync and expires first.
+        let own = self.ca.leaf_with(
+            KeyKind::Rsa2048,
+            &[HOST],
+            Validity {
+                not_before: -60 * 86_400,
+                not_after: 30 * 86_400,
+            },
+        );
+        let mut conf = Conf::loopback(HOST);
+        // The reverse-proxy guide's HTTPS and a non-default SMTP port, where
+        // this machine has them free.
+        if TcpListener::bind("127.0.0.1:8443").is_ok() {
+            conf.https_port = "8443".into();
+        }
+        if TcpListener::bind("127.0.0.1:2525").is_ok() {
+            conf.smtp_port = "127.0.0.1:2525".into();
+        }
+        let m = Mailcow::start(d, conf, &own, Some(&own));
+        let side = tempfile::Builder::new()
+            .prefix("certsync-bench-mailcow-")
+            .tempdir()
+            .unwrap();
+        let config = side.path().join("receive.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "staging_dir = {:?}\nca_file = {:?}\n\n[mailcow]\ndir = {:?}\n\n[[cert]]\nname = \"mail\"\n\n[docker]\nsocket = {:?}\n",
+                side.path().join("staging"),
+                certsync_tests::receiver::write_test_ca(side.path()),
+                m.dir,
+                d.socket()
+            ),
+        )
+        .unwrap();
+        let forced = format!(
+            "{} --config {} serve",
+            bins::receive().display(),
+            config.display()
+        );
+        let server = Sshd::builder()
+            .authorized_key(&sshd::forced_line(&forced, &npm.key.public_line))
+            .start();
+        let known = server.write_known_hosts("known_hosts", &[server.known_hosts_line()]);
+        npm.write_config(
+            &npm.cert_source(),
+            &[ssh_target("mailcow", &server, &npm.key.private, &known)],
+        );
+        let mut cmd = Command::new(bins::push());
+        cmd.arg("--config")
+            .arg(&npm.config)
+            .arg("watch")
+            .env("CERTSYNC_LOG", "info");
+        let watch = Process::spawn(
+            "certsync-push watch",
+            cmd,
+            &npm.root.path().join("watch.log"),
+        );
+        let passes = |w: &Process| {
+            let log = w.log();
+            log.matches("mailcow: ok").count() + log.matches("mailcow: FAILED").count()
+        };
+        wait_until(Duration::from_secs(120), || passes(&watch) >= 1).unwrap_or_else(|| {
+            panic!(
+                "the watch daemon's first pass did not end:\n{}",
+                watch.log()
+            )
+        });
+
+        let probes: Vec<(Endpoint, Option<&str>)> = m
+            .default_endpoints()
+            .iter()
+            .flat_map(|e| {
+                let ep = Endpoint::parse(&e.verify()).unwrap();
+                SNIS.map(|sni| (ep.clone(), sni))
+            })
+            .collect();
+        let renewals = if self.quick { 5 } else { RENEWALS };
+        let mut lat = Vec::new();
+        let mut failed = 0;
+        for i in 0..renewals {
+            let leaf = self.leaf();
+            let want = leaf.fingerprint();
+            npm.live.renew(&leaf);
+            let t0 = Instant::now();
+            match wait_all_served(&probes, want, Duration::from_secs(60)) {
+                Some(()) => lat.push(t0.elapsed()),
+                None => failed += 1,
+            }
+            wait_until(Duration::from_secs(120), || passes(&watch) >= i + 2);
+        }
+        let log = watch.log();
+        let failures = log.matches("mailcow: FAILED").count();
+        let restarts = log.matches("-mailcow restarted:").count();
+        let (p50, p95) = (percentile(&lat, 50.0), percentile(&lat, 95.0));
+        let ratio = p95.as_secs_f64() / TIMER_WORST.as_secs_f64();
+        self.rows.push(Row {
+            figure: format!("3. propagation, p50 / p95 of {} renewals", lat.len()),
+            certsync: format!("{} / {}", ms(p50), ms(p95)),
+            baseline: "12 h 15 min (timer chain, worst case)".into(),
+            ratio: format!("{ratio:.1e}×"),
+            target: "p95 ≤ 3 s".into(),
+            verdict: verdict(
+                p95 <= Duration::from_secs(3) && failed == 0,
+                format!(
+                    "p95 over by {}",
+                    ms(p95.saturating_sub(Duration::from_secs(3)))
+                ),
+            ),
+        });
+        let c = &m.conf;
+        self.notes.push(format!(
+            "propagation: the mailcow-faithful environment (Debian's postfix, dovecot and nginx started as mailcow's images start them; SMTP_PORT={}, SUBMISSION_PORT={}, SMTPS_PORT={}, IMAPS_PORT={}, HTTPS_BIND={} HTTPS_PORT={}; an acme-left data/assets/ssl/{HOST}/), the `[mailcow]` preset, reloads through the Docker API (postfix: rebuilt SNI map + reload), served = every default endpoint with and without SNI ({} probes, each polling every 10 ms from its own thread); debounce {} ms; {failed} renewals not seen within 60 s, {failures} passes FAILED, {restarts} container restarts; min {} max {}",
+            c.smtp_port,
+            c.submission_port,
+            c.smtps_port,
+            c.imaps_port,
+            c.https_bind,
+            c.https_port,
+            probes.len(),
+            certsync_push::watch::DEBOUNCE.as_millis(),
+            ms(lat.iter().min().copied().unwrap_or_default()),
+            ms(lat.iter().max().copied().unwrap_or_default()),
+        ));
+
+        let done = renewals + 1;
+        self.unnoticed(&m, &mut npm, &watch, done, passes);
+        self.reload_vs_restart(&m);
+        Watched {
+            watch,
+            _server: server,
+            _mailcow: Some(MailcowSide { _m: m, _dir: side }),
+            _mail: None,
+            _npm: npm,
+        }
+    }
+
+    /// Figure 6: clients in a loop on SMTP (STARTTLS), IMAPS and HTTPS
+    /// while certsync delivers renewals, then while mailcow's own
+    /// post-renewal step runs.
+    fn unnoticed(
+        &mut self,
+        m: &Mailcow<'_>,
+        npm: &mut NpmHost,
+        watch: &Process,
+        passes_so_far: usize,
+        passes: impl Fn(&Process) -> usize,
+    ) {
+        eprintln!("bench: a renewal nobody notices …");
+        let targets: Vec<(String, Endpoint)> = m
+            .default_endpoints()
+            .into_iter()
+            .filter(|e| ["smtp", "imaps", "https"].contains(&e.word))
+            .map(|e| (e.verify(), Endpoint::parse(&e.verify()).unwrap()))
+            .collect();
+        let n = if self.quick { 2 } else { UNNOTICED };
+
+        let clients = Clients::start(&targets);
+        let restarts_before = watch.log().matches("-mailcow restarted:").count();
+        for i in 0..n {
+            npm.live.renew(&self.leaf());
+            wait_until(Duration::from_secs(120), || {
+                passes(watch) > passes_so_far + i
+            });
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let restarts = watch.log().matches("-mailcow restarted:").count() - restarts_before;
+        let certsync = clients.stop();
+
+        // mailcow's acme-mailcow after a renewal: reload nginx, restart
+        // dovecot, restart postfix (reload-configurations.sh).
+        let clients = Clients::start(&targets);
+        for _ in 0..n {
+            let out = m.nginx.exec(&["nginx", "-s", "reload"]);
+            assert!(out.status.success());
+            m.restart("dovecot-mailcow");
+            m.restart("postfix-mailcow");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let mailcow = clients.stop();
+
+        let (ok_c, all_c) = (certsync.failed() == 0, certsync.total());
+        self.rows.push(Row {
+            figure: format!(
+                "6. a renewal nobody notices: failed client connections during {n} renewals"
+            ),
+            certsync: format!(
+                "{} failed of {all_c} ({}); {restarts} restarts",
+                certsync.failed(),
+                certsync.per_target()
+            ),
+            baseline: format!(
+                "{} failed of {} (mailcow's own step: restart postfix + dovecot, reload nginx; {})",
+                mailcow.failed(),
+                mailcow.total(),
+                mailcow.per_target()
+            ),
+            ratio: "–".into(),
+            target: "0 failed; restart only where nothing else refreshes".into(),
+            verdict: verdict(
+                ok_c && restarts == 0,
+                format!("{} failed, {restarts} restarts", certsync.failed()),
+            ),
+        });
+        self.notes.push(format!(
+            "a renewal nobody notices: one client per endpoint (SMTP STARTTLS, IMAPS, HTTPS; SNI {HOST}; handshake, then close; 20 ms apart) from each renewal until 1 s after its pass ended. First errors — certsync: {}; mailcow's step: {}",
+            certsync.first_errors(),
+            mailcow.first_errors()
+        ));
+    }
+
+    /// Figure 3b: per service, the reload certsync runs and a container
+    /// restart, each until the service serves TLS again (median of
+    /// [`RESTARTS`]).
+    fn reload_vs_restart(&mut self, m: &Mailcow<'_>) {
+        eprintln!("bench: reload vs restart …");
+        let mut parts = Vec::new();
+        let mut restarts = Vec::new();
+        for service in ["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"] {
+            let e = m
+                .default_endpoints()
+                .into_iter()
+                .find(|e| e.service == service)
+                .unwrap();
+            let endpoint = Endpoint::parse(&e.verify()).unwrap();
+            let serving = || served_leaf(&endpoint, HOST, Duration::from_secs(2)).is_ok();
+            let command = certsync_receive::mailcow::reload_command(service).unwrap();
+            let args: Vec<&str> = command.iter().map(String::as_str).collect();
+            let (mut reload, mut restart) = (Vec::new(), Vec::new());
+            for _ in 0..RESTARTS {
+                let t = Instant::now();
+                let out = m.container(service).exec(&args);
+                assert!(out.status.success(), "{args:?} in {service}");
+                wait_until(Duration::from_secs(30), serving).expect("serving after a reload");
+                reload.push(t.elapsed());
+                let t = Instant::now();
+                m.container(service).restart();
+                wait_until(Duration::from_secs(60), serving).expect("serving after a restart");
+                restart.push(t.elapsed());
+            }
+            let short = service.trim_end_matches("-mailcow");
+            parts.push(format!(
+                "{short}: {} / {}",
+                ms(median(&reload)),
+                ms(median(&restart))
+            ));
+            restarts.push(median(&restart));
+        }
+        self.rows.push(Row {
+            figure: format!("3b. reload / restart until serving again (median of {RESTARTS})"),
+            certsync: parts.join(", "),
+            baseline: "mailcow's acme restarts postfix and dovecot".into(),
+            ratio: "–".into(),
+            target: "–".into(),
+            verdict: "–".into(),
+        });
+        self.notes.push(format!(
+            "reload / restart: certsync's reload commands (postfix: `postmap -F` of the SNI map + `postfix reload`; `dovecot reload`; `nginx -s reload`) against `docker restart -t 30`, each timed from the call until a TLS handshake with SNI succeeds again. A restart is certsync's fallback only (verify still sees the old leaf after a successful reload); it then adds up to {} s of verify retries before the restart, plus the restart. mailcow's real images restart far slower (postfix.sh and the dovecot entrypoint wait for MySQL, DNS, and rebuild their configuration)",
+            certsync_receive::post::VERIFY_RETRY.as_secs()
+        ));
+    }
+}
+
+/// Poll every (endpoint, SNI) every 10 ms, each from a thread of its own
+/// (so one slow handshake does not delay the others), until each has
+/// served `want` once; `Some` when all did within `limit`.
+fn wait_all_served(
+    probes: &[(Endpoint, Option<&str>)],
+    want: Fingerprint,
+    limit: Duration,
+) -> Option<()> {
+    std::thread::scope(|scope| {
+        let pollers: Vec<_> = probes
+            .iter()
+            .map(|(endpoint, sni)| {
+                scope.spawn(move || {
+                    let start = Instant::now();
+                    while start.elapsed() < limit {
+                        if served_leaf_with(endpoint, *sni, Duration::from_secs(2))
+                            .is_ok_and(|info| info.fingerprint == want)
+                        {
+                            return true;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    false
+                })
+            })
+            .collect();
+        let all = pollers.into_iter().all(|p| p.join().unwrap_or(false));
+        all.then_some(())
+    })
+}
+
+/// What one client saw: endpoint, attempts, failures, first error.
+type ClientTally = (String, usize, usize, Option<String>);
+
+/// One client thread per endpoint, connecting in a loop until stopped.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<ClientTally>>,
+}
+
+/// What the clients saw, per endpoint.
+struct Tally(Vec<ClientTally>);
+
+impl Clients {
+    fn start(targets: &[(String, Endpoint)]) -> Clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = targets
+            .iter()
+            .cloned()
+            .map(|(name, endpoint)| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut total, mut failed, mut first) = (0, 0, None);
+                    while !stop.load(Ordering::SeqCst) {
+                        total += 1;
+                        if let Err(e) = served_leaf(&endpoint, HOST, Duration::from_secs(5)) {
+                            failed += 1;
+                            first.get_or_insert_with(|| e.to_string());
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    (name, total, failed, first)
+                })
+            })
+            .collect();
+        Clients { stop, threads }
+    }
+
+    fn stop(self) -> Tally {
+        self.stop.store(true, Ordering::SeqCst);
+        Tally(
+            self.threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect(),
+        )
+    }
+}
+
+impl Tally {
+    fn total(&self) -> usize {
+        self.0.iter().map(|t| t.1).sum()
+    }
+    fn failed(&self) -> usize {
+        self.0.iter().map(|t| t.2).sum()
+    }
+    fn per_target(&self) -> String {
+        self.0
+            .iter()
+            .map(|(name, total, failed, _)| {
+                let word = name.split_whitespace().last().unwrap_or(name);
+                format!("{word} {failed}/{total}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    fn first_errors(&self) -> String {
+        let errors: Vec<String> = self
+            .0
+            .iter()
+            .filter_map(|(name, _, _, e)| e.as_ref().map(|e| format!("{name}: {e}")))
+            .collect();
+        if errors.is_empty() {
+            "none".into()
+        } else {
+            errors.join("; ")
+        }
+    }
+}
+
 fn verdict(ok: bool, why: String) -> String {
     if ok {
         "met".into()
@@ -733,9 +1134,16 @@ fn verdict(ok: bool, why: String) -> String {
 struct Watched<'d> {
     watch: Process,
     _server: Sshd,
-    _nginx: Option<certsync_tests::docker::Nginx<'d>>,
-    _mail: Mailhost,
+    _mailcow: Option<MailcowSide<'d>>,
+    _mail: Option<Mailhost>,
     _npm: NpmHost,
+}
+
+/// The mailcow host of figures 3, 3b and 6: its containers, and the
+/// receiver's staging dir and receive.toml.
+struct MailcowSide<'d> {
+    _m: Mailcow<'d>,
+    _dir: tempfile::TempDir,
 }
 
 /// Give generation N's archive files an mtime `round` days ahead, as

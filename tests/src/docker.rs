@@ -24,6 +24,9 @@
 //!   exec make them re-read the mounted certificate. They need Debian's
 //!   `postfix dovecot-imapd dovecot-pop3d dovecot-managesieved` on the host.
 //!
+//! (Those are configured simply; [`crate::mailcow`] starts the three the
+//! way mailcow's images do, with postfix's SNI map and dovecot's sni.conf.)
+//!
 //! Those pick free ports on 127.0.0.1; their `_on` variants
 //! ([`Dockerd::nginx_mailcow_on`], [`Dockerd::postfix_mailcow_on`],
 //! [`Dockerd::dovecot_mailcow_on`]) take the ports, so a test that owns a
@@ -783,6 +786,12 @@ impl Container<'_> {
     /// `docker stop` (the idle script exits on TERM at once).
     pub fn stop(&self) {
         self.dockerd.docker_ok(&["stop", "-t", "5", &self.name]);
+    }
+
+    /// `docker restart` (up to 30 s for the daemon to stop, as the
+    /// receiver gives it).
+    pub fn restart(&self) {
+        self.dockerd.docker_ok(&["restart", "-t", "30", &self.name]);
     }
 
     pub fn exec(&self, args: &[&str]) -> Output {

@@ -157,7 +157,8 @@ impl Drop for Deployer {
 }
 
 /// `openssl s_client` against `endpoint` (`host:port`), with
-/// `-starttls PROTO` when `starttls` is given and SNI = `sni`, piped into
+/// `-starttls PROTO` when `starttls` is given and SNI = `sni` (or
+/// `-noservername` for `None`), piped into
 /// `openssl x509 -noout -fingerprint -sha256`: what an operator types.
 /// `prefix` runs both in a network namespace (`["ip", "netns", "exec",
 /// NAME]`) or is empty. Returns the parsed fingerprint, or the output.
@@ -165,13 +166,17 @@ pub fn s_client_fingerprint(
     prefix: &[&str],
     endpoint: &str,
     starttls: Option<&str>,
-    sni: &str,
+    sni: Option<&str>,
 ) -> Result<Fingerprint, String> {
     let starttls = starttls
         .map(|p| format!("-starttls {p}"))
         .unwrap_or_default();
+    let sni = match sni {
+        Some(name) => format!("-servername {name}"),
+        None => "-noservername".into(),
+    };
     let script = format!(
-        "openssl s_client -connect {endpoint} {starttls} -servername {sni} </dev/null 2>/dev/null \
+        "openssl s_client -connect {endpoint} {starttls} {sni} </dev/null 2>/dev/null \
          | openssl x509 -noout -fingerprint -sha256"
     );
     let mut cmd = match prefix.split_first() {

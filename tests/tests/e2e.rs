@@ -1,5 +1,8 @@
-//! End to end on two hosts (issue 6): a certbot renewal on the NPM host is
-//! what the mailcow host's real postfix, dovecot and nginx serve.
+//! End to end on two hosts (issues 6 and 10): a certbot renewal on the NPM
+//! host is what the mailcow host's real postfix, dovecot and nginx serve,
+//! started the way mailcow's images start them
+//! ([`certsync_tests::mailcow`]), with a mailcow.conf that moves HTTPS
+//! behind a reverse proxy and SMTP off port 25.
 //!
 //! ```text
 //!  NPM host (netns)                          mailcow host (netns)
@@ -8,17 +11,24 @@
 //!  (ip netns exec)                             certsync-receive serve (handoff)
 //!                                            root loop (certsync-deploy.path):
 //!                                              certsync-receive deploy
-//!                                            dockerd: postfix-mailcow  :25 STARTTLS
-//!                                                     dovecot-mailcow  :993
-//!                                                     nginx-mailcow    :443
-//!                                              data/assets/ssl:/etc/ssl/mail:ro
+//!                                            receive.toml: [mailcow] dir = … (preset)
+//!                                            mailcow.conf: SMTP_PORT=2525,
+//!                                              HTTPS_BIND=127.0.0.1 HTTPS_PORT=8443
+//!                                            dockerd: postfix-mailcow  :2525 :587 STARTTLS, :465
+//!                                                       (SNI map by postmap -F at start)
+//!                                                     dovecot-mailcow  :993 (sni.conf at start)
+//!                                                     nginx-mailcow    127.0.0.1:8443
+//!                                              data/assets/ssl:/etc/ssl/mail:ro, with the
+//!                                              acme-left data/assets/ssl/mail.example.com/
 //! ```
 //!
 //! The test renews the certificate the way certbot does and then checks
 //! what an operator checks by hand: the SHA-256 fingerprints of the source
 //! certificate, of the installed file, and of the certificates served on
-//! :25 (STARTTLS), :993 and :443 — with certsync's own probe and with
-//! `openssl s_client` — are all the same.
+//! every default endpoint (SMTP and submission with STARTTLS, SMTPS, IMAPS,
+//! HTTPS), to clients with SNI = MAILCOW_HOSTNAME and to clients without
+//! SNI — with certsync's own probe and with `openssl s_client` — are all
+//! the same.
 //!
 //! Every real part is required: with `CERTSYNC_REQUIRE_REAL=1` a missing
 //! one is a failure. Everything started here (namespaces, dockerd and its
@@ -30,31 +40,25 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
+use certsync_core::testutil::{KeyKind, TestCa, Validity};
 use certsync_core::Fingerprint;
-use certsync_receive::probe::{served_leaf, Endpoint};
-use certsync_tests::docker::{find_program, wait_until, Dockerd, DovecotPorts};
+use certsync_receive::probe::{served_leaf_with, sni_label, Endpoint};
+use certsync_tests::docker::{find_program, wait_until, Dockerd};
 use certsync_tests::e2e::{pem_leaf_fingerprint, s_client_fingerprint, Deployer, Process};
+use certsync_tests::mailcow::{self, Conf, Mailcow};
 use certsync_tests::netns::{self, TwoHosts};
 use certsync_tests::npmhost::NpmHost;
 use certsync_tests::sshd::{self, Sshd};
 use certsync_tests::{bins, require};
 
 const HOST: &str = "mail.example.com";
-/// mailcow's compose project name (`COMPOSE_PROJECT_NAME`).
-const PROJECT: &str = "mailcowdockerized";
 /// The unprivileged user of the forced command.
 const USER: &str = "certsync";
 /// How long one push (SSH, handoff, reloads, verify) may take here.
 const PUSH_LIMIT: Duration = Duration::from_secs(120);
 
-/// The endpoints mailcow serves, as `verify` names them, and how
-/// `openssl s_client` starts TLS on each.
-const ENDPOINTS: [(&str, Option<&str>); 3] = [
-    ("127.0.0.1:25 smtp", Some("smtp")),
-    ("127.0.0.1:993", None),
-    ("127.0.0.1:443", None),
-];
+/// What a client sends: SNI = MAILCOW_HOSTNAME, or no SNI.
+const SNIS: [Option<&str>; 2] = [Some(HOST), None];
 
 fn all_parts_present() -> bool {
     let program = |p: &str| find_program(p).is_some() || Path::new("/usr/sbin").join(p).exists();
@@ -82,7 +86,7 @@ enum KeyOwner {
 }
 
 #[test]
-fn a_renewal_on_the_npm_host_is_served_on_25_993_and_443_of_the_mailcow_host() {
+fn a_renewal_on_the_npm_host_is_served_on_every_default_endpoint_of_the_mailcow_host() {
     run_on_mailcow_thread(KeyOwner::ServeUser);
 }
 
@@ -109,12 +113,12 @@ fn run_on_mailcow_thread(owner: KeyOwner) {
     }
 }
 
-/// The mailcow host's files: `data/assets/ssl`, the staging dir owned by
-/// the unprivileged user, and receive.toml.
+/// certsync's files on the mailcow host: the staging dir owned by the
+/// unprivileged user, and receive.toml (the mailcow checkout itself is
+/// the [`Mailcow`]'s).
 struct MailcowFiles {
     /// Kept for its Drop.
     _root: tempfile::TempDir,
-    ssl: PathBuf,
     staging: PathBuf,
     config: PathBuf,
 }
@@ -125,11 +129,9 @@ impl MailcowFiles {
             .prefix("certsync-e2e-mailcow-")
             .tempdir()
             .unwrap();
-        // The forced command runs as `certsync`: it must reach its config,
-        // the installed certificate (to compare) and its staging dir.
+        // The forced command runs as `certsync`: it must reach its config
+        // and its staging dir.
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let ssl = root.path().join("mailcow-dockerized/data/assets/ssl");
-        std::fs::create_dir_all(&ssl).unwrap();
         let staging = root.path().join("staging");
         std::fs::create_dir_all(&staging).unwrap();
         let uid = user_id(USER);
@@ -138,34 +140,15 @@ impl MailcowFiles {
         let config = root.path().join("receive.toml");
         MailcowFiles {
             _root: root,
-            ssl,
             staging,
             config,
         }
     }
 
-    fn cert(&self) -> PathBuf {
-        self.ssl.join("cert.pem")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.ssl.join("key.pem")
-    }
-
-    /// What mailcow does on first start: a pair is there before any
-    /// daemon starts (nginx and dovecot refuse to start without one).
-    fn install_first_pair(&self, leaf: &TestLeaf, owner: KeyOwner) {
-        std::fs::write(self.cert(), &leaf.chain_pem).unwrap();
-        std::fs::write(self.key(), leaf.key_pem.expose()).unwrap();
-        std::fs::set_permissions(self.key(), std::fs::Permissions::from_mode(0o600)).unwrap();
-        if owner == KeyOwner::ServeUser {
-            let (uid, gid) = user_id(USER);
-            std::os::unix::fs::chown(self.key(), Some(uid), Some(gid)).unwrap();
-        }
-    }
-
-    fn write_config(&self, docker_socket: &Path) {
-        let endpoints: Vec<&str> = ENDPOINTS.iter().map(|(e, _)| *e).collect();
+    /// The operator's receive.toml: the `[mailcow]` preset takes the
+    /// hostname, paths, services, project and verify endpoints from
+    /// mailcow.conf.
+    fn write_config(&self, mailcow_dir: &Path, docker_socket: &Path) {
         let ca_file = certsync_tests::receiver::write_test_ca(self.config.parent().unwrap());
         let text = format!(
             r#"staging_dir = {staging:?}
@@ -173,24 +156,27 @@ deploy = "handoff"
 handoff_timeout = 110
 ca_file = {ca_file:?}
 
+[mailcow]
+dir = {mailcow_dir:?}
+
 [[cert]]
 name = "mail"
-hostnames = ["{HOST}"]
-cert_path = {cert:?}
-key_path = {key:?}
-reload = ["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"]
-verify = {endpoints:?}
 
 [docker]
 socket = {docker_socket:?}
-project = "{PROJECT}"
 "#,
             staging = self.staging,
-            cert = self.cert(),
-            key = self.key(),
         );
         std::fs::write(&self.config, text).unwrap();
         std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+/// Hand the installed keys to the forced command's user (see [`KeyOwner`]).
+fn chown_keys(m: &Mailcow<'_>) {
+    let (uid, gid) = user_id(USER);
+    for dir in [m.ssl_dir(), m.acme_dir()] {
+        std::os::unix::fs::chown(dir.join("key.pem"), Some(uid), Some(gid)).unwrap();
     }
 }
 
@@ -202,37 +188,41 @@ fn user_id(name: &str) -> (u32, u32) {
     (id("-u"), id("-g"))
 }
 
-/// The five fingerprints of the check, as an operator lists them.
+/// The fingerprints of the check, as an operator lists them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     source: Option<Fingerprint>,
     installed: Option<Fingerprint>,
-    /// Per endpoint, what certsync's probe saw (or why not).
-    served: Vec<Result<Fingerprint, String>>,
+    /// Per endpoint and SNI choice, what certsync's probe saw (or why not).
+    served: Vec<(String, Result<Fingerprint, String>)>,
 }
 
 impl Seen {
     fn all(&self, want: Fingerprint) -> bool {
         self.source == Some(want)
             && self.installed == Some(want)
-            && self.served.iter().all(|s| s.as_ref() == Ok(&want))
+            && self.served.iter().all(|(_, s)| s.as_ref() == Ok(&want))
     }
 }
 
 /// Look, from the mailcow host's namespace (this thread).
-fn look(npm: &NpmHost, files: &MailcowFiles) -> Seen {
-    let served = ENDPOINTS
-        .iter()
-        .map(|(text, _)| {
-            let endpoint = Endpoint::parse(text).map_err(|e| e.to_string())?;
-            served_leaf(&endpoint, HOST, Duration::from_secs(5))
-                .map(|info| info.fingerprint)
+fn look(npm: &NpmHost, m: &Mailcow<'_>) -> Seen {
+    let mut served = Vec::new();
+    for e in m.default_endpoints() {
+        for sni in SNIS {
+            let seen = Endpoint::parse(&e.verify())
                 .map_err(|e| e.to_string())
-        })
-        .collect();
+                .and_then(|endpoint| {
+                    served_leaf_with(&endpoint, sni, Duration::from_secs(5))
+                        .map(|info| info.fingerprint)
+                        .map_err(|e| e.to_string())
+                });
+            served.push((format!("{} ({})", e.verify(), sni_label(sni)), seen));
+        }
+    }
     Seen {
         source: pem_leaf_fingerprint(&npm.live.link("fullchain")),
-        installed: pem_leaf_fingerprint(&files.cert()),
+        installed: pem_leaf_fingerprint(&m.ssl_dir().join("cert.pem")),
         served,
     }
 }
@@ -257,30 +247,30 @@ fn renewal_is_served_end_to_end(owner: KeyOwner) {
         },
     );
 
-    // ---- the mailcow host
+    // ---- the mailcow host, as mailcow-dockerized starts it; its pair
+    // (and the acme-left folder) predates certsync
     let files = MailcowFiles::new();
-    files.install_first_pair(&mailcow_own, owner);
     let dockerd = Dockerd::start();
-    let _postfix = dockerd.postfix_mailcow_on(
-        &format!("{PROJECT}-postfix-mailcow-1"),
-        PROJECT,
-        &files.ssl,
-        25,
+    let conf = Conf::behind_a_reverse_proxy(HOST);
+    let m = Mailcow::start(&dockerd, conf, &mailcow_own, Some(&mailcow_own));
+    if owner == KeyOwner::ServeUser {
+        chown_keys(&m);
+    }
+    files.write_config(&m.dir, dockerd.socket());
+    let endpoints: Vec<mailcow::Endpoint> = m.default_endpoints();
+    assert_eq!(
+        endpoints
+            .iter()
+            .map(|e| e.addr.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "127.0.0.1:2525",
+            "127.0.0.1:587",
+            "127.0.0.1:465",
+            "127.0.0.1:993",
+            "127.0.0.1:8443"
+        ]
     );
-    let _dovecot = dockerd.dovecot_mailcow_on(
-        &format!("{PROJECT}-dovecot-mailcow-1"),
-        PROJECT,
-        &files.ssl,
-        DovecotPorts::MAILCOW,
-    );
-    let _nginx = dockerd.nginx_mailcow_on(
-        &format!("{PROJECT}-nginx-mailcow-1"),
-        PROJECT,
-        &files.ssl,
-        HOST,
-        443,
-    );
-    files.write_config(dockerd.socket());
 
     // Root's certsync-deploy.path: `deploy` as root, on this host.
     let deployer = {
@@ -351,9 +341,9 @@ fn renewal_is_served_end_to_end(owner: KeyOwner) {
 
     // The watch daemon starts with a pass: the first certificate goes over.
     let want = first.fingerprint();
-    let mut seen = look(&npm, &files);
+    let mut seen = look(&npm, &m);
     let first_done = wait_until(PUSH_LIMIT, || {
-        seen = look(&npm, &files);
+        seen = look(&npm, &m);
         seen.all(want) || watch.exited().is_some()
     });
     assert!(
@@ -379,7 +369,7 @@ fn renewal_is_served_end_to_end(owner: KeyOwner) {
     let want = renewed.fingerprint();
     assert_ne!(want, first.fingerprint());
     let renewed_in = wait_until(PUSH_LIMIT, || {
-        seen = look(&npm, &files);
+        seen = look(&npm, &m);
         seen.all(want) || watch.exited().is_some()
     });
     assert!(
@@ -388,42 +378,46 @@ fn renewal_is_served_end_to_end(owner: KeyOwner) {
         explain("the renewal did not reach the wire", &seen, &watch)
     );
     eprintln!(
-        "renewal served on :25, :993 and :443 within {:?} of certbot's last link change",
+        "renewal served on every default endpoint, with and without SNI, within {:?} of certbot's last link change",
         renewed_in.unwrap()
     );
 
-    // ---- what an operator checks by hand: all five fingerprints equal
+    // ---- what an operator checks by hand: every fingerprint equal
     let source = seen.source.unwrap();
     let installed = seen.installed.unwrap();
     println!("source    live/npm-5/fullchain.pem : {source}");
     println!("installed data/assets/ssl/cert.pem : {installed}");
-    for ((text, starttls), probed) in ENDPOINTS.iter().zip(&seen.served) {
-        let addr = text.split_whitespace().next().unwrap();
-        let probed = probed.clone().unwrap();
-        // And once more with the tool operators use, from the mailcow host.
-        let openssl = s_client_fingerprint(&mailcow_ns, addr, *starttls, HOST)
-            .unwrap_or_else(|e| panic!("openssl s_client on {addr}: {e}"));
-        println!("served    {addr:<16} probe      : {probed}");
-        println!("served    {addr:<16} s_client   : {openssl}");
-        assert_eq!(probed, source, "certsync's probe on {addr}");
-        assert_eq!(openssl, source, "openssl s_client on {addr}");
+    let mut probed = seen.served.iter();
+    for e in &endpoints {
+        for sni in SNIS {
+            let (what, fp) = probed.next().unwrap();
+            let fp = fp.clone().unwrap();
+            // And once more with the tool operators use, from the mailcow
+            // host.
+            let openssl = s_client_fingerprint(&mailcow_ns, &e.addr, e.starttls, sni)
+                .unwrap_or_else(|err| panic!("openssl s_client on {what}: {err}"));
+            println!("served    {what:<50} probe    : {fp}");
+            println!("served    {what:<50} s_client : {openssl}");
+            assert_eq!(fp, source, "certsync's probe on {what}");
+            assert_eq!(openssl, source, "openssl s_client on {what}");
+        }
     }
     assert_eq!(installed, source);
     assert_eq!(source, renewed.fingerprint());
     assert_eq!(
-        std::fs::read(files.key()).unwrap(),
+        std::fs::read(m.ssl_dir().join("key.pem")).unwrap(),
         renewed.key_pem.expose(),
         "the renewed key is installed with its certificate"
     );
 
     // ---- who did what: serve as `certsync` over the veth link, deploy as root
-    let key_meta = std::fs::metadata(files.key()).unwrap();
+    let key_meta = std::fs::metadata(m.ssl_dir().join("key.pem")).unwrap();
     assert_eq!(
         (key_meta.uid(), key_meta.mode() & 0o777),
         (0, 0o600),
         "key.pem is root's and 0600, whoever owned the one it replaced ({owner:?})"
     );
-    let cert_meta = std::fs::metadata(files.cert()).unwrap();
+    let cert_meta = std::fs::metadata(m.ssl_dir().join("cert.pem")).unwrap();
     assert_eq!(
         (cert_meta.uid(), cert_meta.mode() & 0o777),
         (0, 0o644),

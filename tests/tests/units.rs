@@ -595,6 +595,11 @@ fn example_receive_config_loads() {
     let docker = cfg.docker.as_ref().unwrap();
     for service in cert.reload.as_ref().unwrap() {
         assert!(docker.reload_command(service).is_some(), "{service}");
+        assert_eq!(
+            docker.reload_command(service),
+            certsync_receive::mailcow::reload_command(service),
+            "the example lists the built-in default for {service}"
+        );
     }
 
     // The pusher's example names a cert the receiver's example knows.
