@@ -396,6 +396,34 @@ pub struct ReceiveConfig {
     pub docker: Option<DockerConfig>,
     /// Who to tell what happened ([`crate::notify`]).
     pub notify: Option<NotifyConfig>,
+    /// The DANE guard (docs/contract.md "DANE"): `auto` (default) holds a
+    /// pair that matches none of the validated TLSA records, `off` never
+    /// looks, `require` also refuses when there are no validated records.
+    #[serde(default)]
+    pub dane: DaneMode,
+    /// Ports whose TLSA records (`_<port>._tcp.<hostname>`) are checked
+    /// besides 25.
+    #[serde(default)]
+    pub dane_ports: Vec<u16>,
+    /// Install a held pair anyway once the installed certificate has this
+    /// many days left (default 7).
+    pub dane_deadline_days: Option<u32>,
+    /// The validating resolver, `"IP:PORT"`; default: the first
+    /// nameserver in /etc/resolv.conf.
+    pub dns_resolver: Option<std::net::SocketAddr>,
+}
+
+/// `dane` in receive.toml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DaneMode {
+    /// Guard when validated TLSA records exist.
+    #[default]
+    Auto,
+    /// No lookup at all.
+    Off,
+    /// Guard, and refuse when no validated TLSA records exist.
+    Require,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

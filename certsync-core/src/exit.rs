@@ -13,6 +13,12 @@ pub enum ExitCode {
     /// 0: success, or nothing to do.
     #[default]
     Success,
+    /// 5: validated, but held for DNS: the new pair matches none of the
+    /// DNSSEC-validated TLSA records, so it stays staged and the installed
+    /// pair keeps serving (docs/contract.md "DANE"). Ordered just above
+    /// success: nothing failed, the operator has to publish a record, and
+    /// any real failure in the same run says more.
+    Held,
     /// 1: runtime failure (network, I/O, Docker).
     Runtime,
     /// 2: usage or config error.
@@ -32,6 +38,7 @@ impl ExitCode {
             ExitCode::Usage => 2,
             ExitCode::Refused => 3,
             ExitCode::Unverified => 4,
+            ExitCode::Held => 5,
         }
     }
 
@@ -42,6 +49,7 @@ impl ExitCode {
             2 => ExitCode::Usage,
             3 => ExitCode::Refused,
             4 => ExitCode::Unverified,
+            5 => ExitCode::Held,
             _ => ExitCode::Runtime,
         }
     }
@@ -72,6 +80,7 @@ mod tests {
             (ExitCode::Usage, 2),
             (ExitCode::Refused, 3),
             (ExitCode::Unverified, 4),
+            (ExitCode::Held, 5),
         ];
         for (c, n) in all {
             assert_eq!(c.code(), n);
@@ -82,5 +91,8 @@ mod tests {
             ExitCode::Success.worst(ExitCode::Unverified),
             ExitCode::Unverified
         );
+        assert_eq!(ExitCode::Success.worst(ExitCode::Held), ExitCode::Held);
+        assert_eq!(ExitCode::Held.worst(ExitCode::Refused), ExitCode::Refused);
+        assert_eq!(ExitCode::Held.worst(ExitCode::Runtime), ExitCode::Runtime);
     }
 }

@@ -12,6 +12,18 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
+/// Lower-case hex without separators, for digests and DNS record data
+/// (a TLSA record's association data is written this way).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 /// A SHA-256 digest: of a certificate's DER (the certificate fingerprint) or
 /// of a file's bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,11 +45,7 @@ impl Fingerprint {
 
     /// Lower-case hex without separators (for file names and metrics labels).
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        hex(&self.0)
     }
 
     /// A short form for log lines: the first 8 bytes, colon separated.

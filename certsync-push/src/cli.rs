@@ -42,6 +42,8 @@ Exit codes:
   2  usage or config error
   3  refused by the receiver's validation (bad cert, wrong name, mismatch, rollback)
   4  installed, but a reload or the served-certificate check failed
+  5  held for DNS: the receiver keeps the new pair staged until a
+     DNSSEC-validated TLSA record matches it (DANE; see the report)
 With several targets the exit code is the worst of them.
 
 Logs go to stderr (CERTSYNC_LOG=debug for more); results go to stdout."

@@ -71,6 +71,9 @@ pub struct CertCheck {
     /// What the operator should know; no effect on `exit` (names lost
     /// since the previous pair, ADDITIONAL_SAN names not covered).
     pub warnings: Vec<String>,
+    /// The DANE guard's view (docs/contract.md "DANE"); empty with
+    /// `dane = "off"`.
+    pub dane: crate::dane::DaneCheck,
     pub exit: ExitCode,
 }
 
@@ -321,6 +324,7 @@ async fn check_cert(
         endpoints: Vec::new(),
         problems: Vec::new(),
         warnings: Vec::new(),
+        dane: Default::default(),
         exit: ExitCode::Success,
     };
     if let Some(staging) = staging {
@@ -384,7 +388,60 @@ async fn check_cert(
         }
         c.endpoints.push(e);
     }
+    dane_part(settings, staging, spec, &mut c).await;
     c
+}
+
+/// The DANE lines of `check`: TLSA records against what port 25 serves,
+/// a pair held for DNS, and the records to publish.
+async fn dane_part(
+    settings: &Settings,
+    staging: Option<&Arc<StagingDir>>,
+    spec: &CertSpec,
+    c: &mut CertCheck,
+) {
+    if settings.dane.mode == certsync_core::config::DaneMode::Off {
+        return;
+    }
+    let installed = read_limited(&spec.cert_path, certsync_core::protocol::MAX_CHAIN_BYTES)
+        .ok()
+        .and_then(|pem| certsync_core::bundle::parse_chain(&pem).ok());
+    // Port 25 serves the installed chain when its probe says so; without a
+    // port-25 endpoint, the installed chain is what mailcow's postfix reads.
+    let port25: Vec<&EndpointCheck> = c
+        .endpoints
+        .iter()
+        .filter(|e| {
+            e.endpoint
+                .split_whitespace()
+                .next()
+                .is_some_and(|a| a.ends_with(":25"))
+        })
+        .collect();
+    let served_is_installed = port25.iter().all(|e| e.matches);
+    let held = staging
+        .filter(|s| s.has_staged(&spec.name))
+        .and_then(|s| s.read_staged(&spec.name).ok())
+        .and_then(|b| certsync_core::bundle::parse_chain(&b.chain).ok());
+    let (dane, problem, warnings) = crate::dane::check(
+        &settings.dane,
+        &spec.hostnames,
+        installed.as_deref(),
+        served_is_installed,
+        held.as_deref(),
+    )
+    .await;
+    if let Some(p) = problem {
+        c.problem(p, ExitCode::Unverified);
+    }
+    if let Some(fp) = &dane.held {
+        c.problem(
+            format!("a new pair ({fp}) is held for DNS: publish its TLSA record below; certsync-deploy.timer installs it once DNS matches"),
+            ExitCode::Held,
+        );
+    }
+    c.warnings.extend(warnings);
+    c.dane = dane;
 }
 
 /// Retry a reload owed since an earlier install; record what remains.
@@ -539,6 +596,16 @@ fn print_text(report: &CheckReport) {
         for p in &c.problems {
             println!("{}: PROBLEM: {p}", c.name);
         }
+        if let Some(m) = c.dane.served_matches {
+            let state = if m { "matches" } else { "does NOT match" };
+            println!(
+                "{}: DANE: port 25 {state} the validated TLSA records",
+                c.name
+            );
+        }
+        for line in &c.dane.publish {
+            println!("{}: DANE: publish {line}", c.name);
+        }
         for w in &c.warnings {
             println!("{}: WARNING: {w}", c.name);
         }
@@ -593,6 +660,16 @@ pub fn metrics_text(report: &CheckReport) -> String {
         "certsync_cert_valid",
         "1 when the installed pair is valid and matching.",
         per_cert(&|c| Some(if c.valid { 1.0 } else { 0.0 })),
+    );
+    family(
+        "certsync_dane_tlsa_match",
+        "1 when port 25 serves a certificate matching the DNSSEC-validated TLSA records, 0 when not (absent without validated records).",
+        per_cert(&|c| c.dane.served_matches.map(|m| if m { 1.0 } else { 0.0 })),
+    );
+    family(
+        "certsync_dane_held",
+        "1 when a new pair is held for DNS (DANE).",
+        per_cert(&|c| Some(if c.dane.held.is_some() { 1.0 } else { 0.0 })),
     );
     family(
         "certsync_cert_reload_owed",
@@ -686,6 +763,7 @@ mod tests {
             }],
             problems: vec![],
             warnings: vec![],
+            dane: Default::default(),
             exit: ExitCode::Success,
         }
     }

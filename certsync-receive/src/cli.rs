@@ -17,7 +17,8 @@ use certsync_core::logging::LogFormat;
 ///
 /// Exit codes: 0 success or nothing to do; 1 runtime failure; 2 usage or
 /// config error; 3 refused by validation; 4 installed but reload or
-/// served-certificate check failed.
+/// served-certificate check failed; 5 held for DNS (DANE: the new pair
+/// matches no validated TLSA record and stays staged).
 #[derive(Debug, Parser)]
 #[command(
     name = "certsync-receive",

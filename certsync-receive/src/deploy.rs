@@ -237,7 +237,8 @@ pub async fn deploy<P: PostInstall>(
         if let Some(pair) = pipeline::validate_step(&run, spec, bundle, &mut cr) {
             pipeline::finish(&run, spec, &pair, post, &mut cr).await;
         }
-        if !dry_run {
+        // A pair held for DNS stays staged for the next deploy (timer).
+        if !dry_run && !crate::dane::held(&cr) {
             staging.clear(&spec.name);
         }
         report.certs.push(cr);

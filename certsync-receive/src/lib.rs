@@ -11,6 +11,7 @@
 pub mod authorized_key;
 pub mod check;
 pub mod cli;
+pub mod dane;
 pub mod deploy;
 pub mod error;
 pub mod fault;

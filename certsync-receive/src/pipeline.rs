@@ -270,7 +270,7 @@ pub fn installed_leaf(spec: &CertSpec) -> Option<Fingerprint> {
 }
 
 /// The notAfter of what is installed, for the rollback rule.
-fn installed_not_after(spec: &CertSpec) -> Option<i64> {
+pub(crate) fn installed_not_after(spec: &CertSpec) -> Option<i64> {
     // The certificate alone: readable by an unprivileged `serve` too, and
     // recovery has already made the installed pair match.
     install::read_installed_cert(&Dest::new(&spec.cert_path, &spec.key_path))
@@ -485,7 +485,8 @@ pub async fn deliver<P: PostInstall>(
         return;
     };
     finish(run, spec, &pair, post, report).await;
-    if !run.dry_run {
+    // A pair held for DNS stays staged: `deploy` installs it later.
+    if !run.dry_run && !crate::dane::held(report) {
         run.staging.clear(&spec.name);
     }
 }
@@ -514,6 +515,12 @@ pub async fn finish<P: PostInstall>(
         Err(StepFailed) => return,
     }
     lost_names_step(run, spec, pair, report);
+    if crate::dane::guard_step(run, spec, pair, report)
+        .await
+        .is_err()
+    {
+        return;
+    }
     if install_step(run, spec, pair, report).is_err() {
         return;
     }
@@ -725,6 +732,7 @@ mod tests {
         let ssl = dir.join("ssl");
         std::fs::create_dir_all(&ssl).unwrap();
         Settings {
+            dane: crate::dane::DaneSettings::off(),
             config_path: dir.join("receive.toml"),
             staging_dir: dir.join("staging"),
             deploy: DeployMode::Inline,

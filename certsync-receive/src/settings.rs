@@ -61,6 +61,8 @@ pub struct Settings {
     pub anchors: Anchors,
     /// `[notify]`: who to tell ([`crate::notify`]).
     pub notify: Option<NotifyConfig>,
+    /// The DANE guard's settings ([`crate::dane`]).
+    pub dane: crate::dane::DaneSettings,
 }
 
 impl Settings {
@@ -158,7 +160,9 @@ impl Settings {
         }
         let anchors = Anchors::load(raw.ca_file.as_deref())
             .map_err(|e| ReceiveError::Settings(format!("{}: {e}", path.display())))?;
+        let dane = crate::dane::DaneSettings::from_config(&raw);
         Ok(Settings {
+            dane,
             allow_remote_force: raw.allow_remote_force,
             anchors,
             config_path: path.to_path_buf(),

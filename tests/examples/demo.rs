@@ -162,7 +162,7 @@ fn run() -> Result<(), String> {
     std::fs::write(
         &receive_toml,
         format!(
-            "staging_dir = {staging:?}\n# The demo's private test CA, trusted besides the system store.\nca_file = {ca_file:?}\n\n[[cert]]\nname = \"mail\"\nhostnames = [\"{HOST}\"]\ncert_path = {cert:?}\nkey_path = {key:?}\nreload = []\nverify = [\"127.0.0.1:{port}\"]\n",
+            "staging_dir = {staging:?}\n# No DNS here: the DANE guard (docs/contract.md) is off.\ndane = \"off\"\n# The demo's private test CA, trusted besides the system store.\nca_file = {ca_file:?}\n\n[[cert]]\nname = \"mail\"\nhostnames = [\"{HOST}\"]\ncert_path = {cert:?}\nkey_path = {key:?}\nreload = []\nverify = [\"127.0.0.1:{port}\"]\n",
             staging = mailcow.join("staging"),
             ca_file = certsync_tests::receiver::write_test_ca(&mailcow),
         ),

@@ -11,6 +11,7 @@
 //! missing it fails if `CERTSYNC_REQUIRE_REAL=1` (CI), and skips otherwise.
 
 pub mod bins;
+pub mod dns;
 pub mod docker;
 pub mod e2e;
 pub mod fakerecv;

@@ -386,6 +386,23 @@ impl Machine {
             .stdout
     }
 
+    /// Where the journal ends now, for [`Machine::journal_since`].
+    pub fn journal_cursor(&self) -> String {
+        self.ok("journalctl -n 1 -o export | sed -n 's/^__CURSOR=//p'")
+            .trim()
+            .to_string()
+    }
+
+    /// `journalctl -u UNIT` after `cursor`, messages only: one run's lines
+    /// (an invocation id would not do: systemd forgets a oneshot that
+    /// finished well, and with it its id).
+    pub fn journal_since(&self, cursor: &str, unit: &str) -> String {
+        self.sh(&format!(
+            "journalctl --no-pager -o cat --after-cursor='{cursor}' -u {unit}"
+        ))
+        .stdout
+    }
+
     /// `systemctl show -p PROP --value UNIT`.
     pub fn unit_prop(&self, unit: &str, prop: &str) -> String {
         self.sh(&format!("systemctl show -p {prop} --value {unit}"))

@@ -152,6 +152,7 @@ impl MailcowFiles {
         let ca_file = certsync_tests::receiver::write_test_ca(self.config.parent().unwrap());
         let text = format!(
             r#"staging_dir = {staging:?}
+dane = "off"
 deploy = "handoff"
 handoff_timeout = 110
 ca_file = {ca_file:?}

@@ -659,7 +659,7 @@ async fn docker_stopped_mid_reload_is_exit_4_with_the_pair_installed() {
     );
     // The reload command marks that it started, then takes its time.
     let config = format!(
-        "staging_dir = {staging:?}\nread_timeout = 5\nca_file = {ca_file:?}\n\n[[cert]]\nname = \"mail\"\nhostnames = [{HOST:?}]\ncert_path = {cert:?}\nkey_path = {key:?}\nreload = [\"postfix-mailcow\"]\nverify = []\n\n[docker]\nsocket = {socket:?}\nproject = \"faultproj\"\n\n[docker.reload]\n\"postfix-mailcow\" = [\"sh\", \"-c\", \"touch /observe/reload-started; sleep 30\"]\n",
+        "staging_dir = {staging:?}\nread_timeout = 5\ndane = \"off\"\nca_file = {ca_file:?}\n\n[[cert]]\nname = \"mail\"\nhostnames = [{HOST:?}]\ncert_path = {cert:?}\nkey_path = {key:?}\nreload = [\"postfix-mailcow\"]\nverify = []\n\n[docker]\nsocket = {socket:?}\nproject = \"faultproj\"\n\n[docker.reload]\n\"postfix-mailcow\" = [\"sh\", \"-c\", \"touch /observe/reload-started; sleep 30\"]\n",
         staging = host.staging,
         ca_file = certsync_tests::receiver::write_test_ca(host.root.path()),
         cert = host.cert_path(),

@@ -66,7 +66,7 @@ fn receive_toml(m: &Mailcow<'_>, d: &Dockerd, cert_extra: &str, extra: &str) -> 
     std::fs::write(
         &path,
         format!(
-            "staging_dir = {staging:?}\nca_file = {ca_file:?}\n\n[mailcow]\ndir = {dir:?}\n\n[[cert]]\nname = \"mail\"\n{cert_extra}\n[docker]\nsocket = {socket:?}\n{extra}",
+            "staging_dir = {staging:?}\ndane = \"off\"\nca_file = {ca_file:?}\n\n[mailcow]\ndir = {dir:?}\n\n[[cert]]\nname = \"mail\"\n{cert_extra}\n[docker]\nsocket = {socket:?}\n{extra}",
             ca_file = certsync_tests::receiver::write_test_ca(root),
             dir = m.dir,
             socket = d.socket(),

@@ -79,10 +79,17 @@ fn ssh_target() -> String {
 }
 
 fn receive_toml(deploy: &str, staging: &str, ssl_dir: &str) -> String {
+    receive_toml_verifying(deploy, staging, ssl_dir, &[])
+}
+
+/// [`receive_toml`] whose cert is probed at `verify` (`"127.0.0.1:8443"`).
+fn receive_toml_verifying(deploy: &str, staging: &str, ssl_dir: &str, verify: &[&str]) -> String {
+    let verify: Vec<String> = verify.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
         "staging_dir = \"{staging}\"\ndeploy = \"{deploy}\"\nca_file = \"{CA_FILE}\"\n\n[[cert]]\nname = \"mail\"\n\
          hostnames = [\"{HOST}\"]\ncert_path = \"{ssl_dir}/cert.pem\"\nkey_path = \"{ssl_dir}/key.pem\"\n\
-         # No Docker in this machine: nothing to reload or probe.\nreload = []\nverify = []\n"
+         # No Docker in this machine: nothing to reload.\nreload = []\nverify = [{}]\n",
+        verify.join(", ")
     )
 }
 
@@ -597,6 +604,89 @@ fn check_fails_with_the_reason_and_every_failure_runs_the_notifier() {
         "{journal}"
     );
 
+    // A right pair on disk, but the endpoint still serves another
+    // certificate (a daemon that was not reloaded): a real TLS server in
+    // the machine, probed through `verify` in receive.toml.
+    // Every failure so far has told the notifier (the expiring pair, the
+    // wrong key), so the next line it writes is this one's.
+    let checks_told = || {
+        s.notified()
+            .lines()
+            .filter(|l| *l == "certsync-check.service")
+            .count()
+    };
+    s.m.wait("the notifier hears of the wrong key", SETTLE, || {
+        checks_told() == 2
+    });
+    s.m.ok("systemctl reset-failed certsync-check.service");
+    let current = s.leaf();
+    install_leaf(&s, &current, "current --force");
+    let stale = s.leaf();
+    s.write(
+        "/root/stale.crt",
+        &String::from_utf8_lossy(&stale.chain_pem),
+    );
+    s.write(
+        "/root/stale.key",
+        &String::from_utf8_lossy(stale.key_pem.expose()),
+    );
+    s.write(
+        "/etc/certsync/receive.toml",
+        &receive_toml_verifying("inline", "/var/lib/certsync/staging", SSL_DIR, &[SERVED_AT]),
+    );
+    tls_server(&s.m, "served-stale", "/root/stale.crt", "/root/stale.key");
+    let cursor = s.m.journal_cursor();
+    let run = s.m.sh("systemctl start certsync-check.service");
+    assert!(!run.ok(), "{}", run.both());
+    assert_eq!(
+        s.m.sh("systemctl is-failed certsync-check.service")
+            .stdout
+            .trim(),
+        "failed"
+    );
+    // The reason, from this run: the endpoint, what it serves instead of
+    // what, and the fix. (journald may take a moment to store the unit's
+    // last lines after `systemctl start` returns.)
+    let reason = format!(
+        "{SERVED_AT} (SNI {HOST}) serves {}, not the installed {}: reload that service (`certsync-receive deploy`)",
+        stale.fingerprint(),
+        current.fingerprint()
+    );
+    s.m.wait("the journal names the endpoint and the fix", SETTLE, || {
+        s.m.journal_since(&cursor, "certsync-check.service")
+            .contains(&reason)
+    });
+    s.m.wait(
+        "the notifier hears of the served certificate",
+        SETTLE,
+        || checks_told() == 3,
+    );
+
+    // The server reloaded with the installed pair: the same check passes.
+    s.m.ok("systemctl stop served-stale.service && systemctl reset-failed certsync-check.service");
+    tls_server(
+        &s.m,
+        "served-installed",
+        &format!("{SSL_DIR}/cert.pem"),
+        &format!("{SSL_DIR}/key.pem"),
+    );
+    let cursor = s.m.journal_cursor();
+    let run = s.m.sh("systemctl start certsync-check.service");
+    assert!(
+        run.ok(),
+        "{}\n{}",
+        run.both(),
+        s.m.journal_since(&cursor, "certsync-check.service")
+    );
+    assert_eq!(s.m.unit_prop("certsync-check.service", "Result"), "success");
+    s.m.wait("the journal says the endpoint serves it", SETTLE, || {
+        s.m.journal_since(&cursor, "certsync-check.service")
+            .contains(&format!(
+                "mail: {SERVED_AT} serves the installed certificate"
+            ))
+    });
+    s.m.ok("systemctl stop served-installed.service");
+
     // A failed deploy (config error) and a failed push reach it too.
     std::fs::write(s.m.path("/etc/certsync/receive.toml"), "bogus = 1\n").unwrap();
     assert!(!s.m.sh("systemctl start certsync-deploy.service").ok());
@@ -609,6 +699,29 @@ fn check_fails_with_the_reason_and_every_failure_runs_the_notifier() {
         let n = s.notified();
         n.contains("certsync-deploy.service") && n.contains("certsync-push.service")
     });
+}
+
+/// Where [`tls_server`] listens.
+const SERVED_AT: &str = "127.0.0.1:8443";
+
+/// Start OpenSSL's TLS server (the rootfs has openssl) at [`SERVED_AT`]
+/// as the transient unit `unit`, presenting `cert` and `key`, and wait
+/// until it completes a handshake.
+fn tls_server(m: &Machine, unit: &str, cert: &str, key: &str) {
+    m.ok(&format!(
+        "systemd-run --unit={unit} --property=StandardInput=null \
+         openssl s_server -quiet -www -accept {SERVED_AT} -cert {cert} -key {key}"
+    ));
+    m.wait(
+        &format!("{unit} answers TLS at {SERVED_AT}"),
+        SETTLE,
+        || {
+            m.sh(&format!(
+                "openssl s_client -connect {SERVED_AT} -brief </dev/null"
+            ))
+            .ok()
+        },
+    );
 }
 
 /// `certsync-receive install` of `leaf` inside the machine.

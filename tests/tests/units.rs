@@ -610,6 +610,17 @@ fn example_receive_config_loads() {
         .iter()
         .all(|p| cfg.certs.iter().any(|r| r.name == p.name)));
 
+    // The DANE keys shown in comments are real keys that load.
+    let dane = toggle(
+        &text,
+        &["dane", "dane_ports", "dane_deadline_days", "dns_resolver"],
+        &[],
+    );
+    let cfg = ReceiveConfig::from_toml(&dane, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.dane_ports, [465, 587]);
+    assert_eq!(cfg.dane_deadline_days, Some(7));
+    assert!(cfg.dns_resolver.is_some());
+
     let preset = toggle(&text, &["[mailcow]", "dir"], &[]);
     let cfg = ReceiveConfig::from_toml(&preset, &path).unwrap_or_else(|e| panic!("{e}"));
     assert!(cfg.mailcow.is_some());
