@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::notify::NotifyConfig;
 use crate::protocol::valid_name;
 
 /// The default config files.
@@ -61,6 +62,8 @@ pub struct PushConfig {
     pub certs: Vec<PushCert>,
     #[serde(default, rename = "target")]
     pub targets: Vec<Target>,
+    /// Who to tell what happened ([`crate::notify`]).
+    pub notify: Option<NotifyConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +222,9 @@ impl PushConfig {
             path: path.to_path_buf(),
             message,
         };
+        if let Some(n) = &self.notify {
+            n.check().map_err(invalid)?;
+        }
         if self.certs.is_empty() {
             return Err(invalid(
                 "no [[cert]] section: add one with `name` and `source`".into(),
@@ -388,6 +394,8 @@ pub struct ReceiveConfig {
     #[serde(default, rename = "cert")]
     pub certs: Vec<ReceiveCert>,
     pub docker: Option<DockerConfig>,
+    /// Who to tell what happened ([`crate::notify`]).
+    pub notify: Option<NotifyConfig>,
     /// The DANE guard (docs/contract.md "DANE"): `auto` (default) holds a
     /// pair that matches none of the validated TLSA records, `off` never
     /// looks, `require` also refuses when there are no validated records.
@@ -438,7 +446,18 @@ pub struct ReceiveCert {
     pub reload: Option<Vec<String>>,
     /// Endpoints to check: `"127.0.0.1:25 smtp"`, `"127.0.0.1:993"`.
     pub verify: Option<Vec<String>>,
+    /// systemd units on the receiving host to reload (`systemctl reload`,
+    /// restart on failure), e.g. `["postfix.service", "dovecot.service"]`.
+    pub reload_units: Option<Vec<String>>,
+    /// A command (program and arguments, no shell) run after each
+    /// successful install of this certificate.
+    pub hook: Option<Vec<String>>,
+    /// Seconds the hook may run before it is killed (default 60).
+    pub hook_timeout: Option<u64>,
 }
+
+/// The default `hook_timeout`, in seconds.
+pub const DEFAULT_HOOK_TIMEOUT: u64 = 60;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -499,6 +518,9 @@ impl ReceiveConfig {
             path: path.to_path_buf(),
             message,
         };
+        if let Some(n) = &self.notify {
+            n.check().map_err(invalid)?;
+        }
         if self.certs.is_empty() {
             return Err(invalid("no [[cert]] section: add one with `name`, `hostnames`, `cert_path` and `key_path` (or use [mailcow])".into()));
         }
@@ -541,6 +563,29 @@ impl ReceiveConfig {
                         p.display()
                     )));
                 }
+            }
+            if let Some(hook) = &c.hook {
+                match hook.first() {
+                    None => {
+                        return Err(invalid(format!(
+                            "[[cert]] {:?}: `hook` is empty: give the program and its arguments, e.g. [\"/usr/local/bin/import-cert\"]",
+                            c.name
+                        )))
+                    }
+                    Some(prog) if !Path::new(prog).is_absolute() => {
+                        return Err(invalid(format!(
+                            "[[cert]] {:?}: the hook program {prog:?} must be an absolute path (it runs as root in handoff mode; no PATH lookup)",
+                            c.name
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            if c.hook_timeout == Some(0) {
+                return Err(invalid(format!(
+                    "[[cert]] {:?}: hook_timeout must be at least 1 second",
+                    c.name
+                )));
             }
             if c.cert_path.is_some() && c.cert_path == c.key_path {
                 return Err(invalid(format!(

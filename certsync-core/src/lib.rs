@@ -17,16 +17,20 @@
 //! - [`exit`]: the exit codes both binaries use (a contract).
 //! - [`units`]: the systemd drop-ins certsync writes from its config.
 //! - [`hardening`]: what both binaries do to their own process first.
+//! - [`command`]: running an operator's command within bounds.
+//! - [`notify`]: `[notify]`, telling a person what happened (both sides).
 //!
 //! What is `pub` here is the contract between the two sides.
 
 pub mod authorized_keys;
 pub mod bundle;
+pub mod command;
 pub mod config;
 pub mod exit;
 pub mod fingerprint;
 pub mod hardening;
 pub mod logging;
+pub mod notify;
 pub mod protocol;
 pub mod report;
 pub mod units;

@@ -20,6 +20,8 @@ pub enum Step {
     Install,
     Reload,
     Verify,
+    /// The operator's `hook` command, after a successful install.
+    Hook,
 }
 
 impl fmt::Display for Step {
@@ -32,6 +34,7 @@ impl fmt::Display for Step {
             Step::Install => "install",
             Step::Reload => "reload",
             Step::Verify => "verify",
+            Step::Hook => "hook",
         };
         f.write_str(s)
     }
@@ -78,6 +81,21 @@ pub struct CertReport {
     /// defaulted when absent, so peers without it still understand.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The exit status of this certificate's `hook`, when one ran: the
+    /// process's code, or `None` when it was killed (time limit, signal)
+    /// or could not start. Absent on the wire when no hook ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookOutcome>,
+}
+
+/// What became of a `hook` run (see `CertReport::hook`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookOutcome {
+    /// The exit code, when the hook exited on its own.
+    pub exit_code: Option<i32>,
+    /// Killed at its time limit.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 impl CertReport {
@@ -89,6 +107,7 @@ impl CertReport {
             nothing_to_do: false,
             steps: Vec::new(),
             warnings: Vec::new(),
+            hook: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod discover;
 pub mod error;
 pub mod keygen;
+pub mod notify;
 pub mod push;
 pub mod session;
 pub mod source;

@@ -112,6 +112,7 @@ pub async fn run(
     let results = pass(&config, config_path, opts).await?;
     out.write_all(render(&results, opts.dry_run).as_bytes())?;
     out.flush()?;
+    crate::notify::pass(config.notify.as_ref(), &results, opts.dry_run).await;
     Ok(worst(&results))
 }
 

@@ -127,5 +127,6 @@ pub async fn run(
     if code == ExitCode::Success && lines.iter().any(|l| l.state != "up_to_date") {
         code = ExitCode::Runtime;
     }
+    crate::notify::status(config.notify.as_ref(), &lines, code).await;
     Ok(code)
 }

@@ -627,6 +627,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
                     for line in crate::push::render(&results, false).lines() {
                         tracing::info!("{line}");
                     }
+                    crate::notify::pass(cfg.notify.as_ref(), &results, false).await;
                     crate::push::worst(&results)
                 }
                 Err(e) => {

@@ -127,6 +127,7 @@ pub async fn run(
     metrics: Option<&Path>,
 ) -> ExitCode {
     let report = check(settings, warn_days, SystemTime::now()).await;
+    crate::notify::check(settings, &report).await;
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),

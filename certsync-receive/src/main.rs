@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> ExitCode {
             match deploy::deploy(&settings, dry_run, force, &post).await {
                 Ok(report) => {
                     print_report(&report);
+                    certsync_receive::notify::report(&settings, &report).await;
                     report.exit()
                 }
                 Err(e) => fail(e),
@@ -106,6 +107,7 @@ async fn run(cli: Cli) -> ExitCode {
             {
                 Ok(report) => {
                     print_report(&report);
+                    certsync_receive::notify::report(&settings, &report).await;
                     report.exit()
                 }
                 Err(e) => fail(e),

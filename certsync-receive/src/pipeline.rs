@@ -20,6 +20,7 @@ use certsync_core::report::{CertReport, Step, StepStatus};
 use certsync_core::validate::{validate, Force, Policy, ValidatedBundle};
 use certsync_core::{ExitCode, Fingerprint};
 
+use crate::hook::{self, HookEnv};
 use crate::install::{self, Dest};
 use crate::mailcow::{self, FolderPlan};
 use crate::settings::{CertSpec, Settings};
@@ -490,7 +491,8 @@ pub async fn deliver<P: PostInstall>(
     }
 }
 
-/// Steps 4–7 for a validated pair.
+/// Steps 4–7 for a validated pair, then the `hook` after an install
+/// (not after "nothing to do", not in a dry run).
 ///
 /// A pair already installed is not installed again, but a reload still owed
 /// from an earlier run (see [`Entry::ReloadOwed`]) is retried here, so a
@@ -529,6 +531,15 @@ pub async fn finish<P: PostInstall>(
         }
     }
     reload_and_verify(run, spec, pair.leaf_fingerprint(), post, report).await;
+    if let (Some(hook), false) = (&spec.hook, run.dry_run) {
+        let env = HookEnv::of(
+            &spec.name,
+            spec.cert_path.clone(),
+            spec.key_path.clone(),
+            pair,
+        );
+        hook::hook_step(hook, &env, report).await;
+    }
 }
 
 /// Steps 6 and 7, remembering a pair that is installed but not proven
@@ -547,6 +558,7 @@ async fn reload_and_verify<P: PostInstall>(
 ) {
     if run.dry_run {
         post.reload(spec, true, report).await;
+        crate::host_units::reload_step(&spec.reload_units, true, report).await;
         return;
     }
     let marker = Entry::ReloadOwed(&spec.name);
@@ -558,6 +570,7 @@ async fn reload_and_verify<P: PostInstall>(
     }
     let failed_before = failed_posts(report);
     post.reload(spec, false, report).await;
+    crate::host_units::reload_step(&spec.reload_units, false, report).await;
     post.verify(spec, leaf, report).await;
     if failed_posts(report) > failed_before {
         tracing::warn!(cert = %spec.name, marker = %run.staging.display(marker).display(), "installed but not proven served; the next deploy, check or push retries the reload and the verify");
@@ -736,10 +749,13 @@ mod tests {
                 reload: vec!["postfix-mailcow".into()],
                 verify: vec![],
                 folders_root: None,
+                hook: None,
+                reload_units: vec![],
             }],
             docker: DockerConfig::default(),
             project_alternates: vec![],
             mailcow: None,
+            notify: None,
         }
     }
 

@@ -351,6 +351,8 @@ mod tests {
             reload: vec![],
             verify: vec![],
             folders_root: None,
+            hook: None,
+            reload_units: vec![],
         };
         let hint = sni_hint(ssl.path(), &spec, served.fingerprint());
         assert!(

@@ -6,6 +6,8 @@
 //! `x-postfix-mailcow-1`, and an operator may rename the project. Matching
 //! on both labels means another compose project on the same host that also
 //! has a `postfix-mailcow` service is never touched.
+//! An entry may also name its own project (`"shop/smtp"`) or one
+//! container by exact name (`"container:edge-relay"`): [`crate::selector`].
 //!
 //! For each service the reload command (configured under `[docker.reload]`,
 //! else mailcow's: [`crate::mailcow::reload_command`], which says why each
@@ -39,6 +41,8 @@ use bollard::query_parameters::{ListContainersOptions, RestartContainerOptions};
 use bollard::Docker;
 use certsync_core::config::DockerConfig;
 use futures_util::StreamExt;
+
+use crate::selector::{self, Selector};
 use serde::Serialize;
 
 /// The compose label holding the project name.
@@ -94,10 +98,14 @@ impl ReloadPlan {
         let services = services
             .iter()
             .map(|service| {
-                match docker
-                    .reload_command(service)
-                    .or_else(|| crate::mailcow::reload_command(service))
-                {
+                let keys = selector::command_keys(service);
+                match keys
+                    .iter()
+                    .find_map(|key| docker.reload_command(key))
+                    .or_else(|| {
+                        keys.iter()
+                            .find_map(|key| crate::mailcow::reload_command(key))
+                    }) {
                     Some(command) if !command.is_empty() => Ok(ServiceReload {
                         service: service.clone(),
                         command,
@@ -447,6 +455,24 @@ async fn list(
     Ok(found)
 }
 
+/// The container named exactly `name` (Docker's `name` filter matches
+/// substrings, so `relay` would also find `old-relay`).
+async fn list_named(docker: &Docker, name: &str) -> Result<Vec<Found>, bollard::errors::Error> {
+    let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    Ok(docker
+        .list_containers(Some(options))
+        .await?
+        .iter()
+        .filter_map(Found::of)
+        .filter(|f| f.name == name)
+        .collect())
+}
+
 fn names(found: &[Found]) -> Vec<String> {
     found.iter().map(|f| f.name.clone()).collect()
 }
@@ -472,7 +498,20 @@ async fn reload_service(
         status,
         message,
     };
-    let found = match list(docker, project, service).await {
+    // A `project/service` entry names its own project; `container:NAME`
+    // one container ([`crate::selector`]).
+    let selected = selector::parse(service);
+    let project = match selected {
+        Selector::Service {
+            project: Some(own), ..
+        } => Some(own),
+        _ => project,
+    };
+    let listed = match selected {
+        Selector::Service { service, .. } => list(docker, project, service).await,
+        Selector::Container(name) => list_named(docker, name).await,
+    };
+    let found = match listed {
         Ok(found) => found,
         Err(source) => {
             let e = ReloadError::List {
@@ -483,13 +522,15 @@ async fn reload_service(
         }
     };
     if found.is_empty() {
-        return outcome(
-            vec![],
-            ReloadStatus::Missing,
-            missing_message(docker, project, service).await,
-        );
+        let message = match selected {
+            Selector::Service { service, .. } => missing_message(docker, project, service).await,
+            Selector::Container(name) => format!(
+                "no container is named {name:?}: is it up (`docker ps -a`)? Or fix the name in receive.toml"
+            ),
+        };
+        return outcome(vec![], ReloadStatus::Missing, message);
     }
-    if project.is_none() {
+    if project.is_none() && matches!(selected, Selector::Service { .. }) {
         if let Some(projects) = ambiguous_projects(&found) {
             let listed: Vec<String> = found
                 .iter()
@@ -689,7 +730,7 @@ async fn restart(docker: &Docker, service: &str, container: &Found) -> Result<()
 }
 
 /// `: "<output>"`, printable and bounded, or nothing when there is none.
-fn quote_output(output: &[u8]) -> String {
+pub(crate) fn quote_output(output: &[u8]) -> String {
     let text = String::from_utf8_lossy(output);
     let cleaned: String = text
         .chars()

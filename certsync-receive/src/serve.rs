@@ -360,6 +360,9 @@ where
                         }
                         cr.exit = cr.exit.worst(d.exit);
                         cr.nothing_to_do = d.nothing_to_do;
+                        if d.hook.is_some() {
+                            cr.hook = d.hook;
+                        }
                         // The deploy side re-validated; keep its later steps.
                         cr.steps.extend(
                             d.steps
@@ -389,9 +392,20 @@ where
         }
     }
     let code = report.exit();
+    // Root's deploy tells what it was handed; this side tells the rest.
+    let mine = Report {
+        dry_run: report.dry_run,
+        certs: report
+            .certs
+            .iter()
+            .filter(|c| !staged.contains(&c.name))
+            .cloned()
+            .collect(),
+    };
     write_message(output, &Message::Report(report))
         .await
         .map_err(proto)?;
     drop(lock);
+    crate::notify::report(settings, &mine).await;
     Ok(code)
 }

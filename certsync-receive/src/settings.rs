@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use certsync_core::config::{DeployMode, DockerConfig, ReceiveConfig};
+use certsync_core::notify::NotifyConfig;
 use certsync_core::validate::{Anchors, Force};
 
 use crate::error::ReceiveError;
+use crate::hook::Hook;
 use crate::mailcow::{self, MailcowConf};
 
 /// One certificate the receiver accepts, fully resolved.
@@ -29,6 +31,10 @@ pub struct CertSpec {
     /// new pair too when it covers every name in their `domains` file.
     /// Decided per install, from the new leaf ([`crate::mailcow`]).
     pub folders_root: Option<PathBuf>,
+    /// Run after each successful install ([`crate::hook`]).
+    pub hook: Option<Hook>,
+    /// systemd units on this host to reload ([`crate::host_units`]).
+    pub reload_units: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +59,8 @@ pub struct Settings {
     pub allow_remote_force: bool,
     /// What chains must verify to: the system store and `ca_file`.
     pub anchors: Anchors,
+    /// `[notify]`: who to tell ([`crate::notify`]).
+    pub notify: Option<NotifyConfig>,
     /// The DANE guard's settings ([`crate::dane`]).
     pub dane: crate::dane::DaneSettings,
 }
@@ -107,6 +115,25 @@ impl Settings {
                 (None, Some(_)) => mailcow::SERVICES.iter().map(|s| s.to_string()).collect(),
                 (None, None) => Vec::new(),
             };
+            let reload_units = c.reload_units.clone().unwrap_or_default();
+            for unit in &reload_units {
+                crate::host_units::check(unit).map_err(|why| {
+                    ReceiveError::Settings(format!(
+                        "{}: [[cert]] {:?}: {why}",
+                        path.display(),
+                        c.name
+                    ))
+                })?;
+            }
+            for entry in &reload {
+                crate::selector::check(entry).map_err(|why| {
+                    ReceiveError::Settings(format!(
+                        "{}: [[cert]] {:?}: {why}",
+                        path.display(),
+                        c.name
+                    ))
+                })?;
+            }
             let verify = match (&c.verify, &mc) {
                 (Some(v), _) => v.clone(),
                 (None, Some(m)) => m.verify.clone(),
@@ -121,6 +148,14 @@ impl Settings {
                 reload,
                 verify,
                 folders_root,
+                reload_units,
+                hook: c.hook.clone().map(|command| Hook {
+                    command,
+                    timeout: Duration::from_secs(
+                        c.hook_timeout
+                            .unwrap_or(certsync_core::config::DEFAULT_HOOK_TIMEOUT),
+                    ),
+                }),
             });
         }
         let anchors = Anchors::load(raw.ca_file.as_deref())
@@ -140,6 +175,7 @@ impl Settings {
             docker,
             project_alternates,
             mailcow: mc,
+            notify: raw.notify.clone(),
         })
     }
 

@@ -15,6 +15,7 @@ pub mod dns;
 pub mod docker;
 pub mod e2e;
 pub mod fakerecv;
+pub mod httpsink;
 pub mod livedir;
 pub mod machine;
 pub mod mailcow;

@@ -127,6 +127,15 @@ impl Mailhost {
             .expect("run certsync-receive install")
     }
 
+    /// `certsync-receive --config <this host's receive.toml> serve`, for
+    /// [`push_session`].
+    pub fn serve_cmd(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(crate::bins::receive());
+        c.arg("--config").arg(&self.config).arg("serve");
+        c.env_remove("CERTSYNC_FAULT_KILL_AT");
+        c
+    }
+
     pub fn install_leaf(&self, leaf: &TestLeaf, extra: &[&str]) -> Output {
         let (c, k) = self.files_for(leaf);
         self.install(&c, &k, extra)

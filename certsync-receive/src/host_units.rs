@@ -1,0 +1,218 @@
+//! `reload_units`: systemd units on the receiving host itself (a Debian
+//! postfix and dovecot from packages), reloaded after an install like
+//! containers are.
+//!
+//! Invariants:
+//! - Each unit is reloaded with `systemctl reload UNIT` and its exit code
+//!   checked; a failed reload is followed by `systemctl restart UNIT`,
+//!   because a daemon that refused to reload still serves the old
+//!   certificate. Both failing is a failed reload step (exit 4, and the
+//!   reload is owed like a container's).
+//! - Unit names are checked with the config ([`check`]): no option can be
+//!   smuggled in (`--…`), no path, no glob.
+//! - Every call is bounded ([`UNIT_TIMEOUT`]); a dry run only says what it
+//!   would run.
+
+use std::path::Path;
+use std::time::Duration;
+
+use certsync_core::command;
+use certsync_core::report::{CertReport, Step};
+use certsync_core::ExitCode;
+
+use crate::reload::quote_output;
+
+/// Debian's systemctl (usr-merged: /bin/systemctl is the same file).
+pub const SYSTEMCTL: &str = "/usr/bin/systemctl";
+/// How long one `systemctl reload` or `restart` may take.
+pub const UNIT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why `unit` is not a unit name we run, if it is not.
+pub fn check(unit: &str) -> Result<(), String> {
+    let ok = !unit.is_empty()
+        && unit.len() <= 256
+        && !unit.starts_with('-')
+        && unit.contains('.')
+        && unit
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':' | '\\'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "reload_units entry {unit:?} is not a systemd unit name: write it whole, e.g. \"postfix.service\""
+        ))
+    }
+}
+
+/// Step 6 for host units: reload each of `units` with `systemctl`
+/// (restart on failure), one report step per unit.
+pub async fn reload_step(units: &[String], dry_run: bool, report: &mut CertReport) {
+    reload_with(Path::new(SYSTEMCTL), units, dry_run, report).await;
+}
+
+async fn reload_with(systemctl: &Path, units: &[String], dry_run: bool, report: &mut CertReport) {
+    let program = systemctl.display().to_string();
+    for unit in units {
+        if dry_run {
+            report.skipped(
+                Step::Reload,
+                format!("dry run: would run `systemctl reload {unit}`"),
+            );
+            continue;
+        }
+        let why = match run(&program, "reload", unit).await {
+            Ok(()) => {
+                tracing::info!(unit = %unit, "reloaded");
+                report.done(Step::Reload, format!("ran `systemctl reload {unit}`"));
+                continue;
+            }
+            Err(why) => why,
+        };
+        match run(&program, "restart", unit).await {
+            Ok(()) => {
+                tracing::warn!(unit = %unit, "reload failed, restarted: {why}");
+                report.done(
+                    Step::Reload,
+                    format!("`systemctl reload {unit}` failed ({why}); restarted {unit} instead"),
+                );
+            }
+            Err(e) => {
+                let msg = format!(
+                    "`systemctl reload {unit}` failed ({why}) and so did `systemctl restart {unit}` ({e}); see `journalctl -u {unit}`"
+                );
+                tracing::error!(unit = %unit, "{msg}");
+                report.failed(Step::Reload, msg, ExitCode::Unverified);
+            }
+        }
+    }
+}
+
+/// `systemctl VERB UNIT`; `Err` says why it did not exit 0.
+async fn run(program: &str, verb: &str, unit: &str) -> Result<(), String> {
+    let argv = [program.to_string(), verb.to_string(), unit.to_string()];
+    let ran = command::run_bounded(&argv, &[], &[], UNIT_TIMEOUT)
+        .await
+        .map_err(|e| format!("could not run {program}: {e}"))?;
+    match (ran.exit_code, ran.timed_out) {
+        (Some(0), _) => Ok(()),
+        (_, true) => Err(format!("no answer within {} s", UNIT_TIMEOUT.as_secs())),
+        (Some(c), _) => Err(format!("exit {c}{}", quote_output(&ran.stderr))),
+        (None, _) => Err("killed by a signal".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certsync_core::report::StepStatus;
+
+    /// A fake systemctl: records `VERB UNIT`, and fails the verbs listed
+    /// in `fail` (e.g. "reload postfix.service").
+    fn fake(dir: &Path, fail: &[&str]) -> std::path::PathBuf {
+        let path = dir.join("systemctl");
+        let cases: String = fail
+            .iter()
+            .map(|f| format!("  \"{f}\") echo \"Job for $2 failed\" >&2; exit 1;;\n"))
+            .collect();
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"$1 $2\" >> {log:?}\ncase \"$1 $2\" in\n{cases}esac\nexit 0\n",
+                log = dir.join("calls")
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        path
+    }
+
+    fn calls(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn units() -> Vec<String> {
+        vec!["postfix.service".into(), "dovecot.service".into()]
+    }
+
+    #[tokio::test]
+    async fn each_unit_is_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = CertReport::new("mail", None);
+        reload_with(&fake(dir.path(), &[]), &units(), false, &mut r).await;
+        assert_eq!(r.exit, ExitCode::Success, "{r}");
+        assert_eq!(
+            calls(dir.path()),
+            ["reload postfix.service", "reload dovecot.service"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_restarts_and_both_failing_is_exit_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake(
+            dir.path(),
+            &[
+                "reload postfix.service",
+                "reload dovecot.service",
+                "restart dovecot.service",
+            ],
+        );
+        let mut r = CertReport::new("mail", None);
+        reload_with(&fake, &units(), false, &mut r).await;
+        assert_eq!(
+            calls(dir.path()),
+            [
+                "reload postfix.service",
+                "restart postfix.service",
+                "reload dovecot.service",
+                "restart dovecot.service"
+            ]
+        );
+        assert_eq!(r.exit, ExitCode::Unverified, "{r}");
+        assert_eq!(r.steps[0].status, StepStatus::Done);
+        assert!(
+            r.steps[0].message.contains("restarted postfix.service"),
+            "{r}"
+        );
+        assert_eq!(r.steps[1].status, StepStatus::Failed);
+        assert!(
+            r.steps[1]
+                .message
+                .contains("Job for dovecot.service failed"),
+            "{r}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = CertReport::new("mail", None);
+        reload_with(&fake(dir.path(), &[]), &units(), true, &mut r).await;
+        assert!(calls(dir.path()).is_empty());
+        assert!(r.steps.iter().all(|s| s.status == StepStatus::Skipped));
+    }
+
+    #[test]
+    fn unit_names() {
+        for good in ["postfix.service", "postfix@-.service", "dovecot.service"] {
+            assert!(check(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "postfix",
+            "--now",
+            "-x.service",
+            "a b.service",
+            "../x.service",
+            "*.service",
+        ] {
+            assert!(check(bad).is_err(), "{bad}");
+        }
+    }
+}
