@@ -57,7 +57,8 @@ fn sh_quote(p: &Path) -> String {
 /// Records its arguments, its CERTSYNC_* environment and its stdin.
 const RECORDER: &str = r#"echo run >> "$OUT/runs"
 printf '%s\n' "$@" > "$OUT/args"
-env | grep '^CERTSYNC_' | sort > "$OUT/env"
+env | grep -E '^CERTSYNC_(NAME|CERT_PATH|KEY_PATH|FINGERPRINT|HOSTNAMES)=' | sort > "$OUT/env"
+env | grep -c -e '-----BEGIN' -e 'PRIVATE KEY' > "$OUT/pem-in-env"
 cat > "$OUT/stdin"
 echo "hook says hello""#;
 
@@ -100,6 +101,14 @@ fn install_runs_the_hook_with_env_and_stdin_and_not_on_nothing_to_do_or_dry_run(
         key_path.display(),
     );
     assert_eq!(env, want);
+    // The hook inherits the caller's environment (CI sets CERTSYNC_* of its
+    // own), so only the five documented names are compared; no variable
+    // may carry PEM.
+    assert_eq!(
+        h.read("pem-in-env"),
+        "0\n",
+        "key material in the hook's environment"
+    );
     assert_eq!(
         h.read("args"),
         "first arg\n",
