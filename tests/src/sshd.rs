@@ -22,7 +22,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -230,7 +230,7 @@ impl SshdBuilder {
         // try a few times before calling it a failure.
         let mut last_log = String::new();
         for _attempt in 0..5 {
-            let port = free_port();
+            let port = crate::docker::free_port();
             let config = dir.path().join("sshd_config");
             let mut lines = vec![
                 format!("Port {port}"),
@@ -402,13 +402,6 @@ fn write_lines(path: &Path, lines: &[String]) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(0o644))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("find a free port")
 }
 
 /// Wait until the port answers with an SSH banner, or sshd exits.
