@@ -1,5 +1,10 @@
-//! Exit codes shared by `certsync-push` and `certsync-receive` (contract,
-//! DESIGN.md "Exit codes"). Scripts and monitoring depend on these numbers.
+//! Exit codes shared by `certsync-push` and `certsync-receive`
+//! (docs/contract.md "Exit codes"). Scripts and monitoring depend on these
+//! numbers.
+//!
+//! This file holds the one copy of the table: [`ExitCode::ALL`] with
+//! [`ExitCode::meaning`]. Both binaries' `--help` print it through
+//! [`help_table`]; a test holds docs/contract.md and the man pages to it.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +47,34 @@ impl ExitCode {
         }
     }
 
+    /// Every exit code, in numeric order.
+    pub const ALL: [ExitCode; 6] = [
+        ExitCode::Success,
+        ExitCode::Runtime,
+        ExitCode::Usage,
+        ExitCode::Refused,
+        ExitCode::Unverified,
+        ExitCode::Held,
+    ];
+
+    /// What the code means, in one line an operator reads in `--help`.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ExitCode::Success => "success, or nothing to do",
+            ExitCode::Runtime => "runtime failure (network, SSH, I/O, Docker, inconsistent live dir)",
+            ExitCode::Usage => "usage or config error",
+            ExitCode::Refused => {
+                "refused by validation (bad cert, wrong name, mismatch, rollback)"
+            }
+            ExitCode::Unverified => {
+                "installed, but a reload or the served-certificate check failed"
+            }
+            ExitCode::Held => {
+                "held for DNS: the new pair stays staged until a DNSSEC-validated TLSA record matches it (DANE)"
+            }
+        }
+    }
+
     /// The inverse of [`ExitCode::code`]; unknown numbers are runtime failures.
     pub fn from_code(code: u8) -> ExitCode {
         match code {
@@ -60,6 +93,16 @@ impl ExitCode {
     pub fn worst(self, other: ExitCode) -> ExitCode {
         std::cmp::max(self, other)
     }
+}
+
+/// The exit-code table as both binaries' `--help` print it:
+/// a heading, then one `  N  meaning` line per code.
+pub fn help_table() -> String {
+    let mut out = String::from("Exit codes:\n");
+    for c in ExitCode::ALL {
+        out.push_str(&format!("  {}  {}\n", c.code(), c.meaning()));
+    }
+    out
 }
 
 impl From<ExitCode> for std::process::ExitCode {
@@ -87,6 +130,12 @@ mod tests {
             assert_eq!(ExitCode::from_code(n), c);
         }
         assert_eq!(ExitCode::from_code(77), ExitCode::Runtime);
+        for (i, c) in ExitCode::ALL.iter().enumerate() {
+            assert_eq!(usize::from(c.code()), i, "ALL is in numeric order");
+        }
+        let table = help_table();
+        assert!(table.starts_with("Exit codes:\n  0  success"));
+        assert_eq!(table.lines().count(), 7);
         assert_eq!(
             ExitCode::Success.worst(ExitCode::Unverified),
             ExitCode::Unverified

@@ -14,7 +14,9 @@
 //!   with every frame bounded in size and count.
 //! - [`config`]: `push.toml` and `receive.toml`.
 //! - [`report`]: the structured result the receiver sends back.
-//! - [`exit`]: the exit codes both binaries use (a contract).
+//! - [`exit`]: the exit codes both binaries use (a contract), and their table.
+//! - [`contract`]: names both sides agree on (the forced command).
+//! - [`time`]: Unix seconds, negative before 1970.
 //! - [`units`]: the systemd drop-ins certsync writes from its config.
 //! - [`hardening`]: what both binaries do to their own process first.
 //! - [`command`]: running an operator's command within bounds.
@@ -26,6 +28,7 @@ pub mod authorized_keys;
 pub mod bundle;
 pub mod command;
 pub mod config;
+pub mod contract;
 pub mod exit;
 pub mod fingerprint;
 pub mod hardening;
@@ -33,6 +36,7 @@ pub mod logging;
 pub mod notify;
 pub mod protocol;
 pub mod report;
+pub mod time;
 pub mod units;
 pub mod validate;
 
