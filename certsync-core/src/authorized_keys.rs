@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn ed25519_line_with_comment() {
-        let line = authorized_keys_line(ED25519, None, "certsync-receive serve").unwrap();
+        let line = authorized_keys_line(ED25519, None, crate::contract::FORCED_COMMAND).unwrap();
         assert_eq!(
             line,
             "command=\"certsync-receive serve\",restrict ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIlD+0kDuV0pczfofkp5bfOsXiNcovkcGcJuIxqfd54L certsync@npm"

@@ -235,97 +235,105 @@ impl PushConfig {
         }
         let mut names = BTreeSet::new();
         for c in &self.certs {
-            if !valid_name(&c.name) {
-                return Err(invalid(format!(
-                    "[[cert]] name {:?} must be 1–64 of A–Z a–z 0–9 . _ -",
-                    c.name
-                )));
-            }
-            if !names.insert(c.name.as_str()) {
-                return Err(invalid(format!(
-                    "two [[cert]] sections are named {:?}",
-                    c.name
-                )));
-            }
-            match (&c.source, &c.live_root, &c.domain) {
-                (Some(_), None, None) => {}
-                (None, Some(roots), Some(_)) if roots.paths().is_empty() => {
-                    return Err(invalid(format!(
-                        "[[cert]] {:?}: `live_root` lists no directory; give certbot's live dir, NPM's custom_ssl dir, or both",
-                        c.name
-                    )))
-                }
-                (None, Some(_), Some(_)) => {}
-                _ => {
-                    return Err(invalid(format!(
-                        "[[cert]] {:?}: set either `source` (a live dir) or both `live_root` and `domain`",
-                        c.name
-                    )))
-                }
-            }
+            unique_name("[[cert]]", &c.name, &mut names).map_err(invalid)?;
+            c.check().map_err(invalid)?;
         }
         if let Some(r) = &self.recheck {
             parse_duration(r).map_err(|m| invalid(format!("recheck: {m}")))?;
         }
         let mut tnames = BTreeSet::new();
         for t in &self.targets {
-            if !valid_name(&t.name) {
-                return Err(invalid(format!(
-                    "[[target]] name {:?} must be 1–64 of A–Z a–z 0–9 . _ -",
-                    t.name
-                )));
-            }
-            if !tnames.insert(t.name.as_str()) {
-                return Err(invalid(format!(
-                    "two [[target]] sections are named {:?}",
-                    t.name
-                )));
-            }
-            if let Some(list) = &t.certs {
-                for n in list {
-                    if !names.contains(n.as_str()) {
-                        return Err(invalid(format!(
-                            "[[target]] {:?} lists cert {:?}, but no [[cert]] has that name",
-                            t.name, n
-                        )));
-                    }
+            unique_name("[[target]]", &t.name, &mut tnames).map_err(invalid)?;
+            t.check(&names).map_err(invalid)?;
+        }
+        Ok(())
+    }
+}
+
+/// A section's `name`: valid on the wire and not used twice.
+fn unique_name<'a>(
+    section: &str,
+    name: &'a str,
+    seen: &mut BTreeSet<&'a str>,
+) -> Result<(), String> {
+    if !valid_name(name) {
+        return Err(format!(
+            "{section} name {name:?} must be 1–64 of A–Z a–z 0–9 . _ -"
+        ));
+    }
+    if !seen.insert(name) {
+        return Err(format!("two {section} sections are named {name:?}"));
+    }
+    Ok(())
+}
+
+impl PushCert {
+    /// One of `source`, or `live_root` with `domain`.
+    fn check(&self) -> Result<(), String> {
+        match (&self.source, &self.live_root, &self.domain) {
+                (Some(_), None, None) => {}
+                (None, Some(roots), Some(_)) if roots.paths().is_empty() => {
+                    return Err(format!(
+                        "[[cert]] {:?}: `live_root` lists no directory; give certbot's live dir, NPM's custom_ssl dir, or both",
+                        self.name
+                    ))
+                }
+                (None, Some(_), Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "[[cert]] {:?}: set either `source` (a live dir) or both `live_root` and `domain`",
+                        self.name
+                    ))
                 }
             }
-            match t.transport {
-                TransportKind::Ssh => {
-                    for (key, missing) in [
-                        ("host", t.host.is_none()),
-                        ("user", t.user.is_none()),
-                        ("identity", t.identity.is_none()),
-                    ] {
-                        if missing {
-                            return Err(invalid(format!(
-                                "[[target]] {:?}: `{key}` is required for SSH",
-                                t.name
-                            )));
-                        }
+        Ok(())
+    }
+}
+
+impl Target {
+    /// Its certs known (`names`), and what its transport needs.
+    fn check(&self, names: &BTreeSet<&str>) -> Result<(), String> {
+        if let Some(list) = &self.certs {
+            for n in list {
+                if !names.contains(n.as_str()) {
+                    return Err(format!(
+                        "[[target]] {:?} lists cert {:?}, but no [[cert]] has that name",
+                        self.name, n
+                    ));
+                }
+            }
+        }
+        match self.transport {
+            TransportKind::Ssh => {
+                for (key, missing) in [
+                    ("host", self.host.is_none()),
+                    ("user", self.user.is_none()),
+                    ("identity", self.identity.is_none()),
+                ] {
+                    if missing {
+                        return Err(format!(
+                            "[[target]] {:?}: `{key}` is required for SSH",
+                            self.name
+                        ));
                     }
-                    if t.known_hosts.is_none() == t.host_key.is_none() {
-                        return Err(invalid(format!(
+                }
+                if self.known_hosts.is_none() == self.host_key.is_none() {
+                    return Err(format!(
                             "[[target]] {:?}: set exactly one of `known_hosts` or `host_key`; host keys are never trusted on first use",
-                            t.name
-                        )));
-                    }
-                    if t.command.is_some() {
-                        return Err(invalid(format!(
-                            "[[target]] {:?}: `command` is for transport = \"local\"; over SSH the receiving host's authorized_keys forced command decides",
-                            t.name
-                        )));
-                    }
+                            self.name
+                        ));
                 }
-                TransportKind::Local => {
-                    if let Some(cmd) = &t.command {
-                        if cmd.is_empty() {
-                            return Err(invalid(format!(
-                                "[[target]] {:?}: `command` is empty",
-                                t.name
-                            )));
-                        }
+                if self.command.is_some() {
+                    return Err(format!(
+                            "[[target]] {:?}: `command` is for transport = \"local\"; over SSH the receiving host's authorized_keys forced command decides",
+                            self.name
+                        ));
+                }
+            }
+            TransportKind::Local => {
+                if let Some(cmd) = &self.command {
+                    if cmd.is_empty() {
+                        return Err(format!("[[target]] {:?}: `command` is empty", self.name));
                     }
                 }
             }
@@ -456,6 +464,81 @@ pub struct ReceiveCert {
     pub hook_timeout: Option<u64>,
 }
 
+impl ReceiveCert {
+    /// `cert_path` and `key_path`, when both are given (without
+    /// `[mailcow]` [`ReceiveConfig`]'s checks require them).
+    pub fn pair(&self) -> Option<(PathBuf, PathBuf)> {
+        Some((self.cert_path.clone()?, self.key_path.clone()?))
+    }
+
+    /// The rules on one `[[cert]]`; `mailcow`: a `[mailcow]` section fills
+    /// in what is missing.
+    fn check(&self, mailcow: bool) -> Result<(), String> {
+        if !mailcow {
+            for (key, missing) in [
+                (
+                    "hostnames",
+                    self.hostnames.as_ref().is_none_or(|h| h.is_empty()),
+                ),
+                ("cert_path", self.cert_path.is_none()),
+                ("key_path", self.key_path.is_none()),
+            ] {
+                if missing {
+                    return Err(format!(
+                        "[[cert]] {:?}: `{key}` is required (or add a [mailcow] section with `dir`)",
+                        self.name
+                    ));
+                }
+            }
+        }
+        for p in [&self.cert_path, &self.key_path].into_iter().flatten() {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "[[cert]] {:?}: {} must be an absolute path",
+                    self.name,
+                    p.display()
+                ));
+            }
+        }
+        if let Some(hook) = &self.hook {
+            match hook.first() {
+                None => {
+                    return Err(format!(
+                        "[[cert]] {:?}: `hook` is empty: give the program and its arguments, e.g. [\"/usr/local/bin/import-cert\"]",
+                        self.name
+                    ))
+                }
+                Some(prog) if !Path::new(prog).is_absolute() => {
+                    return Err(format!(
+                        "[[cert]] {:?}: the hook program {prog:?} must be an absolute path (it runs as root in handoff mode; no PATH lookup)",
+                        self.name
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if self.hook_timeout == Some(0) {
+            return Err(format!(
+                "[[cert]] {:?}: hook_timeout must be at least 1 second",
+                self.name
+            ));
+        }
+        if self.cert_path.is_some() && self.cert_path == self.key_path {
+            return Err(format!(
+                "[[cert]] {:?}: cert_path and key_path are the same file",
+                self.name
+            ));
+        }
+        if mailcow && self.cert_path.is_some() != self.key_path.is_some() {
+            return Err(format!(
+                "[[cert]] {:?}: set both cert_path and key_path (or neither, with [mailcow])",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The default `hook_timeout`, in seconds.
 pub const DEFAULT_HOOK_TIMEOUT: u64 = 60;
 
@@ -526,73 +609,8 @@ impl ReceiveConfig {
         }
         let mut names = BTreeSet::new();
         for c in &self.certs {
-            if !valid_name(&c.name) {
-                return Err(invalid(format!(
-                    "[[cert]] name {:?} must be 1–64 of A–Z a–z 0–9 . _ -",
-                    c.name
-                )));
-            }
-            if !names.insert(c.name.as_str()) {
-                return Err(invalid(format!(
-                    "two [[cert]] sections are named {:?}",
-                    c.name
-                )));
-            }
-            if self.mailcow.is_none() {
-                for (key, missing) in [
-                    (
-                        "hostnames",
-                        c.hostnames.as_ref().is_none_or(|h| h.is_empty()),
-                    ),
-                    ("cert_path", c.cert_path.is_none()),
-                    ("key_path", c.key_path.is_none()),
-                ] {
-                    if missing {
-                        return Err(invalid(format!(
-                            "[[cert]] {:?}: `{key}` is required (or add a [mailcow] section with `dir`)",
-                            c.name
-                        )));
-                    }
-                }
-            }
-            for p in [&c.cert_path, &c.key_path].into_iter().flatten() {
-                if !p.is_absolute() {
-                    return Err(invalid(format!(
-                        "[[cert]] {:?}: {} must be an absolute path",
-                        c.name,
-                        p.display()
-                    )));
-                }
-            }
-            if let Some(hook) = &c.hook {
-                match hook.first() {
-                    None => {
-                        return Err(invalid(format!(
-                            "[[cert]] {:?}: `hook` is empty: give the program and its arguments, e.g. [\"/usr/local/bin/import-cert\"]",
-                            c.name
-                        )))
-                    }
-                    Some(prog) if !Path::new(prog).is_absolute() => {
-                        return Err(invalid(format!(
-                            "[[cert]] {:?}: the hook program {prog:?} must be an absolute path (it runs as root in handoff mode; no PATH lookup)",
-                            c.name
-                        )))
-                    }
-                    Some(_) => {}
-                }
-            }
-            if c.hook_timeout == Some(0) {
-                return Err(invalid(format!(
-                    "[[cert]] {:?}: hook_timeout must be at least 1 second",
-                    c.name
-                )));
-            }
-            if c.cert_path.is_some() && c.cert_path == c.key_path {
-                return Err(invalid(format!(
-                    "[[cert]] {:?}: cert_path and key_path are the same file",
-                    c.name
-                )));
-            }
+            unique_name("[[cert]]", &c.name, &mut names).map_err(invalid)?;
+            c.check(self.mailcow.is_some()).map_err(invalid)?;
         }
         if let Some(dir) = &self.staging_dir {
             if !dir.is_absolute() {

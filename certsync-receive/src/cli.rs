@@ -14,20 +14,15 @@ use certsync_core::logging::LogFormat;
 
 /// Receive TLS certificates pushed by certsync-push, install them atomically,
 /// reload mailcow's containers and check what is served.
-///
-/// Exit codes: 0 success or nothing to do; 1 runtime failure; 2 usage or
-/// config error; 3 refused by validation; 4 installed but reload or
-/// served-certificate check failed; 5 held for DNS (DANE: the new pair
-/// matches no validated TLSA record and stays staged).
 #[derive(Debug, Parser)]
 #[command(
     name = "certsync-receive",
     version,
     about,
-    after_help = "\
-The usual setup: put the line printed by `certsync-receive authorized-key --pubkey id_ed25519.pub`
-into the certsync user's ~/.ssh/authorized_keys on this host. certsync-push then runs `serve` over
-SSH; nothing else can be run with that key."
+    // Without it, a one-paragraph doc comment leaves `--help` with the
+    // package description only.
+    long_about = "Receive TLS certificates pushed by certsync-push, install them atomically, reload mailcow's containers and check what is served.",
+    after_help = after_help()
 )]
 pub struct Cli {
     /// The config file.
@@ -114,6 +109,17 @@ pub enum Command {
         from: Option<String>,
     },
 }
+
+/// Below the options: the exit codes (the one table both binaries print)
+/// and the usual setup.
+fn after_help() -> String {
+    format!("{}\n{USUAL_SETUP}", certsync_core::exit::help_table())
+}
+
+const USUAL_SETUP: &str = "\
+The usual setup: put the line printed by `certsync-receive authorized-key --pubkey id_ed25519.pub`
+into the certsync user's ~/.ssh/authorized_keys on this host. certsync-push then runs `serve` over
+SSH; nothing else can be run with that key.";
 
 /// The clap command, for the man page and the completions.
 pub fn command() -> clap::Command {

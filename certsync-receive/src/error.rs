@@ -1,61 +1,56 @@
-//! The receiver's error type. Each variant maps to one exit code
-//! (DESIGN.md "Exit codes"), chosen here and nowhere else.
+//! The commands' error: what stops a subcommand before it has a report.
+//! Each variant keeps the error of the layer below, and maps to one exit
+//! code (docs/contract.md "Exit codes"), chosen here and nowhere else.
 
 use std::path::PathBuf;
 
-use certsync_core::config::ConfigError;
-use certsync_core::protocol::ProtocolError;
-use certsync_core::validate::ValidationError;
 use certsync_core::ExitCode;
 
-use crate::install::InstallError;
-use crate::stage::StageError;
+use crate::commands::authorized_key::KeyFileError;
+use crate::fsutil::ReadError;
+use crate::pipeline::handoff::HandoffError;
+use crate::pipeline::install::InstallError;
+use crate::pipeline::lock::LockError;
+use crate::pipeline::stage::StageError;
+use crate::settings::SettingsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Settings(String),
-    #[error("protocol: {0}")]
-    Protocol(#[from] ProtocolError),
-    #[error("refused: {0}")]
-    Refused(#[from] ValidationError),
-    #[error(transparent)]
-    Stage(#[from] StageError),
-    #[error(transparent)]
-    Install(#[from] InstallError),
+    Settings(#[from] SettingsError),
     #[error("no [[cert]] named {name:?} in {config}; the names in receive.toml are: {known}")]
     UnknownCert {
         name: String,
         config: PathBuf,
         known: String,
     },
-    #[error("cannot read {path}: {source}")]
-    ReadInput {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Runtime(String),
-    #[error("{0}")]
-    Usage(String),
+    /// A file named on the command line.
+    #[error(transparent)]
+    Input(#[from] ReadError),
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
 }
 
 impl ReceiveError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            ReceiveError::Config(_)
-            | ReceiveError::Settings(_)
-            | ReceiveError::UnknownCert { .. }
-            | ReceiveError::Usage(_) => ExitCode::Usage,
-            ReceiveError::Refused(_) => ExitCode::Refused,
-            ReceiveError::Protocol(_)
+            ReceiveError::Settings(e) => e.exit_code(),
+            ReceiveError::UnknownCert { .. }
+            | ReceiveError::Input(ReadError::Refused { .. })
+            | ReceiveError::KeyFile(_) => ExitCode::Usage,
+            ReceiveError::Input(_)
             | ReceiveError::Stage(_)
+            | ReceiveError::Lock(_)
             | ReceiveError::Install(_)
-            | ReceiveError::ReadInput { .. }
-            | ReceiveError::Runtime(_) => ExitCode::Runtime,
+            | ReceiveError::Handoff(_) => ExitCode::Runtime,
         }
     }
 }

@@ -390,6 +390,55 @@ pub fn read_capped(path: &Path, max: usize) -> std::io::Result<Option<Vec<u8>>> 
     read_file_capped(File::from(fd), max).map(Some)
 }
 
+/// Why an operator's file ([`read_input`]) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Nothing at the path.
+    #[error("cannot read {}: {}", .0.display(), std::io::Error::from(std::io::ErrorKind::NotFound))]
+    Missing(PathBuf),
+    /// Not a regular file, or over the cap: the operator gave the wrong
+    /// file (a usage error, not a runtime one).
+    #[error("{}: {refusal}", path.display())]
+    Refused { path: PathBuf, refusal: Refusal },
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ReadError {
+    /// The file that could not be read.
+    pub fn path(&self) -> &Path {
+        match self {
+            ReadError::Missing(path)
+            | ReadError::Refused { path, .. }
+            | ReadError::Io { path, .. } => path,
+        }
+    }
+}
+
+/// [`read_capped`] for a file the operator named (a flag, a config key,
+/// mailcow.conf): a missing file is an error too, and the error keeps the
+/// path.
+pub fn read_input(path: &Path, max: usize) -> Result<Vec<u8>, ReadError> {
+    match read_capped(path, max) {
+        Ok(Some(buf)) => Ok(buf),
+        Ok(None) => Err(ReadError::Missing(path.to_path_buf())),
+        Err(e) => Err(match Refusal::of(&e) {
+            Some(refusal) => ReadError::Refused {
+                path: path.to_path_buf(),
+                refusal,
+            },
+            None => ReadError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,34 +1,26 @@
 //! certsync-receive: the mailcow side.
 //!
-//! The receiving pipeline, one module per step (DESIGN.md "Receive side"):
-//! [`serve`] reads the protocol, [`stage`] keeps the bytes in the staging
-//! dir, validation is `certsync_core::validate`, [`pipeline`] compares and
-//! orchestrates, [`install`] writes atomically, [`reload`] reloads the
-//! containers through the Docker API, [`probe`] checks what is served on the
-//! wire, [`hook`] runs the operator's command after an install, and the
-//! report goes back to the pusher.
+//! Three layers, each in its own folder, each depending only on the ones
+//! below it:
+//!
+//! - [`commands`]: one module per subcommand (`serve`, `deploy`, `install`,
+//!   `check`, `authorized-key`, `units`); [`error`] is their error, mapped to
+//!   an exit code once (docs/contract.md "Exit codes").
+//! - [`pipeline`]: the steps a pair goes through, in order: stage →
+//!   validate (`certsync_core::validate`) → compare → install → reload →
+//!   verify → hook, and the staging dir, its locks and the handoff to root
+//!   that they share.
+//! - [`systems`]: what the receiver talks to on this host: Docker, the
+//!   served TLS endpoints, mailcow's own files, systemd units, DNS (DANE)
+//!   and whoever `[notify]` names.
+//!
+//! [`settings`] (receive.toml resolved) and [`fsutil`] (how the receiver
+//! touches files) are used by all three.
 
-pub mod authorized_key;
-pub mod check;
 pub mod cli;
-pub mod dane;
-pub mod deploy;
+pub mod commands;
 pub mod error;
-pub mod fault;
 pub mod fsutil;
-pub mod handoff;
-pub mod hook;
-pub mod host_units;
-pub mod install;
-pub mod lock;
-pub mod mailcow;
-pub mod notify;
 pub mod pipeline;
-pub mod post;
-pub mod probe;
-pub mod reload;
-pub mod selector;
-pub mod serve;
 pub mod settings;
-pub mod stage;
-pub mod units;
+pub mod systems;

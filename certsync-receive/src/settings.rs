@@ -4,13 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use certsync_core::config::{DeployMode, DockerConfig, ReceiveConfig};
+use certsync_core::config::{
+    ConfigError, DeployMode, DockerConfig, ReceiveCert, ReceiveConfig, DEFAULT_HOOK_TIMEOUT,
+};
 use certsync_core::notify::NotifyConfig;
-use certsync_core::validate::{Anchors, Force};
+use certsync_core::validate::{AnchorError, Anchors, Force};
+use certsync_core::ExitCode;
 
-use crate::error::ReceiveError;
-use crate::hook::Hook;
-use crate::mailcow::{self, MailcowConf};
+use crate::pipeline::hook::Hook;
+use crate::systems::mailcow::{self, MailcowConf, MailcowError};
+use crate::systems::selector::{self, BadEntry};
+use crate::systems::systemd::{self, BadUnit};
 
 /// One certificate the receiver accepts, fully resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +33,76 @@ pub struct CertSpec {
     /// With the `[mailcow]` preset: mailcow's ssl dir, whose per-domain
     /// folders (`<dir>/` holding `domains`, `cert.pem`, `key.pem`) get the
     /// new pair too when it covers every name in their `domains` file.
-    /// Decided per install, from the new leaf ([`crate::mailcow`]).
+    /// Decided per install, from the new leaf ([`crate::systems::mailcow`]).
     pub folders_root: Option<PathBuf>,
-    /// Run after each successful install ([`crate::hook`]).
+    /// Run after each successful install ([`crate::pipeline::hook`]).
     pub hook: Option<Hook>,
-    /// systemd units on this host to reload ([`crate::host_units`]).
+    /// systemd units on this host to reload ([`crate::systems::systemd`]).
     pub reload_units: Vec<String>,
+}
+
+impl CertSpec {
+    /// One `[[cert]]`, its gaps filled from mailcow.conf (`mc`).
+    fn resolve(
+        c: &ReceiveCert,
+        mc: Option<&MailcowConf>,
+        path: &Path,
+    ) -> Result<CertSpec, SettingsError> {
+        let (hostnames, (cert_path, key_path)) = match mc {
+            Some(m) => (
+                c.hostnames
+                    .clone()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| vec![m.hostname.clone()]),
+                c.pair()
+                    .unwrap_or_else(|| (m.ssl_dir().join("cert.pem"), m.ssl_dir().join("key.pem"))),
+            ),
+            // ReceiveConfig's checks require both without [mailcow].
+            None => (
+                c.hostnames.clone().unwrap_or_default(),
+                c.pair().unwrap_or_default(),
+            ),
+        };
+        let reload = match (&c.reload, mc) {
+            (Some(r), _) => r.clone(),
+            (None, Some(_)) => mailcow::SERVICES.iter().map(|s| s.to_string()).collect(),
+            (None, None) => Vec::new(),
+        };
+        let reload_units = c.reload_units.clone().unwrap_or_default();
+        for unit in &reload_units {
+            systemd::check(unit).map_err(|source| SettingsError::ReloadUnit {
+                path: path.to_path_buf(),
+                name: c.name.clone(),
+                source,
+            })?;
+        }
+        for entry in &reload {
+            selector::check(entry).map_err(|source| SettingsError::ReloadEntry {
+                path: path.to_path_buf(),
+                name: c.name.clone(),
+                source,
+            })?;
+        }
+        let verify = match (&c.verify, mc) {
+            (Some(v), _) => v.clone(),
+            (None, Some(m)) => m.verify.clone(),
+            (None, None) => Vec::new(),
+        };
+        Ok(CertSpec {
+            name: c.name.clone(),
+            hostnames,
+            cert_path,
+            key_path,
+            reload,
+            verify,
+            folders_root: mc.map(|m| m.ssl_dir()),
+            reload_units,
+            hook: c.hook.clone().map(|command| Hook {
+                command,
+                timeout: Duration::from_secs(c.hook_timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT)),
+            }),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -59,20 +127,63 @@ pub struct Settings {
     pub allow_remote_force: bool,
     /// What chains must verify to: the system store and `ca_file`.
     pub anchors: Anchors,
-    /// `[notify]`: who to tell ([`crate::notify`]).
+    /// `[notify]`: who to tell ([`crate::systems::notify`]).
     pub notify: Option<NotifyConfig>,
-    /// The DANE guard's settings ([`crate::dane`]).
-    pub dane: crate::dane::DaneSettings,
+    /// The DANE guard's settings ([`crate::systems::dane`]).
+    pub dane: crate::systems::dane::DaneSettings,
+}
+
+/// Why receive.toml, with the `[mailcow]` preset applied, gives no
+/// settings. The rules on receive.toml alone are
+/// `certsync_core::config::ReceiveConfig`'s, checked once when it loads.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Mailcow(#[from] MailcowError),
+    #[error("{}: [[cert]] {name:?}: {source}", path.display())]
+    ReloadEntry {
+        path: PathBuf,
+        name: String,
+        #[source]
+        source: BadEntry,
+    },
+    #[error("{}: [[cert]] {name:?}: {source}", path.display())]
+    ReloadUnit {
+        path: PathBuf,
+        name: String,
+        #[source]
+        source: BadUnit,
+    },
+    #[error("{}: {source}", path.display())]
+    Anchors {
+        path: PathBuf,
+        #[source]
+        source: AnchorError,
+    },
+}
+
+impl SettingsError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            SettingsError::Mailcow(e) => e.exit_code(),
+            _ => ExitCode::Usage,
+        }
+    }
 }
 
 impl Settings {
     /// Load `receive.toml` and resolve the mailcow preset.
-    pub fn load(path: &Path) -> Result<Settings, ReceiveError> {
+    pub fn load(path: &Path) -> Result<Settings, SettingsError> {
         let raw = ReceiveConfig::load(path)?;
         Settings::resolve(raw, path)
     }
 
-    pub fn resolve(raw: ReceiveConfig, path: &Path) -> Result<Settings, ReceiveError> {
+    /// Fill in what `raw` leaves to the `[mailcow]` preset and the defaults.
+    /// `raw` has passed `ReceiveConfig`'s checks (its `load` or
+    /// `from_toml`).
+    pub fn resolve(raw: ReceiveConfig, path: &Path) -> Result<Settings, SettingsError> {
         let mc = match &raw.mailcow {
             Some(preset) => Some(mailcow::read_conf(&preset.dir)?),
             None => None,
@@ -86,81 +197,17 @@ impl Settings {
                 .map(|m| m.project_alternates.clone())
                 .unwrap_or_default();
         }
-        let mut certs = Vec::new();
-        for c in &raw.certs {
-            let hostnames = match (&c.hostnames, &mc) {
-                (Some(h), _) if !h.is_empty() => h.clone(),
-                (_, Some(m)) => vec![m.hostname.clone()],
-                _ => {
-                    return Err(ReceiveError::Settings(format!(
-                        "{}: [[cert]] {:?} has no hostnames",
-                        path.display(),
-                        c.name
-                    )))
-                }
-            };
-            let (cert_path, key_path) = match (&c.cert_path, &c.key_path, &mc) {
-                (Some(cp), Some(kp), _) => (cp.clone(), kp.clone()),
-                (None, None, Some(m)) => (m.ssl_dir().join("cert.pem"), m.ssl_dir().join("key.pem")),
-                _ => {
-                    return Err(ReceiveError::Settings(format!(
-                        "{}: [[cert]] {:?}: set both cert_path and key_path (or neither, with [mailcow])",
-                        path.display(),
-                        c.name
-                    )))
-                }
-            };
-            let reload = match (&c.reload, &mc) {
-                (Some(r), _) => r.clone(),
-                (None, Some(_)) => mailcow::SERVICES.iter().map(|s| s.to_string()).collect(),
-                (None, None) => Vec::new(),
-            };
-            let reload_units = c.reload_units.clone().unwrap_or_default();
-            for unit in &reload_units {
-                crate::host_units::check(unit).map_err(|why| {
-                    ReceiveError::Settings(format!(
-                        "{}: [[cert]] {:?}: {why}",
-                        path.display(),
-                        c.name
-                    ))
-                })?;
-            }
-            for entry in &reload {
-                crate::selector::check(entry).map_err(|why| {
-                    ReceiveError::Settings(format!(
-                        "{}: [[cert]] {:?}: {why}",
-                        path.display(),
-                        c.name
-                    ))
-                })?;
-            }
-            let verify = match (&c.verify, &mc) {
-                (Some(v), _) => v.clone(),
-                (None, Some(m)) => m.verify.clone(),
-                (None, None) => Vec::new(),
-            };
-            let folders_root = mc.as_ref().map(|m| m.ssl_dir());
-            certs.push(CertSpec {
-                name: c.name.clone(),
-                hostnames,
-                cert_path,
-                key_path,
-                reload,
-                verify,
-                folders_root,
-                reload_units,
-                hook: c.hook.clone().map(|command| Hook {
-                    command,
-                    timeout: Duration::from_secs(
-                        c.hook_timeout
-                            .unwrap_or(certsync_core::config::DEFAULT_HOOK_TIMEOUT),
-                    ),
-                }),
-            });
-        }
-        let anchors = Anchors::load(raw.ca_file.as_deref())
-            .map_err(|e| ReceiveError::Settings(format!("{}: {e}", path.display())))?;
-        let dane = crate::dane::DaneSettings::from_config(&raw);
+        let certs = raw
+            .certs
+            .iter()
+            .map(|c| CertSpec::resolve(c, mc.as_ref(), path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let anchors =
+            Anchors::load(raw.ca_file.as_deref()).map_err(|source| SettingsError::Anchors {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let dane = crate::systems::dane::DaneSettings::from_config(&raw);
         Ok(Settings {
             dane,
             allow_remote_force: raw.allow_remote_force,
@@ -191,19 +238,5 @@ impl Settings {
 
     pub fn cert(&self, name: &str) -> Option<&CertSpec> {
         self.certs.iter().find(|c| c.name == name)
-    }
-
-    /// `cert(name)` or an error listing the known names.
-    pub fn cert_or_err(&self, name: &str) -> Result<&CertSpec, ReceiveError> {
-        self.cert(name).ok_or_else(|| ReceiveError::UnknownCert {
-            name: name.to_string(),
-            config: self.config_path.clone(),
-            known: self
-                .certs
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
     }
 }

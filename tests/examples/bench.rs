@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_core::Fingerprint;
-use certsync_receive::probe::{served_leaf, served_leaf_with, Endpoint};
+use certsync_receive::systems::probe::{served_leaf, served_leaf_with, Endpoint};
 use certsync_tests::bins;
 use certsync_tests::docker::{wait_until, Dockerd};
 use certsync_tests::e2e::{pem_leaf_fingerprint, Process};
@@ -974,7 +974,7 @@ impl Bench {
                 .unwrap();
             let endpoint = Endpoint::parse(&e.verify()).unwrap();
             let serving = || served_leaf(&endpoint, HOST, Duration::from_secs(2)).is_ok();
-            let command = certsync_receive::mailcow::reload_command(service).unwrap();
+            let command = certsync_receive::systems::mailcow::reload_command(service).unwrap();
             let args: Vec<&str> = command.iter().map(String::as_str).collect();
             let (mut reload, mut restart) = (Vec::new(), Vec::new());
             for _ in 0..RESTARTS {
@@ -1006,7 +1006,7 @@ impl Bench {
         });
         self.notes.push(format!(
             "reload / restart: certsync's reload commands (postfix: `postmap -F` of the SNI map + `postfix reload`; `dovecot reload`; `nginx -s reload`) against `docker restart -t 30`, each timed from the call until a TLS handshake with SNI succeeds again. A restart is certsync's fallback only (verify still sees the old leaf after a successful reload); it then adds up to {} s of verify retries before the restart, plus the restart. mailcow's real images restart far slower (postfix.sh and the dovecot entrypoint wait for MySQL, DNS, and rebuild their configuration)",
-            certsync_receive::post::VERIFY_RETRY.as_secs()
+            certsync_receive::pipeline::reload_verify::VERIFY_RETRY.as_secs()
         ));
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use certsync_core::bundle::parse_chain;
 use certsync_core::testutil::{KeyKind, TestCa};
 use certsync_core::Fingerprint;
-use certsync_receive::probe::{served_leaf, Endpoint};
+use certsync_receive::systems::probe::{served_leaf, Endpoint};
 use certsync_tests::livedir::LiveDir;
 use certsync_tests::{bins, sshd};
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};

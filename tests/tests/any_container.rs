@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use certsync_core::config::DockerConfig;
-use certsync_receive::reload::{reload, ReloadPlan, ReloadStatus};
+use certsync_receive::systems::docker::{reload, ReloadPlan, ReloadStatus};
 use certsync_tests::docker::Dockerd;
 use certsync_tests::require;
 

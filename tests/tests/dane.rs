@@ -4,7 +4,7 @@
 //! through `dns_resolver`.
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
-use certsync_receive::dane::Tlsa;
+use certsync_receive::systems::dane::Tlsa;
 use certsync_tests::dns::{self, DnsLab, SIGNED};
 use certsync_tests::receiver::Mailhost;
 use openssl::hash::MessageDigest;

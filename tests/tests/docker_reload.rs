@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_core::Fingerprint;
-use certsync_receive::probe::{self, Endpoint, ProbeError};
-use certsync_receive::reload::{
+use certsync_receive::systems::docker::{
     outcomes_ok, reload, ReloadError, ReloadPlan, ReloadStatus, ServiceOutcome, ServiceReload,
 };
+use certsync_receive::systems::probe::{self, Endpoint, ProbeError};
 use certsync_tests::docker::{find_program, Dockerd};
 use certsync_tests::require;
 
@@ -41,7 +41,7 @@ fn plan(d: &Dockerd, project: Option<&str>, services: &[&str]) -> ReloadPlan {
             .iter()
             .map(|s| ServiceReload {
                 service: s.to_string(),
-                command: certsync_receive::mailcow::reload_command(s).unwrap(),
+                command: certsync_receive::systems::mailcow::reload_command(s).unwrap(),
             })
             .collect(),
     }
@@ -104,8 +104,10 @@ async fn an_unset_compose_project_is_found_under_either_spelling() {
         "postfix-mailcow",
         0,
     );
-    let names =
-        certsync_receive::mailcow::project_names(None, Path::new("/opt/mailcow-dockerized"));
+    let names = certsync_receive::systems::mailcow::project_names(
+        None,
+        Path::new("/opt/mailcow-dockerized"),
+    );
     assert_eq!(names, ["mailcow-dockerized", "mailcowdockerized"]);
 
     let mut p = plan(&d, Some(&names[0]), &["postfix-mailcow"]);
@@ -414,7 +416,7 @@ async fn nginx_serves_the_new_certificate_after_reload_through_the_docker_api() 
     // Right after a reload the old worker may still accept one more
     // connection with the old pair: verify_endpoint counts a match only
     // when a second probe, a moment later, sees the same certificate.
-    let seen = certsync_receive::post::verify_endpoint(
+    let seen = certsync_receive::pipeline::reload_verify::verify_endpoint(
         &endpoint.to_string(),
         HOST,
         b.fingerprint(),

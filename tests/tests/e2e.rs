@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use certsync_core::testutil::{KeyKind, TestCa, Validity};
 use certsync_core::Fingerprint;
-use certsync_receive::probe::{served_leaf_with, sni_label, Endpoint};
+use certsync_receive::systems::probe::{served_leaf_with, sni_label, Endpoint};
 use certsync_tests::docker::{find_program, wait_until, Dockerd};
 use certsync_tests::e2e::{pem_leaf_fingerprint, s_client_fingerprint, Deployer, Process};
 use certsync_tests::mailcow::{self, Conf, Mailcow};

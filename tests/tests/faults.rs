@@ -2,7 +2,7 @@
 //! through a real OpenSSH sshd whose forced command is the receiver (issue 7):
 //!
 //! - SIGKILL at each install fault point (`CERTSYNC_FAULT_KILL_AT`, see
-//!   `certsync_receive::fault`), over SSH as well as locally;
+//!   `certsync_receive::pipeline::fault`), over SSH as well as locally;
 //! - the SSH connection cut in the middle of a bundle (the client drops the
 //!   connection; the sshd session processes are killed);
 //! - the staging filesystem full (a 64 KiB tmpfs mounted on the staging dir);
@@ -25,8 +25,8 @@ use certsync_core::protocol::{self, Hello, Limits, Message, Offer, Reader, Want,
 use certsync_core::report::Report;
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_push::transport::ssh::{connect, HostKeyPolicy, SshTarget};
-use certsync_receive::install::FAULT_POINTS;
-use certsync_receive::stage::StagingDir;
+use certsync_receive::pipeline::install::FAULT_POINTS;
+use certsync_receive::pipeline::stage::StagingDir;
 use certsync_tests::receiver::{offered, push_session, Mailhost};
 use certsync_tests::sshd::{self, client_key, forced_line, ClientKey, KeyType, Sshd};
 use certsync_tests::{bins, require};
@@ -711,12 +711,12 @@ async fn docker_stopped_mid_reload_is_exit_4_with_the_pair_installed() {
 }
 
 /// The same fault one layer down, runnable before `serve` calls the
-/// reload: `certsync_receive::reload::reload` with the engine SIGTERMed
+/// reload: `certsync_receive::systems::docker::reload` with the engine SIGTERMed
 /// while the exec'd reload command is still running. It must return within
 /// a bounded time and report the service as not reloaded, naming it.
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_stopped_mid_reload_at_the_reload_step() {
-    use certsync_receive::reload::{reload, ReloadPlan, ServiceReload};
+    use certsync_receive::systems::docker::{reload, ReloadPlan, ServiceReload};
     use certsync_tests::docker::{Dockerd, Run};
     if !require("dockerd", Dockerd::available()) {
         return;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_core::Fingerprint;
-use certsync_receive::probe::{served_leaf_with, Endpoint};
+use certsync_receive::systems::probe::{served_leaf_with, Endpoint};
 use certsync_tests::docker::{wait_until, Dockerd};
 use certsync_tests::mailcow::{self, Conf, Mailcow};
 use certsync_tests::require;
@@ -225,7 +225,7 @@ fn dovecot_reload_rereads_the_files_sni_conf_names() {
             let now = served(&e, sni);
             println!(
                 "after dovecot reload: {word:<6} {:<24}: {} (after {fresh:?})",
-                certsync_receive::probe::sni_label(sni),
+                certsync_receive::systems::probe::sni_label(sni),
                 name(&leaves, &now)
             );
             assert_eq!(now, Ok(new.fingerprint()), "{word} {sni:?}");

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_core::Fingerprint;
-use certsync_receive::probe::{served_leaf_with, Endpoint};
+use certsync_receive::systems::probe::{served_leaf_with, Endpoint};
 use certsync_tests::docker::{wait_until, Dockerd};
 use certsync_tests::e2e::Process;
 use certsync_tests::mailcow::{self, Conf, Mailcow};

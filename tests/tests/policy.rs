@@ -21,8 +21,8 @@ use certsync_core::testutil::{
     ec_key, rsa_key, self_signed_leaf, KeyKind, Profile, SecretWindows, TestCa, TestLeaf, Validity,
 };
 use certsync_core::ExitCode;
-use certsync_receive::handoff::{self, Request};
-use certsync_receive::stage::{Entry, StagingDir};
+use certsync_receive::pipeline::handoff::{self, Request};
+use certsync_receive::pipeline::stage::{Entry, StagingDir};
 use certsync_tests::receiver::{push_session, Mailhost};
 use openssl::nid::Nid;
 

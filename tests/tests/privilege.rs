@@ -1002,7 +1002,7 @@ fn fault_injection_is_never_a_default_feature() {
     );
     const {
         assert!(
-            certsync_receive::fault::ENABLED,
+            certsync_receive::pipeline::fault::ENABLED,
             "the tests run with fault injection"
         )
     };

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
-use certsync_receive::probe::{self, Endpoint, ProbeError, Protocol};
+use certsync_receive::systems::probe::{self, Endpoint, ProbeError, Protocol};
 use openssl::ssl::{SslAcceptor, SslMethod};
 
 const HOST: &str = "mail.example.com";

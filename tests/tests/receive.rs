@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use certsync_core::bundle::Bundle;
 use certsync_core::testutil::{KeyKind, TestCa, Validity};
-use certsync_receive::install::FAULT_POINTS;
+use certsync_receive::pipeline::install::FAULT_POINTS;
 use certsync_tests::receiver::{push_session, Mailhost};
 
 const HOST: &str = "mail.example.com";

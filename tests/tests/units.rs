@@ -597,7 +597,7 @@ fn example_receive_config_loads() {
         assert!(docker.reload_command(service).is_some(), "{service}");
         assert_eq!(
             docker.reload_command(service),
-            certsync_receive::mailcow::reload_command(service),
+            certsync_receive::systems::mailcow::reload_command(service),
             "the example lists the built-in default for {service}"
         );
     }

@@ -36,8 +36,7 @@
 use std::path::{Path, PathBuf};
 
 use certsync_core::validate::san_matches;
-
-use crate::error::ReceiveError;
+use certsync_core::ExitCode;
 
 /// mailcow's services that use the certificate.
 pub const SERVICES: [&str; 3] = ["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"];
@@ -185,31 +184,50 @@ pub fn literal_sans(value: &str) -> Vec<String> {
     names
 }
 
+/// Why `mailcow.conf` gave no settings.
+#[derive(Debug, thiserror::Error)]
+pub enum MailcowError {
+    /// Missing under /home or /root: maybe only hidden from this unit.
+    #[error("{} does not exist; check `[mailcow] dir` in receive.toml. If it does exist, a unit with ProtectHome=yes hides /home and /root from it: for certsync-deploy.service run `certsync-receive units && systemctl daemon-reload`", .0.display())]
+    Hidden(PathBuf),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: MAILCOW_HOSTNAME is not set; is this a mailcow-dockerized checkout?", .0.display())]
+    NoHostname(PathBuf),
+}
+
+impl MailcowError {
+    /// A wrong `[mailcow] dir` is the operator's to fix (exit 2); a file
+    /// that cannot be read is a runtime failure (exit 1).
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            MailcowError::Hidden(_) | MailcowError::NoHostname(_) => ExitCode::Usage,
+            MailcowError::Read { .. } => ExitCode::Runtime,
+        }
+    }
+}
+
 /// Read `<dir>/mailcow.conf`.
-pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
+pub fn read_conf(dir: &Path) -> Result<MailcowConf, MailcowError> {
     let path = dir.join("mailcow.conf");
     let bytes = match crate::fsutil::read_capped(&path, MAX_CONF_BYTES) {
         Ok(Some(b)) => b,
         // A unit with ProtectHome=yes sees an empty /home and /root: the
         // checkout seems missing there while the admin can see it.
-        Ok(None) if crate::install::under_home(dir) => {
-            return Err(ReceiveError::Settings(format!(
-                "{} does not exist; check `[mailcow] dir` in receive.toml. If it does exist, a unit with ProtectHome=yes hides /home and /root from it: for certsync-deploy.service run `certsync-receive units && systemctl daemon-reload`",
-                path.display()
-            )))
+        Ok(None) if crate::pipeline::install::under_home(dir) => {
+            return Err(MailcowError::Hidden(path));
         }
         Ok(None) => {
-            return Err(ReceiveError::ReadInput {
-                path: path.clone(),
+            return Err(MailcowError::Read {
+                path,
                 source: std::io::ErrorKind::NotFound.into(),
             })
         }
-        Err(source) => {
-            return Err(ReceiveError::ReadInput {
-                path: path.clone(),
-                source,
-            })
-        }
+        Err(source) => return Err(MailcowError::Read { path, source }),
     };
     let vars = parse_conf(&String::from_utf8_lossy(&bytes));
     // A key set twice: the last line wins, as with `source`.
@@ -221,12 +239,7 @@ pub fn read_conf(dir: &Path) -> Result<MailcowConf, ReceiveError> {
     };
     let hostname = get("MAILCOW_HOSTNAME")
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            ReceiveError::Settings(format!(
-                "{}: MAILCOW_HOSTNAME is not set; is this a mailcow-dockerized checkout?",
-                path.display()
-            ))
-        })?;
+        .ok_or_else(|| MailcowError::NoHostname(path.clone()))?;
     let mut projects = project_names(get("COMPOSE_PROJECT_NAME").as_deref(), dir).into_iter();
     let project = projects
         .next()
@@ -843,7 +856,7 @@ mod tests {
         );
         // Every entry parses as a probe endpoint.
         for text in endpoints_of(custom).iter().chain(&endpoints_of(defaults)) {
-            crate::probe::Endpoint::parse(text).unwrap();
+            crate::systems::probe::Endpoint::parse(text).unwrap();
         }
     }
 

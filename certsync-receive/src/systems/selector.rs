@@ -44,8 +44,13 @@ pub fn parse(entry: &str) -> Selector<'_> {
     }
 }
 
+/// A `reload` entry that names no service or container.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("reload entry {0:?}: write a compose service (\"postfix-mailcow\"), \"project/service\" or \"container:NAME\" (letters, digits, - _ .)")]
+pub struct BadEntry(pub String);
+
 /// Why `entry` is not a valid `reload` entry, if it is not.
-pub fn check(entry: &str) -> Result<(), String> {
+pub fn check(entry: &str) -> Result<(), BadEntry> {
     let ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 128
@@ -59,9 +64,7 @@ pub fn check(entry: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
-            "reload entry {entry:?}: write a compose service (\"postfix-mailcow\"), \"project/service\" or \"container:NAME\" (letters, digits, - _ .)"
-        ))
+        Err(BadEntry(entry.to_string()))
     }
 }
 

@@ -14,12 +14,14 @@
 //! `deploy` holds `<staging>/.deploy.lock`. A `deploy` with no request (the
 //! catch-up timer) only touches staged pairs when no `serve` holds `.lock`.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use certsync_core::report::Report;
+use certsync_core::report::{CertReport, Report, Step};
+use certsync_core::ExitCode;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{Entry, StageError, StagingDir};
+use crate::pipeline::stage::{Entry, StageError, StagingDir};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +59,65 @@ pub fn new_id() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("{}-{t:x}", std::process::id())
+}
+
+/// `serve`: hand the `staged` pairs to root's deploy and wait for its
+/// report. `force` is what the pusher asked; root's `deploy` weighs it
+/// against its own reading of allow_remote_force, never trusting this file.
+pub async fn hand_over(
+    staging: &StagingDir,
+    staged: &[String],
+    force: bool,
+    timeout: Duration,
+) -> Result<Report, HandoffError> {
+    let req = Request {
+        id: new_id(),
+        names: staged.to_vec(),
+        force,
+    };
+    write_request(staging, &req)?;
+    tracing::info!("handed {} to root's deploy; waiting", staged.join(", "));
+    wait_result(staging, &req.id, timeout).await
+}
+
+/// `serve`: fold root's answer into this session's reports. Root's deploy
+/// re-read and re-validated the pair, so its steps after read and stage
+/// replace nothing and follow this side's; a failed handoff fails the
+/// install of every pair handed over.
+pub fn merge(
+    reports: &mut BTreeMap<String, CertReport>,
+    staged: &[String],
+    outcome: Result<Report, HandoffError>,
+) {
+    let deployed = match outcome {
+        Ok(deployed) => deployed,
+        Err(e) => {
+            for name in staged {
+                if let Some(cr) = reports.get_mut(name) {
+                    cr.failed(Step::Install, e.to_string(), ExitCode::Runtime);
+                }
+            }
+            return;
+        }
+    };
+    for d in deployed.certs {
+        let Some(cr) = reports.get_mut(&d.name) else {
+            continue;
+        };
+        if d.leaf.is_some() {
+            cr.leaf = d.leaf;
+        }
+        cr.exit = cr.exit.worst(d.exit);
+        cr.nothing_to_do = d.nothing_to_do;
+        if d.hook.is_some() {
+            cr.hook = d.hook;
+        }
+        cr.steps.extend(
+            d.steps
+                .into_iter()
+                .filter(|s| !matches!(s.step, Step::Read | Step::Stage)),
+        );
+    }
 }
 
 fn write_json<T: Serialize>(

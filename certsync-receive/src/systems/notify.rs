@@ -11,7 +11,7 @@ use certsync_core::notify::{self, Event, Notification};
 use certsync_core::report::{CertReport, Report, Step, StepStatus};
 use certsync_core::ExitCode;
 
-use crate::check::CheckReport;
+use crate::commands::check::CheckReport;
 use crate::settings::Settings;
 
 const SOURCE: &str = "certsync-receive";

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use certsync_core::units::{self, DropIn, PathUse, UnitsError};
 
-use crate::install::under_home;
+use crate::pipeline::install::under_home;
+use crate::pipeline::stage::Entry;
 use crate::settings::Settings;
-use crate::stage::Entry;
 
 pub const DEPLOY_SERVICE: &str = "certsync-deploy.service";
 pub const DEPLOY_PATH: &str = "certsync-deploy.path";

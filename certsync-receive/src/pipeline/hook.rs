@@ -31,7 +31,7 @@ use certsync_core::report::{CertReport, HookOutcome, Step};
 use certsync_core::validate::ValidatedBundle;
 use certsync_core::ExitCode;
 
-use crate::reload::quote_output;
+use crate::systems::docker::quote_output;
 
 /// A configured hook, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,15 +20,22 @@ use certsync_core::command;
 use certsync_core::report::{CertReport, Step};
 use certsync_core::ExitCode;
 
-use crate::reload::quote_output;
+use crate::systems::docker::quote_output;
 
 /// Debian's systemctl (usr-merged: /bin/systemctl is the same file).
 pub const SYSTEMCTL: &str = "/usr/bin/systemctl";
 /// How long one `systemctl reload` or `restart` may take.
 pub const UNIT_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A `reload_units` entry that is not a systemd unit name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "reload_units entry {0:?} is not a systemd unit name: write it whole, e.g. \"postfix.service\""
+)]
+pub struct BadUnit(pub String);
+
 /// Why `unit` is not a unit name we run, if it is not.
-pub fn check(unit: &str) -> Result<(), String> {
+pub fn check(unit: &str) -> Result<(), BadUnit> {
     let ok = !unit.is_empty()
         && unit.len() <= 256
         && !unit.starts_with('-')
@@ -39,9 +46,7 @@ pub fn check(unit: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "reload_units entry {unit:?} is not a systemd unit name: write it whole, e.g. \"postfix.service\""
-        ))
+        Err(BadUnit(unit.to_string()))
     }
 }
 

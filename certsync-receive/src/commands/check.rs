@@ -27,24 +27,26 @@
 //! A reload owed since an earlier install is retried first (under the
 //! receiver's lock), so `check` from a timer also repairs that.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use certsync_core::bundle::{parse_chain, Bundle, CertInfo, SecretBytes};
+use certsync_core::bundle::{parse_chain, Bundle, BundleError, CertInfo, SecretBytes};
 use certsync_core::protocol::{MAX_CHAIN_BYTES, MAX_KEY_BYTES};
-use certsync_core::validate::{validate, Policy};
+use certsync_core::time::unix_seconds;
+use certsync_core::validate::{validate, Policy, ValidationError};
 use certsync_core::{ExitCode, Fingerprint};
 
-use crate::install::{self, Dest};
-use crate::mailcow;
+use crate::fsutil::{read_input, ReadError};
+use crate::pipeline::install::{self, Dest};
+use crate::pipeline::reload_verify::ReloadVerify;
+use crate::pipeline::stage::{StageError, StagingDir};
 use crate::pipeline::{self, Run};
-use crate::post::Post;
-use crate::probe::{self, Endpoint};
 use crate::settings::{CertSpec, Settings};
-use crate::stage::{Entry, StageError, StagingDir};
+use crate::systems::mailcow;
+use crate::systems::probe::{self, Endpoint};
 
 /// What `check` found for one certificate.
 #[derive(Debug, Clone, Serialize)]
@@ -73,7 +75,7 @@ pub struct CertCheck {
     pub warnings: Vec<String>,
     /// The DANE guard's view (docs/contract.md "DANE"); empty with
     /// `dane = "off"`.
-    pub dane: crate::dane::DaneCheck,
+    pub dane: crate::systems::dane::DaneCheck,
     pub exit: ExitCode,
 }
 
@@ -112,6 +114,36 @@ pub struct CheckReport {
     pub exit: ExitCode,
 }
 
+/// What is wrong with a file `check` reads.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("{}", read_problem(.0))]
+    Read(#[from] ReadError),
+    #[error("{} does not parse: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: BundleError,
+    },
+    #[error("the installed pair at {} is not valid: {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: ValidationError,
+    },
+}
+
+/// `check`'s own words for a file it cannot read.
+fn read_problem(e: &ReadError) -> String {
+    match e {
+        ReadError::Missing(path) => format!("{} does not exist", path.display()),
+        ReadError::Refused { path, refusal } => {
+            format!("cannot read {}: {refusal}", path.display())
+        }
+        ReadError::Io { .. } => e.to_string(),
+    }
+}
+
 impl CertCheck {
     fn problem(&mut self, message: String, exit: ExitCode) {
         self.problems.push(message);
@@ -127,7 +159,7 @@ pub async fn run(
     metrics: Option<&Path>,
 ) -> ExitCode {
     let report = check(settings, warn_days, SystemTime::now()).await;
-    crate::notify::check(settings, &report).await;
+    crate::systems::notify::check(settings, &report).await;
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),
@@ -154,7 +186,7 @@ pub async fn run(
 
 /// Check every configured certificate at `now`.
 pub async fn check(settings: &Settings, warn_days: i64, now: SystemTime) -> CheckReport {
-    let post = Post { settings };
+    let post = ReloadVerify { settings };
     // `check` never creates the staging dir; under certsync-check.service
     // (no capabilities) root may not even enter it: then there are no
     // markers to see, and certsync-deploy.timer retries owed reloads.
@@ -181,7 +213,7 @@ pub async fn check(settings: &Settings, warn_days: i64, now: SystemTime) -> Chec
         None => (Vec::new(), ExitCode::Success),
     };
     CheckReport {
-        checked_at: unix(now),
+        checked_at: unix_seconds(now),
         warn_days,
         exit: certs.iter().fold(folders_exit, |acc, c| acc.worst(c.exit)),
         certs,
@@ -235,20 +267,25 @@ pub fn check_folders(
             problem: None,
         };
         let cert = folder.dir.join("cert.pem");
-        let info = read_limited(&cert, MAX_CHAIN_BYTES).and_then(|pem| {
-            parse_chain(&pem)
-                .map(|c| CertInfo::of(&c[0]))
-                .map_err(|e| format!("{} does not parse: {e}", cert.display()))
-        });
+        let info = read_input(&cert, MAX_CHAIN_BYTES)
+            .map_err(Problem::from)
+            .and_then(|pem| {
+                parse_chain(&pem)
+                    .map(|c| CertInfo::of(&c[0]))
+                    .map_err(|source| Problem::Parse {
+                        path: cert.clone(),
+                        source,
+                    })
+            });
         match info {
             Ok(info) => {
-                let days = info.days_left(unix(now));
+                let days = info.days_left(unix_seconds(now));
                 f.fingerprint = Some(info.fingerprint);
                 f.not_after = Some(info.not_after);
                 f.days_left = Some(days);
                 let mine = installed.contains(&info.fingerprint);
-                if info.not_after <= unix(now) && !mine {
-                    let ago = (unix(now) - info.not_after).div_euclid(86_400);
+                if info.not_after <= unix_seconds(now) && !mine {
+                    let ago = (unix_seconds(now) - info.not_after).div_euclid(86_400);
                     f.problem = Some(format!(
                         "mailcow serves {dir} for {} and its certificate has expired ({ago} days ago): {fix}",
                         folder.domains.join(", "),
@@ -305,7 +342,7 @@ async fn check_cert(
     settings: &Settings,
     staging: Option<&Arc<StagingDir>>,
     spec: &CertSpec,
-    post: &Post<'_>,
+    post: &ReloadVerify<'_>,
     warn_days: i64,
     now: SystemTime,
 ) -> CertCheck {
@@ -348,7 +385,7 @@ async fn check_cert(
                 c.fingerprint = Some(info.fingerprint);
                 c.subject = Some(info.subject.clone());
                 c.not_after = Some(info.not_after);
-                let days = info.days_left(unix(now));
+                let days = info.days_left(unix_seconds(now));
                 c.days_left = Some(days);
                 if days >= 0 && days < warn_days {
                     c.problem(
@@ -362,7 +399,7 @@ async fn check_cert(
             }
             match validate_installed(settings, spec, now) {
                 Ok(()) => c.valid = true,
-                Err(msg) => c.problem(msg, ExitCode::Refused),
+                Err(p) => c.problem(p.to_string(), ExitCode::Refused),
             }
         }
         Err(e) => c.problem(e.to_string(), ExitCode::Runtime),
@@ -403,7 +440,7 @@ async fn dane_part(
     if settings.dane.mode == certsync_core::config::DaneMode::Off {
         return;
     }
-    let installed = read_limited(&spec.cert_path, certsync_core::protocol::MAX_CHAIN_BYTES)
+    let installed = read_input(&spec.cert_path, MAX_CHAIN_BYTES)
         .ok()
         .and_then(|pem| certsync_core::bundle::parse_chain(&pem).ok());
     // Port 25 serves the installed chain when its probe says so; without a
@@ -423,7 +460,7 @@ async fn dane_part(
         .filter(|s| s.has_staged(&spec.name))
         .and_then(|s| s.read_staged(&spec.name).ok())
         .and_then(|b| certsync_core::bundle::parse_chain(&b.chain).ok());
-    let (dane, problem, warnings) = crate::dane::check(
+    let (dane, problem, warnings) = crate::systems::dane::check(
         &settings.dane,
         &spec.hostnames,
         installed.as_deref(),
@@ -449,7 +486,7 @@ async fn retry_owed_reload(
     settings: &Settings,
     staging: &Arc<StagingDir>,
     spec: &CertSpec,
-    post: &Post<'_>,
+    post: &ReloadVerify<'_>,
     now: SystemTime,
     c: &mut CertCheck,
 ) {
@@ -457,10 +494,7 @@ async fn retry_owed_reload(
         return;
     }
     // Under the receiver's lock, so an install in progress is not raced.
-    let lock = crate::lock::acquire(staging, Entry::Lock, Duration::from_secs(60), || {
-        tracing::info!("waiting for another certsync-receive to finish")
-    })
-    .await;
+    let lock = crate::pipeline::lock::session(staging, Duration::from_secs(60)).await;
     let _lock = match lock {
         Ok(l) => l,
         Err(e) => {
@@ -498,9 +532,13 @@ async fn retry_owed_reload(
 
 /// Full validation of the installed bytes, as if they had just arrived
 /// (without the rollback rule: there is nothing to compare against).
-fn validate_installed(settings: &Settings, spec: &CertSpec, now: SystemTime) -> Result<(), String> {
-    let chain = read_limited(&spec.cert_path, MAX_CHAIN_BYTES)?;
-    let key = SecretBytes::new(read_limited(&spec.key_path, MAX_KEY_BYTES)?);
+fn validate_installed(
+    settings: &Settings,
+    spec: &CertSpec,
+    now: SystemTime,
+) -> Result<(), Problem> {
+    let chain = read_input(&spec.cert_path, MAX_CHAIN_BYTES)?;
+    let key = SecretBytes::new(read_input(&spec.key_path, MAX_KEY_BYTES)?);
     let policy = Policy {
         hostnames: &spec.hostnames,
         now,
@@ -510,20 +548,10 @@ fn validate_installed(settings: &Settings, spec: &CertSpec, now: SystemTime) -> 
     };
     validate(Bundle::new(chain, key), &policy)
         .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "the installed pair at {} is not valid: {e}",
-                spec.cert_path.display()
-            )
+        .map_err(|source| Problem::Invalid {
+            path: spec.cert_path.clone(),
+            source,
         })
-}
-
-fn read_limited(path: &Path, max: usize) -> Result<Vec<u8>, String> {
-    match crate::fsutil::read_capped(path, max) {
-        Ok(Some(buf)) => Ok(buf),
-        Ok(None) => Err(format!("{} does not exist", path.display())),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
 }
 
 /// One probe, no retries: `check` reports the state now.
@@ -730,12 +758,6 @@ pub fn metrics_text(report: &CheckReport) -> String {
 pub fn write_metrics(path: &Path, report: &CheckReport) -> std::io::Result<()> {
     // World-readable: node_exporter's textfile collector reads it.
     crate::fsutil::replace(path, metrics_text(report).as_bytes(), 0o644)
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -7,10 +7,10 @@
 //! on both labels means another compose project on the same host that also
 //! has a `postfix-mailcow` service is never touched.
 //! An entry may also name its own project (`"shop/smtp"`) or one
-//! container by exact name (`"container:edge-relay"`): [`crate::selector`].
+//! container by exact name (`"container:edge-relay"`): [`crate::systems::selector`].
 //!
 //! For each service the reload command (configured under `[docker.reload]`,
-//! else mailcow's: [`crate::mailcow::reload_command`], which says why each
+//! else mailcow's: [`crate::systems::mailcow::reload_command`], which says why each
 //! is what it is) is exec'd in every running container and its exit code
 //! checked. A failed
 //! reload restarts that container, because a daemon that refused to reload
@@ -42,7 +42,7 @@ use bollard::Docker;
 use certsync_core::config::DockerConfig;
 use futures_util::StreamExt;
 
-use crate::selector::{self, Selector};
+use crate::systems::selector::{self, Selector};
 use serde::Serialize;
 
 /// The compose label holding the project name.
@@ -75,7 +75,7 @@ pub struct ReloadPlan {
     /// Other spellings of `project`, tried in order for a service that has
     /// no container in `project`: with COMPOSE_PROJECT_NAME unset, compose
     /// v2 names the project `mailcow-dockerized` and old docker-compose v1
-    /// `mailcowdockerized` ([`crate::mailcow::project_names`]).
+    /// `mailcowdockerized` ([`crate::systems::mailcow::project_names`]).
     pub project_alternates: Vec<String>,
     pub services: Vec<ServiceReload>,
 }
@@ -104,7 +104,7 @@ impl ReloadPlan {
                     .find_map(|key| docker.reload_command(key))
                     .or_else(|| {
                         keys.iter()
-                            .find_map(|key| crate::mailcow::reload_command(key))
+                            .find_map(|key| crate::systems::mailcow::reload_command(key))
                     }) {
                     Some(command) if !command.is_empty() => Ok(ServiceReload {
                         service: service.clone(),
@@ -499,7 +499,7 @@ async fn reload_service(
         message,
     };
     // A `project/service` entry names its own project; `container:NAME`
-    // one container ([`crate::selector`]).
+    // one container ([`crate::systems::selector`]).
     let selected = selector::parse(service);
     let project = match selected {
         Selector::Service {
@@ -823,7 +823,7 @@ mod tests {
         assert_eq!(
             commands,
             [
-                format!("sh -c {}", crate::mailcow::POSTFIX_RELOAD).as_str(),
+                format!("sh -c {}", crate::systems::mailcow::POSTFIX_RELOAD).as_str(),
                 "doveadm reload",
                 "nginx -s reload"
             ]

@@ -1,30 +1,40 @@
-//! The receiving pipeline, one function per step (DESIGN.md steps 2–7):
-//! stage → validate → compare → install → reload → verify. Step 1 (read)
-//! is in [`crate::serve`], step 8 (report) is the [`CertReport`] each step
-//! writes into.
+//! The receiving pipeline, one function per step (docs/contract.md
+//! "Report"): stage → validate → compare → install → reload → verify, then
+//! the hook. Reading the pair is the command's ([`crate::commands::serve`]
+//! from the wire, `deploy` from the staging dir, `install` from files); the
+//! report is the [`CertReport`] each step writes into.
 //!
 //! Data flows one way: bytes become a [`ValidatedBundle`] only through
 //! validation, and only a `ValidatedBundle` is installed. Each step logs one
 //! line naming the certificate and the leaf fingerprint; "nothing to do" is
 //! logged when the installed pair is already the offered one (contract).
 //!
-//! A step that fails returns `Err(())`: what went wrong is already written
-//! into the report (and the log), so the caller only needs to stop.
-#![allow(clippy::result_unit_err)]
+//! Every step returns a [`StepResult`]: `Err(StepFailed)` when it failed,
+//! what went wrong already written into the report (and the log), so the
+//! caller only needs to stop.
+
+pub mod fault;
+pub mod handoff;
+pub mod hook;
+pub mod install;
+pub mod lock;
+pub mod reload_verify;
+pub mod stage;
 
 use std::time::SystemTime;
 
 use certsync_core::bundle::Bundle;
 use certsync_core::protocol::{OfferedCert, Wanted};
 use certsync_core::report::{CertReport, Step, StepStatus};
+use certsync_core::time::unix_seconds;
 use certsync_core::validate::{validate, Force, Policy, ValidatedBundle};
 use certsync_core::{ExitCode, Fingerprint};
 
-use crate::hook::{self, HookEnv};
-use crate::install::{self, Dest};
-use crate::mailcow::{self, FolderPlan};
+use crate::pipeline::stage::{Entry, StagingDir};
 use crate::settings::{CertSpec, Settings};
-use crate::stage::{Entry, StagingDir};
+use crate::systems::mailcow::{self, FolderPlan};
+use hook::HookEnv;
+use install::Dest;
 
 /// One run of the pipeline: the settings and the run's flags and clock.
 #[derive(Debug, Clone)]
@@ -42,9 +52,21 @@ pub struct Run<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepFailed;
 
+/// What every step returns.
+pub type StepResult<T = ()> = Result<T, StepFailed>;
+
+/// The compare step's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compared {
+    /// The pair differs from what is installed somewhere: install it.
+    Changed,
+    /// This pair is installed everywhere it belongs: nothing to do.
+    Installed,
+}
+
 /// Steps 6 and 7, after an install: reload the services and check what is
 /// served. The Docker- and TLS-backed implementation lives in
-/// [`crate::reload`] and [`crate::probe`]; tests may give their own.
+/// [`crate::systems::docker`] and [`crate::systems::probe`]; tests may give their own.
 #[allow(async_fn_in_trait)]
 pub trait PostInstall {
     /// Reload `spec.reload`. With `dry_run`, only say what would be done.
@@ -285,7 +307,7 @@ pub fn stage_step(
     spec: &CertSpec,
     bundle: &Bundle,
     report: &mut CertReport,
-) -> Result<(), StepFailed> {
+) -> StepResult {
     if run.dry_run {
         report.skipped(Step::Stage, "dry run: the bytes stay in memory");
         return Ok(());
@@ -310,7 +332,7 @@ pub fn validate_step(
     spec: &CertSpec,
     bundle: Bundle,
     report: &mut CertReport,
-) -> Option<ValidatedBundle> {
+) -> StepResult<ValidatedBundle> {
     let policy = Policy {
         hostnames: &spec.hostnames,
         now: run.now,
@@ -327,32 +349,26 @@ pub fn validate_step(
                 v.leaf_fingerprint().short(),
                 info.sans.join(", "),
                 info.key_type,
-                info.days_left(unix(run.now)),
+                info.days_left(unix_seconds(run.now)),
             );
             tracing::info!(cert = %spec.name, leaf = %v.leaf_fingerprint(), "valid: {msg}");
             report.done(Step::Validate, msg);
-            Some(v)
+            Ok(v)
         }
         Err(e) => {
             tracing::error!(cert = %spec.name, "refused: {e}");
             report.failed(Step::Validate, format!("refused: {e}"), ExitCode::Refused);
-            None
+            Err(StepFailed)
         }
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Step 4: compare with what is installed, on disk. `true` = changed.
+/// Step 4: compare with what is installed, on disk.
 pub fn compare_step(
     spec: &CertSpec,
     pair: &ValidatedBundle,
     report: &mut CertReport,
-) -> Result<bool, StepFailed> {
+) -> StepResult<Compared> {
     match installed_everywhere(spec, pair.chain_sha256(), pair.key_sha256()) {
         Ok(true) => {
             tracing::info!(cert = %spec.name, leaf = %pair.leaf_fingerprint(), "nothing to do: this pair is already installed");
@@ -361,7 +377,7 @@ pub fn compare_step(
                 Step::Compare,
                 "nothing to do: this pair is already installed",
             );
-            Ok(false)
+            Ok(Compared::Installed)
         }
         Ok(false) => {
             report.done(
@@ -371,7 +387,7 @@ pub fn compare_step(
                     spec.cert_path.display()
                 ),
             );
-            Ok(true)
+            Ok(Compared::Changed)
         }
         Err(e) => {
             report.failed(Step::Compare, e.to_string(), ExitCode::Runtime);
@@ -417,7 +433,7 @@ pub fn install_step(
     spec: &CertSpec,
     pair: &ValidatedBundle,
     report: &mut CertReport,
-) -> Result<(), StepFailed> {
+) -> StepResult {
     let mut dests = vec![main_dest(spec)];
     match folders(spec, &pair.info().sans) {
         Ok(f) => {
@@ -480,14 +496,50 @@ pub async fn deliver<P: PostInstall>(
     if stage_step(run, spec, &bundle, report).is_err() {
         return;
     }
-    let Some(pair) = validate_step(run, spec, bundle, report) else {
+    let Ok(pair) = validate_step(run, spec, bundle, report) else {
         run.staging.clear(&spec.name);
         return;
     };
     finish(run, spec, &pair, post, report).await;
     // A pair held for DNS stays staged: `deploy` installs it later.
-    if !run.dry_run && !crate::dane::held(report) {
+    if !run.dry_run && !crate::systems::dane::held(report) {
         run.staging.clear(&spec.name);
+    }
+}
+
+/// The handoff half of [`deliver`] (`deploy = "handoff"`, not a dry run):
+/// stage, validate and compare as the unprivileged user, and leave the
+/// rest to root's `deploy` ([`handoff`]). `Ok(true)` when root has work:
+/// the pair changed, root found the installed pair broken, or a reload is
+/// still owed (root's deploy retries it). Otherwise nothing stays staged.
+pub fn deliver_handoff(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    bundle: Bundle,
+    report: &mut CertReport,
+) -> StepResult<bool> {
+    stage_step(run, spec, &bundle, report)?;
+    let Ok(pair) = validate_step(run, spec, bundle, report) else {
+        run.staging.clear(&spec.name);
+        return Err(StepFailed);
+    };
+    // This side may not read key.pem: root found the pair broken, so root
+    // compares and repairs.
+    let changed = if repair_owed(run.staging, &spec.name) {
+        report.done(
+            Step::Compare,
+            "root found the installed pair broken; root's deploy repairs it",
+        );
+        true
+    } else {
+        compare_step(spec, &pair, report) == Ok(Compared::Changed)
+    };
+    if changed || reload_owed(run.staging, &spec.name) {
+        Ok(true)
+    } else {
+        // Nothing for root to do: no key stays in staging.
+        run.staging.clear(&spec.name);
+        Ok(false)
     }
 }
 
@@ -505,8 +557,8 @@ pub async fn finish<P: PostInstall>(
     report: &mut CertReport,
 ) {
     match compare_step(spec, pair, report) {
-        Ok(true) => {}
-        Ok(false) => {
+        Ok(Compared::Changed) => {}
+        Ok(Compared::Installed) => {
             if reload_owed(run.staging, &spec.name) {
                 settle_owed(run, spec, pair.leaf_fingerprint(), post, report).await;
             }
@@ -515,7 +567,7 @@ pub async fn finish<P: PostInstall>(
         Err(StepFailed) => return,
     }
     lost_names_step(run, spec, pair, report);
-    if crate::dane::guard_step(run, spec, pair, report)
+    if crate::systems::dane::guard_step(run, spec, pair, report)
         .await
         .is_err()
     {
@@ -558,7 +610,7 @@ async fn reload_and_verify<P: PostInstall>(
 ) {
     if run.dry_run {
         post.reload(spec, true, report).await;
-        crate::host_units::reload_step(&spec.reload_units, true, report).await;
+        crate::systems::systemd::reload_step(&spec.reload_units, true, report).await;
         return;
     }
     let marker = Entry::ReloadOwed(&spec.name);
@@ -570,7 +622,7 @@ async fn reload_and_verify<P: PostInstall>(
     }
     let failed_before = failed_posts(report);
     post.reload(spec, false, report).await;
-    crate::host_units::reload_step(&spec.reload_units, false, report).await;
+    crate::systems::systemd::reload_step(&spec.reload_units, false, report).await;
     post.verify(spec, leaf, report).await;
     if failed_posts(report) > failed_before {
         tracing::warn!(cert = %spec.name, marker = %run.staging.display(marker).display(), "installed but not proven served; the next deploy, check or push retries the reload and the verify");
@@ -667,10 +719,11 @@ pub fn reload_owed(staging: &StagingDir, name: &str) -> bool {
 /// else; this file only answers "when".
 fn record_installed_at(run: &Run<'_>, spec: &CertSpec) {
     let entry = Entry::InstalledAt(&spec.name);
-    if let Err(e) = run
-        .staging
-        .write(entry, format!("{}\n", unix(run.now)).as_bytes(), 0o600)
-    {
+    if let Err(e) = run.staging.write(
+        entry,
+        format!("{}\n", unix_seconds(run.now)).as_bytes(),
+        0o600,
+    ) {
         // Only the metrics lose the timestamp; the install itself is done.
         tracing::warn!(cert = %spec.name, "cannot record the install time: {e}");
     }
@@ -732,7 +785,7 @@ mod tests {
         let ssl = dir.join("ssl");
         std::fs::create_dir_all(&ssl).unwrap();
         Settings {
-            dane: crate::dane::DaneSettings::off(),
+            dane: crate::systems::dane::DaneSettings::off(),
             config_path: dir.join("receive.toml"),
             staging_dir: dir.join("staging"),
             deploy: DeployMode::Inline,

@@ -30,7 +30,7 @@ use certsync_core::protocol::{MAX_CHAIN_BYTES, MAX_KEY_BYTES};
 use certsync_core::validate::ValidatedBundle;
 use certsync_core::Fingerprint;
 
-use crate::fault;
+use crate::pipeline::fault;
 
 /// Mode of the installed certificate (full chain): world-readable.
 pub const CERT_MODE: u32 = 0o644;

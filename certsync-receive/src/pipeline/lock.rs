@@ -15,9 +15,10 @@
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::stage::{Entry, StageError, StagingDir};
+use crate::pipeline::stage::{Entry, StageError, StagingDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -92,10 +93,23 @@ impl StagingDir {
     }
 }
 
+/// How long a run waits for another receiver to finish with the staging
+/// dir.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The session lock (`.lock`) for `install` and `check`: log once when
+/// another receiver holds it, then wait up to `timeout`.
+pub async fn session(staging: &Arc<StagingDir>, timeout: Duration) -> Result<Lock, LockError> {
+    acquire(staging, Entry::Lock, timeout, || {
+        tracing::info!("waiting for another certsync-receive to finish")
+    })
+    .await
+}
+
 /// Take the lock `entry` of `staging` on a blocking thread (the wait may
 /// last up to `timeout`).
 pub async fn acquire(
-    staging: &std::sync::Arc<StagingDir>,
+    staging: &Arc<StagingDir>,
     entry: Entry<'static>,
     timeout: Duration,
     on_wait: impl FnOnce() + Send + 'static,

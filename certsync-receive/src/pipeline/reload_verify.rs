@@ -1,12 +1,12 @@
 //! Steps 6 and 7 as the real binary runs them: reload through the Docker
-//! API ([`crate::reload`]) and check the served certificate
-//! ([`crate::probe`]).
+//! API ([`crate::systems::docker`]) and check the served certificate
+//! ([`crate::systems::probe`]).
 //!
 //! Invariants:
 //! - Both steps run after the pair is installed, so neither undoes it: a
 //!   failure is a failed step with exit 4 ([`ExitCode::Unverified`]) whose
 //!   message names the service or endpoint and what to do. The pipeline
-//!   remembers a failed reload ([`crate::stage::Entry::ReloadOwed`]).
+//!   remembers a failed reload ([`crate::pipeline::stage::Entry::ReloadOwed`]).
 //! - Nothing is silently skipped: an empty `reload` or `verify` list is a
 //!   "skipped: none configured" step; every service and every endpoint gets
 //!   a line of its own.
@@ -29,11 +29,11 @@ use certsync_core::protocol::MAX_CHAIN_BYTES;
 use certsync_core::report::{CertReport, Step, StepStatus};
 use certsync_core::{ExitCode, Fingerprint};
 
-use crate::mailcow;
 use crate::pipeline::PostInstall;
-use crate::probe::{self, Endpoint, ProbeError};
-use crate::reload::{self, ReloadPlan};
 use crate::settings::{CertSpec, Settings};
+use crate::systems::docker::{self, ReloadPlan};
+use crate::systems::mailcow;
+use crate::systems::probe::{self, Endpoint, ProbeError};
 
 /// How long verify keeps probing an endpoint that still serves the old
 /// certificate: postfix and dovecot finish a reload within a second or
@@ -50,11 +50,11 @@ pub const SETTLE: Duration = Duration::from_millis(500);
 pub const RESTART_VERIFY_RETRY: Duration = Duration::from_secs(90);
 
 /// The production [`PostInstall`].
-pub struct Post<'a> {
+pub struct ReloadVerify<'a> {
     pub settings: &'a Settings,
 }
 
-impl PostInstall for Post<'_> {
+impl PostInstall for ReloadVerify<'_> {
     async fn reload(&self, spec: &CertSpec, dry_run: bool, report: &mut CertReport) {
         if spec.reload.is_empty() {
             report.skipped(Step::Reload, "none configured (reload = [])");
@@ -70,7 +70,7 @@ impl PostInstall for Post<'_> {
                 return;
             }
         };
-        let outcomes = match reload::reload(&plan, dry_run).await {
+        let outcomes = match docker::reload(&plan, dry_run).await {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 tracing::error!(cert = %spec.name, "reload failed: {e}");
@@ -158,7 +158,7 @@ impl PostInstall for Post<'_> {
     }
 }
 
-impl Post<'_> {
+impl ReloadVerify<'_> {
     /// Restart, once, each service whose reload reported success but one
     /// of whose endpoints still serves another leaf. Returns the services
     /// restarted.
@@ -196,7 +196,7 @@ impl Post<'_> {
         let mut restarted = Vec::new();
         for (service, text) in stale {
             let why = format!("{text} still served the old certificate after the reload");
-            match reload::restart_service(&plan, service, &why).await {
+            match docker::restart_service(&plan, service, &why).await {
                 Ok(o) if o.status.ok() => {
                     report.done(
                         Step::Reload,
@@ -222,7 +222,7 @@ impl Post<'_> {
 
 /// Did `service`'s reload in this run succeed (without a restart)?
 fn reloaded(report: &CertReport, service: &str) -> bool {
-    let prefix = format!("{service} {}:", reload::ReloadStatus::Reloaded);
+    let prefix = format!("{service} {}:", docker::ReloadStatus::Reloaded);
     report.steps.iter().any(|s| {
         s.step == Step::Reload && s.status == StepStatus::Done && s.message.starts_with(&prefix)
     })
@@ -292,7 +292,7 @@ fn sni_folders(ssl_dir: &Path) -> Vec<(PathBuf, Option<CertInfo>)> {
 
 /// mailcow serves `data/assets/ssl/<dir>/cert.pem` ahead of the top-level
 /// pair for the names in `<dir>/domains`, whatever ENABLE_SSL_SNI says
-/// ([`crate::mailcow`]). A folder holding the served certificate, or
+/// ([`crate::systems::mailcow`]). A folder holding the served certificate, or
 /// serving our hostnames, is the likely explanation of a mismatch: name it.
 fn sni_hint(ssl_dir: &Path, spec: &CertSpec, served: Fingerprint) -> String {
     let serving = mailcow::folders_serving(ssl_dir, &spec.hostnames);

@@ -7,7 +7,7 @@
 //! (`cargo build --release -p certsync-receive`, `cargo deb`) has no fault
 //! points at all and ignores the variable (docs/security.md, item 12).
 //!
-//! The points, in order: see [`crate::install::FAULT_POINTS`].
+//! The points, in order: see [`crate::pipeline::install::FAULT_POINTS`].
 
 /// The environment variable read by [`point`].
 pub const ENV: &str = "CERTSYNC_FAULT_KILL_AT";
@@ -38,9 +38,9 @@ mod tests {
     #[cfg(not(feature = "fault-injection"))]
     #[test]
     fn without_the_feature_the_variable_is_ignored() {
-        assert!(!super::ENABLED);
-        std::env::set_var(super::ENV, crate::install::FAULT_POINTS[0]);
-        super::point(crate::install::FAULT_POINTS[0]);
+        const { assert!(!super::ENABLED) };
+        std::env::set_var(super::ENV, crate::pipeline::install::FAULT_POINTS[0]);
+        super::point(crate::pipeline::install::FAULT_POINTS[0]);
         // Still alive.
         std::env::remove_var(super::ENV);
     }
