@@ -1,4 +1,4 @@
-//! `push.toml` and `receive.toml` (contract: DESIGN.md).
+//! `push.toml` and `receive.toml` (docs/contract.md "Configuration").
 //!
 //! Both are parsed strictly: an unknown key is an error that names the key
 //! and the file, because a misspelt `hostname` that silently did nothing

@@ -252,65 +252,76 @@ pub fn check_folders(
     let mut exit = ExitCode::Success;
     let mut out = Vec::new();
     for folder in served {
-        let dir = folder.dir.display().to_string();
-        let fix = format!(
-            "remove {dir} or move it out of the ssl dir (acme-mailcow archives such folders to data/assets/ssl/backups/), then restart postfix-mailcow, dovecot-mailcow and nginx-mailcow; or push a certificate that covers every name in {dir}/domains ({})",
-            folder.domains.join(" ")
-        );
-        let mut f = FolderCheck {
-            path: dir.clone(),
-            domains: folder.domains.clone(),
-            fingerprint: None,
-            not_after: None,
-            days_left: None,
-            stale: false,
-            problem: None,
-        };
-        let cert = folder.dir.join("cert.pem");
-        let info = read_input(&cert, MAX_CHAIN_BYTES)
-            .map_err(Problem::from)
-            .and_then(|pem| {
-                parse_chain(&pem)
-                    .map(|c| CertInfo::of(&c[0]))
-                    .map_err(|source| Problem::Parse {
-                        path: cert.clone(),
-                        source,
-                    })
-            });
-        match info {
-            Ok(info) => {
-                let days = info.days_left(unix_seconds(now));
-                f.fingerprint = Some(info.fingerprint);
-                f.not_after = Some(info.not_after);
-                f.days_left = Some(days);
-                let mine = installed.contains(&info.fingerprint);
-                if info.not_after <= unix_seconds(now) && !mine {
-                    let ago = (unix_seconds(now) - info.not_after).div_euclid(86_400);
-                    f.problem = Some(format!(
-                        "mailcow serves {dir} for {} and its certificate has expired ({ago} days ago): {fix}",
-                        folder.domains.join(", "),
-                    ));
-                } else if days < warn_days && !mine {
-                    f.problem = Some(format!(
-                        "mailcow serves {dir} for {} and its certificate expires in {days} days (warning below {warn_days}): {fix}",
-                        folder.domains.join(", "),
-                    ));
-                }
-            }
-            Err(why) => {
-                f.problem = Some(format!(
-                    "mailcow serves {dir} for {}, but {why}: {fix}",
-                    folder.domains.join(", ")
-                ))
-            }
-        }
-        if f.problem.is_some() {
-            f.stale = true;
+        let f = check_folder(&folder, installed, warn_days, now);
+        if f.stale {
             exit = exit.worst(ExitCode::Refused);
         }
         out.push(f);
     }
     (out, exit)
+}
+
+/// One per-domain folder: its certificate, and what is wrong with it.
+fn check_folder(
+    folder: &mailcow::SslFolder,
+    installed: &[Fingerprint],
+    warn_days: i64,
+    now: SystemTime,
+) -> FolderCheck {
+    let dir = folder.dir.display().to_string();
+    let fix = format!(
+        "remove {dir} or move it out of the ssl dir (acme-mailcow archives such folders to data/assets/ssl/backups/), then restart postfix-mailcow, dovecot-mailcow and nginx-mailcow; or push a certificate that covers every name in {dir}/domains ({})",
+        folder.domains.join(" ")
+    );
+    let mut f = FolderCheck {
+        path: dir.clone(),
+        domains: folder.domains.clone(),
+        fingerprint: None,
+        not_after: None,
+        days_left: None,
+        stale: false,
+        problem: None,
+    };
+    let cert = folder.dir.join("cert.pem");
+    let info = read_input(&cert, MAX_CHAIN_BYTES)
+        .map_err(Problem::from)
+        .and_then(|pem| {
+            parse_chain(&pem)
+                .map(|c| CertInfo::of(&c[0]))
+                .map_err(|source| Problem::Parse {
+                    path: cert.clone(),
+                    source,
+                })
+        });
+    match info {
+        Ok(info) => {
+            let days = info.days_left(unix_seconds(now));
+            f.fingerprint = Some(info.fingerprint);
+            f.not_after = Some(info.not_after);
+            f.days_left = Some(days);
+            let mine = installed.contains(&info.fingerprint);
+            if info.not_after <= unix_seconds(now) && !mine {
+                let ago = (unix_seconds(now) - info.not_after).div_euclid(86_400);
+                f.problem = Some(format!(
+                    "mailcow serves {dir} for {} and its certificate has expired ({ago} days ago): {fix}",
+                    folder.domains.join(", "),
+                ));
+            } else if days < warn_days && !mine {
+                f.problem = Some(format!(
+                    "mailcow serves {dir} for {} and its certificate expires in {days} days (warning below {warn_days}): {fix}",
+                    folder.domains.join(", "),
+                ));
+            }
+        }
+        Err(why) => {
+            f.problem = Some(format!(
+                "mailcow serves {dir} for {}, but {why}: {fix}",
+                folder.domains.join(", ")
+            ))
+        }
+    }
+    f.stale = f.problem.is_some();
+    f
 }
 
 /// Warnings about the installed leaf: names the previous pair (kept beside
@@ -368,6 +379,20 @@ async fn check_cert(
         retry_owed_reload(settings, staging, spec, post, now, &mut c).await;
     }
 
+    installed_part(settings, spec, warn_days, now, &mut c);
+    endpoints_part(spec, &mut c).await;
+    dane_part(settings, staging, spec, &mut c).await;
+    c
+}
+
+/// The installed pair: there, valid, matching, not expiring.
+fn installed_part(
+    settings: &Settings,
+    spec: &CertSpec,
+    warn_days: i64,
+    now: SystemTime,
+    c: &mut CertCheck,
+) {
     match install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path)) {
         Ok(None) => c.problem(
             format!(
@@ -404,7 +429,10 @@ async fn check_cert(
         }
         Err(e) => c.problem(e.to_string(), ExitCode::Runtime),
     }
+}
 
+/// Each verify endpoint: does it serve the installed leaf?
+async fn endpoints_part(spec: &CertSpec, c: &mut CertCheck) {
     let sni = spec.hostnames.first().cloned().unwrap_or_default();
     for text in &spec.verify {
         let e = probe_endpoint(text, &sni, c.fingerprint).await;
@@ -425,8 +453,6 @@ async fn check_cert(
         }
         c.endpoints.push(e);
     }
-    dane_part(settings, staging, spec, &mut c).await;
-    c
 }
 
 /// The DANE lines of `check`: TLSA records against what port 25 serves,
@@ -661,12 +687,25 @@ fn label(v: &str) -> String {
 /// The Prometheus text exposition of `report`.
 pub fn metrics_text(report: &CheckReport) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for (labels, v) in samples {
-            out.push_str(&format!("{name}{{{labels}}} {v}\n"));
-        }
-    };
+    cert_metrics(report, &mut out);
+    folder_metrics(report, &mut out);
+    out.push_str(&format!(
+        "# HELP certsync_check_timestamp_seconds When check ran (Unix seconds).\n# TYPE certsync_check_timestamp_seconds gauge\ncertsync_check_timestamp_seconds {}\n",
+        report.checked_at
+    ));
+    out
+}
+
+/// One gauge family: its help, its type, a line per sample.
+fn family(out: &mut String, name: &str, help: &str, samples: Vec<(String, f64)>) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+    for (labels, v) in samples {
+        out.push_str(&format!("{name}{{{labels}}} {v}\n"));
+    }
+}
+
+/// The families per certificate and per endpoint.
+fn cert_metrics(report: &CheckReport, out: &mut String) {
     let per_cert = |f: &dyn Fn(&CertCheck) -> Option<f64>| -> Vec<(String, f64)> {
         report
             .certs
@@ -675,31 +714,37 @@ pub fn metrics_text(report: &CheckReport) -> String {
             .collect()
     };
     family(
+        out,
         "certsync_cert_not_after_timestamp_seconds",
         "notAfter of the installed certificate (Unix seconds).",
         per_cert(&|c| c.not_after.map(|t| t as f64)),
     );
     family(
+        out,
         "certsync_cert_last_install_timestamp_seconds",
         "When the certificate was last installed successfully (Unix seconds).",
         per_cert(&|c| c.last_install.map(|t| t as f64)),
     );
     family(
+        out,
         "certsync_cert_valid",
         "1 when the installed pair is valid and matching.",
         per_cert(&|c| Some(if c.valid { 1.0 } else { 0.0 })),
     );
     family(
+        out,
         "certsync_dane_tlsa_match",
         "1 when port 25 serves a certificate matching the DNSSEC-validated TLSA records, 0 when not (absent without validated records).",
         per_cert(&|c| c.dane.served_matches.map(|m| if m { 1.0 } else { 0.0 })),
     );
     family(
+        out,
         "certsync_dane_held",
         "1 when a new pair is held for DNS (DANE).",
         per_cert(&|c| Some(if c.dane.held.is_some() { 1.0 } else { 0.0 })),
     );
     family(
+        out,
         "certsync_cert_reload_owed",
         "1 when a reload after an install is still owed.",
         per_cert(&|c| Some(if c.reload_owed { 1.0 } else { 0.0 })),
@@ -721,15 +766,21 @@ pub fn metrics_text(report: &CheckReport) -> String {
         })
         .collect();
     family(
+        out,
         "certsync_served_matches",
         "1 when the endpoint serves the installed certificate.",
         served,
     );
     family(
+        out,
         "certsync_cert_warnings",
         "How many warnings check gave (names lost since the previous certificate, ADDITIONAL_SAN names not covered).",
         per_cert(&|c| Some(c.warnings.len() as f64)),
     );
+}
+
+/// The families per per-domain folder.
+fn folder_metrics(report: &CheckReport, out: &mut String) {
     let per_folder = |f: &dyn Fn(&FolderCheck) -> Option<f64>| -> Vec<(String, f64)> {
         report
             .folders
@@ -738,20 +789,17 @@ pub fn metrics_text(report: &CheckReport) -> String {
             .collect()
     };
     family(
+        out,
         "certsync_mailcow_folder_not_after_timestamp_seconds",
         "notAfter of the certificate in a per-domain folder mailcow serves (Unix seconds).",
         per_folder(&|f| f.not_after.map(|t| t as f64)),
     );
     family(
+        out,
         "certsync_mailcow_folder_stale",
         "1 when a per-domain folder mailcow serves holds an expired, expiring or unreadable certificate.",
         per_folder(&|f| Some(if f.stale { 1.0 } else { 0.0 })),
     );
-    out.push_str(&format!(
-        "# HELP certsync_check_timestamp_seconds When check ran (Unix seconds).\n# TYPE certsync_check_timestamp_seconds gauge\ncertsync_check_timestamp_seconds {}\n",
-        report.checked_at
-    ));
-    out
 }
 
 /// Write the textfile atomically: a temp file beside it, then rename.

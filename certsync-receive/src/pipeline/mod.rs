@@ -812,87 +812,105 @@ mod tests {
         }
     }
 
+    impl Flaky {
+        /// Reloads fail while `fail`, verifies while `stale`.
+        fn new(fail: bool, stale: bool) -> Flaky {
+            Flaky {
+                fail: Cell::new(fail),
+                reloads: Cell::new(0),
+                verifies: Cell::new(0),
+                stale: Cell::new(stale),
+            }
+        }
+    }
+
+    /// One certificate "mail" configured in a temp dir, its staging dir,
+    /// and a fresh leaf for it.
+    struct Scene {
+        _dir: tempfile::TempDir,
+        s: Settings,
+        staging: StagingDir,
+        leaf: certsync_core::testutil::TestLeaf,
+    }
+
+    impl Scene {
+        fn new() -> Scene {
+            let dir = tempfile::tempdir().unwrap();
+            let s = settings(dir.path());
+            let staging = StagingDir::open(&s.staging_dir).unwrap();
+            let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+            Scene {
+                _dir: dir,
+                s,
+                staging,
+                leaf,
+            }
+        }
+
+        fn run(&self, dry_run: bool) -> Run<'_> {
+            Run {
+                settings: &self.s,
+                staging: &self.staging,
+                now: SystemTime::now(),
+                dry_run,
+                force: Force::No,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_reload_is_owed_until_a_later_run_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = settings(dir.path());
-        let staging = StagingDir::open(&s.staging_dir).unwrap();
-        let spec = &s.certs[0];
-        let run = Run {
-            settings: &s,
-            staging: &staging,
-            now: SystemTime::now(),
-            dry_run: false,
-            force: Force::No,
-        };
-        let post = Flaky {
-            fail: Cell::new(true),
-            reloads: Cell::new(0),
-            verifies: Cell::new(0),
-            stale: Cell::new(false),
-        };
-        let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+        let scene = Scene::new();
+        let (staging, leaf, spec) = (&scene.staging, &scene.leaf, &scene.s.certs[0]);
+        let run = scene.run(false);
+        let post = Flaky::new(true, false);
 
         let mut cr = CertReport::new("mail", None);
         let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
         finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(cr.exit, ExitCode::Unverified, "{cr}");
-        assert!(reload_owed(&staging, "mail"));
+        assert!(reload_owed(staging, "mail"));
         assert!(
-            installed_at(&staging, "mail").is_some(),
+            installed_at(staging, "mail").is_some(),
             "the install is recorded"
         );
         assert_eq!(post.verifies.get(), 1, "verify still runs");
         assert!(retry_owed(&run, spec, &post)
             .await
             .is_some_and(|r| r.exit == ExitCode::Unverified));
-        assert!(reload_owed(&staging, "mail"), "still failing: still owed");
+        assert!(reload_owed(staging, "mail"), "still failing: still owed");
 
         // The same pair again: nothing to install, but the owed reload runs.
         post.fail.set(false);
-        let (wanted, _) = decide_owed(&staging, spec, &offered(&leaf));
+        let (wanted, _) = decide_owed(staging, spec, &offered(leaf));
         assert_eq!(wanted, Wanted::Send, "a push is asked to deliver it again");
         let mut cr = CertReport::new("mail", None);
         let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
         finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(cr.exit, ExitCode::Success, "{cr}");
         assert!(cr.nothing_to_do);
-        assert!(!reload_owed(&staging, "mail"));
+        assert!(!reload_owed(staging, "mail"));
         assert_eq!(post.reloads.get(), 3);
         assert!(retry_owed(&run, spec, &post).await.is_none());
-        let (wanted, _) = decide_owed(&staging, spec, &offered(&leaf));
+        let (wanted, _) = decide_owed(staging, spec, &offered(leaf));
         assert_eq!(wanted, Wanted::Have);
     }
 
     #[tokio::test]
     async fn a_failed_verify_is_owed_too_and_a_repeat_delivery_retries_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = settings(dir.path());
-        let staging = StagingDir::open(&s.staging_dir).unwrap();
-        let spec = &s.certs[0];
-        let run = Run {
-            settings: &s,
-            staging: &staging,
-            now: SystemTime::now(),
-            dry_run: false,
-            force: Force::No,
-        };
-        let post = Flaky {
-            fail: Cell::new(false),
-            reloads: Cell::new(0),
-            verifies: Cell::new(0),
-            stale: Cell::new(true),
-        };
-        let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+        let scene = Scene::new();
+        let (staging, leaf, spec) = (&scene.staging, &scene.leaf, &scene.s.certs[0]);
+        let run = scene.run(false);
+        let post = Flaky::new(false, true);
         let mut cr = CertReport::new("mail", None);
         let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
         finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(cr.exit, ExitCode::Unverified, "{cr}");
         assert!(
-            reload_owed(&staging, "mail"),
+            reload_owed(staging, "mail"),
             "a failed verify is remembered"
         );
-        let (wanted, why) = decide_owed(&staging, spec, &offered(&leaf));
+        let (wanted, why) = decide_owed(staging, spec, &offered(leaf));
         assert_eq!(wanted, Wanted::Send, "not 'nothing to do': {why}");
 
         post.stale.set(false);
@@ -901,8 +919,8 @@ mod tests {
         finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(cr.exit, ExitCode::Success, "{cr}");
         assert_eq!((post.reloads.get(), post.verifies.get()), (2, 2));
-        assert!(!reload_owed(&staging, "mail"));
-        assert_eq!(decide_owed(&staging, spec, &offered(&leaf)).0, Wanted::Have);
+        assert!(!reload_owed(staging, "mail"));
+        assert_eq!(decide_owed(staging, spec, &offered(leaf)).0, Wanted::Have);
     }
 
     fn offered(leaf: &certsync_core::testutil::TestLeaf) -> OfferedCert {
@@ -918,29 +936,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_dry_run_writes_no_marker() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = settings(dir.path());
-        let staging = StagingDir::open(&s.staging_dir).unwrap();
-        let run = Run {
-            settings: &s,
-            staging: &staging,
-            now: SystemTime::now(),
-            dry_run: true,
-            force: Force::No,
-        };
-        let post = Flaky {
-            fail: Cell::new(true),
-            reloads: Cell::new(0),
-            verifies: Cell::new(0),
-            stale: Cell::new(false),
-        };
-        let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+        let scene = Scene::new();
+        let (staging, spec) = (&scene.staging, &scene.s.certs[0]);
+        let run = scene.run(true);
+        let post = Flaky::new(true, false);
         let mut cr = CertReport::new("mail", None);
-        let pair = validate_step(&run, &s.certs[0], leaf.bundle(), &mut cr).unwrap();
-        finish(&run, &s.certs[0], &pair, &post, &mut cr).await;
+        let pair = validate_step(&run, spec, scene.leaf.bundle(), &mut cr).unwrap();
+        finish(&run, spec, &pair, &post, &mut cr).await;
         assert_eq!(post.reloads.get(), 1);
         assert_eq!(post.verifies.get(), 0);
-        assert!(!reload_owed(&staging, "mail"));
-        assert!(installed_at(&staging, "mail").is_none());
+        assert!(!reload_owed(staging, "mail"));
+        assert!(installed_at(staging, "mail").is_none());
     }
 }

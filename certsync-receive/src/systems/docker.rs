@@ -531,21 +531,8 @@ async fn reload_service(
         return outcome(vec![], ReloadStatus::Missing, message);
     }
     if project.is_none() && matches!(selected, Selector::Service { .. }) {
-        if let Some(projects) = ambiguous_projects(&found) {
-            let listed: Vec<String> = found
-                .iter()
-                .map(|f| format!("{} (project {:?})", f.name, f.project))
-                .collect();
-            return outcome(
-                names(&found),
-                ReloadStatus::Ambiguous,
-                format!(
-                    "service {service} runs in {} compose projects: {}; refusing to guess: set `project` under [docker] in receive.toml to one of {:?}",
-                    projects.len(),
-                    listed.join(", "),
-                    projects
-                ),
-            );
+        if let Some(message) = ambiguity(service, &found) {
+            return outcome(names(&found), ReloadStatus::Ambiguous, message);
         }
     }
     let (running, stopped): (Vec<&Found>, Vec<&Found>) = found.iter().partition(|f| f.running);
@@ -567,9 +554,43 @@ async fn reload_service(
         return outcome(names(&found), ReloadStatus::WouldReload, parts.join("; "));
     }
 
+    let (mut parts, mut status) = reload_running(docker, reload, &running).await;
+    if !stopped.is_empty() {
+        parts.push(stopped_note);
+        if status != ReloadStatus::Failed {
+            status = ReloadStatus::Stopped;
+        }
+    }
+    outcome(names(&found), status, parts.join("; "))
+}
+
+/// Why a service found in several projects is not reloaded, if it is.
+fn ambiguity(service: &str, found: &[Found]) -> Option<String> {
+    let projects = ambiguous_projects(found)?;
+    let listed: Vec<String> = found
+        .iter()
+        .map(|f| format!("{} (project {:?})", f.name, f.project))
+        .collect();
+    Some(format!(
+        "service {service} runs in {} compose projects: {}; refusing to guess: set `project` under [docker] in receive.toml to one of {:?}",
+        projects.len(),
+        listed.join(", "),
+        projects
+    ))
+}
+
+/// Run the reload command in each running container, restarting one
+/// whose reload fails: a line each, and the worst status.
+async fn reload_running(
+    docker: &Docker,
+    reload: &ServiceReload,
+    running: &[&Found],
+) -> (Vec<String>, ReloadStatus) {
+    let service = reload.service.as_str();
+    let command = reload.command.join(" ");
     let mut parts = Vec::new();
     let mut status = ReloadStatus::Reloaded;
-    for container in &running {
+    for container in running {
         match exec_reload(docker, service, container, &reload.command).await {
             Ok(()) => parts.push(format!("ran `{command}` in {}", container.name)),
             Err(why) => match restart(docker, service, container).await {
@@ -590,13 +611,7 @@ async fn reload_service(
             },
         }
     }
-    if !stopped.is_empty() {
-        parts.push(stopped_note);
-        if status != ReloadStatus::Failed {
-            status = ReloadStatus::Stopped;
-        }
-    }
-    outcome(names(&found), status, parts.join("; "))
+    (parts, status)
 }
 
 /// Why nothing matched, with a hint when the service exists in another
