@@ -2,7 +2,8 @@
 //!
 //! Everything the far side writes is data from a host we do not control:
 //! its progress lines, its error frame, its answer's messages, its
-//! report's step messages and names, its agent string, its stderr. Before
+//! report's step messages, warnings, records to publish and names, its
+//! agent string, its stderr. Before
 //! any of it reaches our log (the journal, a terminal running `push`), it
 //! goes through [`clean`] and, for the open-ended streams, a [`LogBudget`].
 //!
@@ -115,6 +116,9 @@ pub fn clean_report(report: &mut Report) {
         c.name = clean(&c.name);
         for s in &mut c.steps {
             s.message = clean(&s.message);
+        }
+        for w in c.warnings.iter_mut().chain(c.publish.iter_mut()) {
+            *w = clean(w);
         }
     }
 }
