@@ -193,6 +193,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reports_warnings_and_records_to_publish_are_cleaned_too() {
+        let mut c = certsync_core::report::CertReport::new("mail", None);
+        c.warn("w\n2026-01-01 INFO forged\u{1b}[2J");
+        c.publish = vec!["_25._tcp.mail.example.com. IN TLSA 3 1 1 ab\r\n\u{1b}]0;t\u{7}".into()];
+        let mut r = Report {
+            dry_run: false,
+            certs: vec![c],
+        };
+        clean_report(&mut r);
+        assert_eq!(r.certs[0].warnings, ["w 2026-01-01 INFO forged"]);
+        assert_eq!(
+            r.certs[0].publish,
+            ["_25._tcp.mail.example.com. IN TLSA 3 1 1 ab "]
+        );
+    }
+
+    #[test]
     fn the_budget_gives_one_notice_then_drops() {
         let mut b = LogBudget::default();
         for _ in 0..MAX_SESSION_LINES {
