@@ -8,9 +8,10 @@
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_receive::dane::{Tlsa, UDP_PAYLOAD};
 use certsync_tests::dns::{self, DnsLab, SIGNED};
+use certsync_tests::e2e::Deployer;
 use certsync_tests::httpsink::HttpSink;
 use certsync_tests::npmhost::{ssh_target, sshd_for, NpmHost};
-use certsync_tests::receiver::Mailhost;
+use certsync_tests::receiver::{push_session, Mailhost};
 use certsync_tests::sshd;
 use openssl::hash::MessageDigest;
 
@@ -539,4 +540,95 @@ fn dane_ports_and_an_rrset_too_big_for_udp_against_real_dns() {
         "{}",
         text(&out)
     );
+}
+
+/// Handoff mode: `serve` runs as the unprivileged user (uid 65534 stands
+/// in for `certsync`), root's `deploy` holds the pair; the hold reaches the
+/// pusher through the result file, the pair stays in the staging dir (the
+/// unprivileged user can stage over it at the next push), and root's
+/// deploy timer installs it once DNS matches.
+#[tokio::test]
+async fn in_handoff_mode_a_held_pair_waits_in_the_staging_dir_for_roots_deploy() {
+    use std::os::unix::fs::PermissionsExt;
+    if !dns_required()
+        || !certsync_tests::require("setpriv", std::path::Path::new("/usr/bin/setpriv").exists())
+    {
+        return;
+    }
+    const HOST: &str = "mail.example.test";
+    const NOBODY: u32 = 65534;
+    let ca = TestCa::new();
+    // A second name in the unsigned zone: its "not validated" warning is
+    // root's, and must reach the pusher too.
+    let names = [HOST, "mail.unsigned.test"];
+    let k1 = ca.leaf(KeyKind::P256, &names);
+    let k2 = ca.leaf(KeyKind::P256, &names);
+    let mut lab = DnsLab::start(&format!("_25._tcp.mail TLSA {}\n", ee(&k1)), "", "");
+    let mail = Mailhost::with_extra(
+        &names,
+        &format!(
+            "deploy = \"handoff\"\nhandoff_timeout = 30\ndane = \"auto\"\ndns_resolver = \"{}\"\n",
+            lab.resolver
+        ),
+    );
+    // As the package lays it out: only the staging dir is the user's.
+    std::fs::create_dir_all(&mail.staging).unwrap();
+    std::os::unix::fs::chown(&mail.staging, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&mail.staging, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(mail.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = mail.install_leaf(&k1, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = mail.snapshot();
+    let want = publish_line(HOST, 25, &k2);
+
+    let deploy = {
+        let config = mail.config.clone();
+        Deployer::start(&mail.staging, move || {
+            let mut c = std::process::Command::new(certsync_tests::bins::receive());
+            c.arg("--config").arg(&config).arg("deploy");
+            c
+        })
+    };
+    for attempt in 1..=2 {
+        let r = push_session(
+            mail.serve_as(NOBODY),
+            &[("mail", k2.bundle(), k2.fingerprint())],
+            false,
+            false,
+        )
+        .await;
+        assert_eq!(r.exit, Some(5), "push {attempt}: {r:?}\n{}", deploy.log());
+        let report = r.report.expect("a report");
+        assert_eq!(
+            report.certs[0].publish,
+            std::slice::from_ref(&want),
+            "{report:?}"
+        );
+        assert!(
+            report.certs[0]
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("_25._tcp.mail.unsigned.test.") && w.contains("no AD bit")),
+            "{report:?}"
+        );
+        assert_eq!(mail.snapshot(), before, "push {attempt}");
+        assert_eq!(staged_chain(&mail), Some(k2.chain_pem.clone()));
+    }
+    assert_eq!(deploy.runs(), [Some(5), Some(5)], "{}", deploy.log());
+    drop(deploy);
+
+    // The record is published and the zone re-signed: the hourly timer's
+    // run (no request) installs the staged pair.
+    lab.set_records(
+        SIGNED,
+        &format!(
+            "_25._tcp.mail TLSA {}\n_25._tcp.mail TLSA {}\n",
+            ee(&k1),
+            ee(&k2)
+        ),
+    );
+    let out = mail.cmd().arg("deploy").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(installed_is(&mail, &k2), "{}", text(&out));
+    assert_eq!(staged_chain(&mail), None, "{}", text(&out));
 }
