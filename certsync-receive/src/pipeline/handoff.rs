@@ -112,6 +112,10 @@ pub fn merge(
         if d.hook.is_some() {
             cr.hook = d.hook;
         }
+        // Root's warnings (DANE's among them) and, for a pair held for
+        // DNS, the records to publish.
+        cr.warnings.extend(d.warnings);
+        cr.publish = d.publish;
         cr.steps.extend(
             d.steps
                 .into_iter()
