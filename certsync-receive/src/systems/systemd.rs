@@ -93,17 +93,41 @@ async fn reload_with(systemctl: &Path, units: &[String], dry_run: bool, report: 
     }
 }
 
-/// `systemctl VERB UNIT`; `Err` says why it did not exit 0.
-async fn run(program: &str, verb: &str, unit: &str) -> Result<(), String> {
+/// Why `systemctl VERB UNIT` did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnitError {
+    #[error("could not run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no answer within {} s", UNIT_TIMEOUT.as_secs())]
+    Timeout,
+    /// The exit code and systemctl's stderr, quoted.
+    #[error("exit {code}{stderr}")]
+    Exit { code: i32, stderr: String },
+    #[error("killed by a signal")]
+    Signal,
+}
+
+/// `systemctl VERB UNIT`.
+async fn run(program: &str, verb: &str, unit: &str) -> Result<(), UnitError> {
     let argv = [program.to_string(), verb.to_string(), unit.to_string()];
     let ran = command::run_bounded(&argv, &[], &[], UNIT_TIMEOUT)
         .await
-        .map_err(|e| format!("could not run {program}: {e}"))?;
+        .map_err(|source| UnitError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
     match (ran.exit_code, ran.timed_out) {
         (Some(0), _) => Ok(()),
-        (_, true) => Err(format!("no answer within {} s", UNIT_TIMEOUT.as_secs())),
-        (Some(c), _) => Err(format!("exit {c}{}", quote_output(&ran.stderr))),
-        (None, _) => Err("killed by a signal".into()),
+        (_, true) => Err(UnitError::Timeout),
+        (Some(code), _) => Err(UnitError::Exit {
+            code,
+            stderr: quote_output(&ran.stderr),
+        }),
+        (None, _) => Err(UnitError::Signal),
     }
 }
 
