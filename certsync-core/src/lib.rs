@@ -17,6 +17,7 @@
 //! - [`exit`]: the exit codes both binaries use (a contract), and their table.
 //! - [`contract`]: names both sides agree on (the forced command).
 //! - [`time`]: Unix seconds, negative before 1970.
+//! - [`fsread`]: the one capped reader for files that may be hostile.
 //! - [`units`]: the systemd drop-ins certsync writes from its config.
 //! - [`hardening`]: what both binaries do to their own process first.
 //! - [`command`]: running an operator's command within bounds.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod contract;
 pub mod exit;
 pub mod fingerprint;
+pub mod fsread;
 pub mod hardening;
 pub mod logging;
 pub mod notify;

@@ -33,7 +33,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use openssl::nid::Nid;
 use openssl::pkey::{HasPublic, Id, PKey, PKeyRef};
@@ -161,21 +161,18 @@ impl Anchors {
 }
 
 fn read_ca_file(path: &Path) -> Result<Vec<X509>, AnchorError> {
-    use std::io::Read;
-    let read = |source| AnchorError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = std::fs::File::open(path).map_err(read)?;
-    let mut buf = Vec::new();
-    f.take(MAX_CA_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(read)?;
-    if buf.len() as u64 > MAX_CA_FILE_BYTES {
-        return Err(AnchorError::TooLarge {
-            path: path.to_path_buf(),
-        });
-    }
+    let buf =
+        crate::fsread::read_path_capped(path, MAX_CA_FILE_BYTES as usize).map_err(|source| {
+            match crate::fsread::Refusal::of(&source) {
+                Some(crate::fsread::Refusal::TooLarge(_)) => AnchorError::TooLarge {
+                    path: path.to_path_buf(),
+                },
+                _ => AnchorError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            }
+        })?;
     parse_certificates(&buf, MAX_CA_FILE_CERTS).map_err(|source| AnchorError::Bad {
         path: path.to_path_buf(),
         source,
@@ -299,13 +296,6 @@ impl ValidatedBundle {
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
-}
-
 /// Check a pair against every rule. See the module docs for the list.
 pub fn validate(bundle: Bundle, policy: &Policy<'_>) -> Result<ValidatedBundle, ValidationError> {
     let parsed = bundle.parse()?;
@@ -338,7 +328,7 @@ pub fn validate(bundle: Bundle, policy: &Policy<'_>) -> Result<ValidatedBundle, 
         }
     }
 
-    let now = unix(policy.now);
+    let now = crate::time::unix_seconds(policy.now);
     let not_before = asn1_to_unix(leaf.not_before()).unwrap_or(i64::MAX);
     let not_after = asn1_to_unix(leaf.not_after()).unwrap_or(i64::MIN);
     if now < not_before {

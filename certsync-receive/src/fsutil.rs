@@ -16,19 +16,22 @@
 //!   file it replaces (docs/security.md, item 8).
 //! - [`Dir::replace`]: the same into a temp file beside the target, then a
 //!   rename over it: readers see the old file or the new one, never half.
-//! - [`read_file_capped`], the one capped reader: `O_NONBLOCK` (a FIFO
-//!   planted in place of a file cannot hang us), `fstat`, a regular file
-//!   only (not a FIFO, a device such as `/dev/zero`, or a directory), at
-//!   most `max` bytes. [`Dir::read_capped`] opens with `O_NOFOLLOW`;
-//!   [`read_capped`] follows links, for the operator's own paths.
+//! - Reading is `certsync_core::fsread`'s one capped reader
+//!   ([`read_file_capped`]): a regular file only, at most `max` bytes.
+//!   [`Dir::read_capped`] opens relative to the directory with
+//!   `O_NOFOLLOW|O_NONBLOCK`; [`read_capped`] follows links, for the
+//!   operator's own paths, and [`read_input`] is that for a file the
+//!   operator named, with an error that keeps the path.
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+pub use certsync_core::fsread::{read_capped, read_file_capped, Refusal};
 
 /// A directory opened once; see the module docs.
 #[derive(Debug)]
@@ -292,26 +295,8 @@ impl Dir {
     }
 }
 
-/// Why the capped reader refused a file (inside an `InvalidData` error).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("larger than {0} bytes: not a certificate or key file")]
-    TooLarge(usize),
-    #[error("not a regular file (a symlink, FIFO or device was put there); refusing to use it")]
-    NotRegular,
-}
-
-impl Refusal {
-    /// The refusal inside `e`, if `e` is one.
-    pub fn of(e: &std::io::Error) -> Option<Refusal> {
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<Refusal>())
-            .copied()
-    }
-}
-
 fn not_regular() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, Refusal::NotRegular)
+    Refusal::NotRegular.into_io()
 }
 
 /// The temp file [`Dir::replace`] uses for `name`: `.<name>.certsync-tmp`.
@@ -351,43 +336,6 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let (dir, name) = split(path)?;
     dir.replace(&name, bytes, mode)
-}
-
-/// The one capped reader: an open file that must be regular, read to at
-/// most `max` bytes. An `InvalidData` error names the limit when larger.
-pub fn read_file_capped(f: File, max: usize) -> std::io::Result<Vec<u8>> {
-    let meta = f.metadata()?;
-    if !meta.file_type().is_file() {
-        return Err(not_regular());
-    }
-    let too_large = || std::io::Error::new(std::io::ErrorKind::InvalidData, Refusal::TooLarge(max));
-    if meta.len() > max as u64 {
-        return Err(too_large());
-    }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.take(max as u64 + 1).read_to_end(&mut buf)?;
-    if buf.len() > max {
-        return Err(too_large());
-    }
-    Ok(buf)
-}
-
-/// Read at most `max` bytes of `path`, following links (these are the
-/// operator's own files), never blocking on a FIFO, a regular file only.
-/// `Ok(None)` when it does not exist.
-pub fn read_capped(path: &Path, max: usize) -> std::io::Result<Option<Vec<u8>>> {
-    let c = cstr(path.as_os_str().as_bytes())?;
-    let fd = match open_raw(
-        libc::AT_FDCWD,
-        &c,
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
-        0,
-    ) {
-        Ok(fd) => fd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    read_file_capped(File::from(fd), max).map(Some)
 }
 
 /// Why an operator's file ([`read_input`]) could not be read.

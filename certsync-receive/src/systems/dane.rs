@@ -667,11 +667,7 @@ pub async fn guard_step(
     };
     let lookups = look_up_all(settings, &spec.hostnames).await;
     let days_left = installed_not_after(spec).map(|na| {
-        let now = run
-            .now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = certsync_core::time::unix_seconds(run.now);
         na.saturating_sub(now).div_euclid(86_400)
     });
     match decide(settings, &lookups, &chain, days_left) {
