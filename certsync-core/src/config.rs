@@ -1,4 +1,5 @@
-//! `push.toml` and `receive.toml` (docs/contract.md "Configuration").
+//! `push.toml` and `receive.toml` (docs/contract.md "`push.toml`" and
+//! "`receive.toml`").
 //!
 //! Both are parsed strictly: an unknown key is an error that names the key
 //! and the file, because a misspelt `hostname` that silently did nothing

@@ -1,5 +1,5 @@
 //! One module per subcommand of `certsync-receive` (docs/contract.md
-//! "Subcommands"). Each turns settings and flags into a report or an exit
+//! "`certsync-receive`"). Each turns settings and flags into a report or an exit
 //! code; the work itself is the [`crate::pipeline`]'s.
 
 pub mod authorized_key;

@@ -1,5 +1,5 @@
 //! `certsync-receive serve`: the forced command's session, read top to
-//! bottom as the protocol runs (docs/contract.md "Protocol"):
+//! bottom as the protocol runs (docs/contract.md "Protocol v1"):
 //!
 //! 1. [`Session::hello`]: hellos both ways;
 //! 2. [`Session::offer`]: the pusher's offer (names and fingerprints only);
@@ -187,8 +187,8 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
         }
     }
 
-    /// Step 1: hellos both ways; a pusher's `--force` that does not count
-    /// here is said at once.
+    /// Session step 1: hellos both ways; a pusher's `--force` that does not
+    /// count here is said at once.
     async fn hello(&mut self) -> SessionStep<Asked> {
         self.send(&Message::Hello(Hello::new(AGENT, false, false)))
             .await?;
@@ -214,7 +214,8 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
         })
     }
 
-    /// Step 2: the offer; each name is decided, sent and installed once.
+    /// Session step 2: the offer; each name is decided, sent and installed
+    /// once.
     async fn offer(&mut self) -> SessionStep<Offer> {
         let offer = match self.next("offer").await? {
             Message::Offer(o) => o,
@@ -227,9 +228,9 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
         Ok(offer)
     }
 
-    /// Step 3: one receiver at a time, from the compare to the report. The
-    /// session limit counts again from here: it bounds how long this
-    /// pusher holds the lock (want to done).
+    /// Session step 3: one receiver at a time, from the compare to the report.
+    /// The session limit counts again from here: it bounds how long this pusher
+    /// holds the lock (want to done).
     async fn lock(&mut self) -> SessionStep<(Arc<StagingDir>, Lock)> {
         let staging = Arc::new(StagingDir::open(&self.settings.staging_dir)?);
         let lock = lock::acquire(&staging, Entry::Lock, lock::SESSION_TIMEOUT, || {}).await?;
@@ -245,7 +246,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
         Ok((staging, lock))
     }
 
-    /// Step 5: every requested bundle, then `done`; anything else is an
+    /// Session step 5: every requested bundle, then `done`; anything else is an
     /// error. In a dry run the pusher may send none: a status query that
     /// compares fingerprints only.
     async fn read_bundles(
@@ -299,9 +300,9 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
         Ok(bundles)
     }
 
-    /// Step 7: the report to the pusher, in the offer's order, and to
-    /// `[notify]` what root's deploy did not already tell (the pairs
-    /// `staged` for it).
+    /// Session step 7: the report to the pusher, in the offer's order, and to
+    /// `[notify]` what root's deploy did not already tell (the pairs `staged`
+    /// for it).
     async fn report(
         &mut self,
         offer: &Offer,
@@ -348,8 +349,8 @@ fn unexpected(expected: &'static str, got: &Message) -> SessionError {
     .into()
 }
 
-/// Step 4: for each offered certificate, before any key material is sent:
-/// send it, or have it already (or unknown here).
+/// Session step 4: for each offered certificate, before any key material is
+/// sent: send it, or have it already (or unknown here).
 fn decide(settings: &Settings, staging: &StagingDir, offer: &Offer) -> Decided {
     let mut decided = Decided {
         decisions: Vec::new(),
@@ -400,9 +401,9 @@ fn decide(settings: &Settings, staging: &StagingDir, offer: &Offer) -> Decided {
     decided
 }
 
-/// Step 6: each pair through the pipeline. In handoff mode (not a dry
-/// run) the pairs root has work for are handed to its `deploy` together
-/// and its answer merged in; returns their names.
+/// Session step 6: each pair through the pipeline. In handoff mode (not a dry
+/// run) the pairs root has work for are handed to its `deploy` together and its
+/// answer merged in; returns their names.
 async fn run_pipeline<P: PostInstall>(
     run: &Run<'_>,
     bundles: Vec<(String, Bundle)>,

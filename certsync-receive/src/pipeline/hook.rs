@@ -2,7 +2,7 @@
 //! successful install, for whatever certsync does not reload itself (a
 //! platform's secret store, a NAS, a hypervisor, a home-automation box).
 //!
-//! Invariants (docs/contract.md, "hook"):
+//! Invariants (docs/contract.md "The hook"):
 //! - It runs only after an install that wrote the pair: never on "nothing
 //!   to do", never in a dry run, never after a failed install.
 //! - It runs as whoever runs the install: root's `deploy` in handoff mode.

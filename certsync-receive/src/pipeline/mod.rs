@@ -1,5 +1,5 @@
 //! The receiving pipeline, one function per step (docs/contract.md
-//! "Report"): stage → validate → compare → install → reload → verify, then
+//! "The receiving pipeline"): stage → validate → compare → install → reload → verify, then
 //! the hook. Reading the pair is the command's ([`crate::commands::serve`]
 //! from the wire, `deploy` from the staging dir, `install` from files); the
 //! report is the [`CertReport`] each step writes into.
