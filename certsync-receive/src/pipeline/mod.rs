@@ -1,8 +1,16 @@
 //! The receiving pipeline, one function per step (docs/contract.md
-//! "The receiving pipeline"): stage → validate → compare → install → reload → verify, then
-//! the hook. Reading the pair is the command's ([`crate::commands::serve`]
-//! from the wire, `deploy` from the staging dir, `install` from files); the
-//! report is the [`CertReport`] each step writes into.
+//! "The receiving pipeline"): stage → validate → compare → install →
+//! reload → verify, then the hook. Reading the pair is the command's
+//! ([`crate::commands::serve`] from the wire, `deploy` from the staging
+//! dir, `install` from files); the report is the [`CertReport`] each step
+//! writes into.
+//!
+//! This module holds the run ([`Run`]), the steps and how they chain
+//! ([`deliver`], [`deliver_handoff`], [`finish`]). Beside it: [`compare`]
+//! (is this pair installed?), [`destinations`] (where a pair goes, and
+//! crash recovery there), [`owed`] (what the staging dir remembers between
+//! runs), [`stage`], [`install`], [`reload_verify`], [`hook`], and the
+//! staging dir's [`lock`] and [`handoff`] to root.
 //!
 //! Data flows one way: bytes become a [`ValidatedBundle`] only through
 //! validation, and only a `ValidatedBundle` is installed. Each step logs one
@@ -13,28 +21,35 @@
 //! what went wrong already written into the report (and the log), so the
 //! caller only needs to stop.
 
+pub mod compare;
+pub mod destinations;
 pub mod fault;
 pub mod handoff;
 pub mod hook;
 pub mod install;
 pub mod lock;
+pub mod owed;
 pub mod reload_verify;
 pub mod stage;
+
+pub(crate) use compare::installed_not_after;
+pub use compare::{compare_step, decide, decide_owed, installed_leaf, Compared};
+pub use destinations::{folders, main_dest, recover, Folders};
+pub use owed::{installed_at, reload_owed, repair_owed, retry_owed};
+use owed::{record_installed_at, reload_and_verify, settle_owed};
 
 use std::time::SystemTime;
 
 use certsync_core::bundle::Bundle;
-use certsync_core::protocol::{OfferedCert, Wanted};
-use certsync_core::report::{CertReport, Step, StepStatus};
+use certsync_core::report::{CertReport, Step};
 use certsync_core::time::unix_seconds;
 use certsync_core::validate::{validate, Force, Policy, ValidatedBundle};
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::pipeline::stage::{Entry, StagingDir};
 use crate::settings::{CertSpec, Settings};
-use crate::systems::mailcow::{self, FolderPlan};
+use crate::systems::mailcow;
 use hook::HookEnv;
-use install::Dest;
 
 /// One run of the pipeline: the settings and the run's flags and clock.
 #[derive(Debug, Clone)]
@@ -55,250 +70,15 @@ pub struct StepFailed;
 /// What every step returns.
 pub type StepResult<T = ()> = Result<T, StepFailed>;
 
-/// The compare step's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compared {
-    /// The pair differs from what is installed somewhere: install it.
-    Changed,
-    /// This pair is installed everywhere it belongs: nothing to do.
-    Installed,
-}
-
 /// Steps 6 and 7, after an install: reload the services and check what is
-/// served. The Docker- and TLS-backed implementation lives in
-/// [`crate::systems::docker`] and [`crate::systems::probe`]; tests may give their own.
+/// served. The real one is [`reload_verify::ReloadVerify`] (Docker and
+/// TLS); tests may give their own.
 #[allow(async_fn_in_trait)]
 pub trait PostInstall {
     /// Reload `spec.reload`. With `dry_run`, only say what would be done.
     async fn reload(&self, spec: &CertSpec, dry_run: bool, report: &mut CertReport);
     /// Check that every `spec.verify` endpoint serves `leaf`.
     async fn verify(&self, spec: &CertSpec, leaf: Fingerprint, report: &mut CertReport);
-}
-
-/// The configured pair of this certificate.
-pub fn main_dest(spec: &CertSpec) -> Dest {
-    Dest::new(&spec.cert_path, &spec.key_path)
-}
-
-/// The pair inside one of mailcow's per-domain folders.
-fn folder_dest(dir: &std::path::Path) -> Dest {
-    Dest::new(dir.join("cert.pem"), dir.join("key.pem"))
-}
-
-/// mailcow's per-domain folders for a leaf with `sans`: the pairs to write
-/// (the leaf covers every name in the folder's `domains`) and, for every
-/// other folder mailcow serves, why it is left alone.
-#[derive(Debug, Default)]
-pub struct Folders {
-    pub write: Vec<Dest>,
-    pub left: Vec<String>,
-}
-
-pub fn folders(spec: &CertSpec, sans: &[String]) -> std::io::Result<Folders> {
-    let mut out = Folders::default();
-    let Some(root) = &spec.folders_root else {
-        return Ok(out);
-    };
-    for folder in mailcow::served_folders(root)? {
-        match mailcow::plan_folder(&folder, sans) {
-            FolderPlan::Write => out.write.push(folder_dest(&folder.dir)),
-            FolderPlan::Leave(why) => out.left.push(why),
-        }
-    }
-    Ok(out)
-}
-
-/// Does `dest` hold a file certsync leaves during or after an install?
-fn has_certsync_files(dest: &Dest) -> bool {
-    [
-        install::new_path(&dest.cert),
-        install::new_path(&dest.key),
-        install::prev_path(&dest.cert),
-    ]
-    .iter()
-    .any(|p| std::fs::symlink_metadata(p).is_ok())
-}
-
-/// Repair any interrupted install of this certificate (call under the lock).
-///
-/// The configured pair must end up matching. A mismatched pair that no
-/// kept backup can repair is not an error that stops the run: installing a
-/// valid pair over it is the repair. It is logged, and remembered in the
-/// staging dir ([`Entry::RepairOwed`]) so that the next push delivers the
-/// pair even when the certificate itself is unchanged: in handoff mode the
-/// unprivileged `serve` cannot read root's key.pem, so it could not tell on
-/// its own.
-///
-/// A per-domain folder is repaired only when certsync has written there (a
-/// folder's own mismatched pair is not ours to judge here), and a folder
-/// that cannot be repaired is a warning: `check` and the next install name
-/// it.
-pub fn recover(staging: &StagingDir, spec: &CertSpec) -> Result<(), install::InstallError> {
-    let main = main_dest(spec);
-    match install::recover(&main) {
-        Ok(install::Recovery::Clean) => {}
-        Ok(r) => {
-            tracing::warn!(cert = %spec.name, path = %main.cert.display(), "recovered an interrupted install: {r:?}");
-        }
-        Err(e @ install::InstallError::Unrepairable { .. }) => {
-            tracing::error!(cert = %spec.name, "{e}");
-            if let Err(e) = staging.write(Entry::RepairOwed(&spec.name), b"1\n", 0o600) {
-                tracing::error!(cert = %spec.name, "cannot remember the repair: {e}");
-            }
-        }
-        Err(e) => return Err(e),
-    }
-    let Some(root) = &spec.folders_root else {
-        return Ok(());
-    };
-    let served = match mailcow::served_folders(root) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(cert = %spec.name, "cannot list the per-domain folders in {}: {e}", root.display());
-            return Ok(());
-        }
-    };
-    for folder in served.iter().filter(|f| !f.is_link) {
-        let dest = folder_dest(&folder.dir);
-        if !has_certsync_files(&dest) {
-            continue;
-        }
-        match install::recover(&dest) {
-            Ok(install::Recovery::Clean) => {}
-            Ok(r) => {
-                tracing::warn!(cert = %spec.name, path = %dest.cert.display(), "recovered an interrupted install: {r:?}")
-            }
-            Err(e) => {
-                tracing::warn!(cert = %spec.name, "per-domain folder {}: {e}", folder.dir.display())
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Did root find this certificate's installed pair broken, with no backup?
-pub fn repair_owed(staging: &StagingDir, name: &str) -> bool {
-    staging.exists(Entry::RepairOwed(name))
-}
-
-/// Is this exact pair at `dest`?
-fn pair_at(
-    dest: &Dest,
-    chain: Fingerprint,
-    key: Fingerprint,
-) -> Result<bool, install::InstallError> {
-    match install::read_installed(dest) {
-        Ok(Some(i)) => Ok(i.chain_sha256 == chain && i.key_sha256 == key),
-        Ok(None) => Ok(false),
-        // In handoff mode `serve` runs unprivileged and key.pem is 0600
-        // root. Compare the certificate alone: root's install keeps the
-        // installed pair matching, and a leaf has exactly one key, so
-        // the same full chain means the same pair. Root's `deploy`
-        // compares both files again before it writes anything.
-        Err(e) if e.is_permission_denied() => match install::read_installed_cert(dest)? {
-            Some(c) if c.chain_sha256 == chain => {
-                tracing::debug!(path = %dest.key.display(), "key not readable by this user; compared the certificate only");
-                Ok(true)
-            }
-            _ => Ok(false),
-        },
-        Err(e) => Err(e),
-    }
-}
-
-/// Is this exact pair installed everywhere it belongs? The configured pair
-/// decides first; when it holds this chain, its leaf (the offered one)
-/// says which per-domain folders belong too.
-fn installed_everywhere(
-    spec: &CertSpec,
-    chain: Fingerprint,
-    key: Fingerprint,
-) -> Result<bool, install::InstallError> {
-    let main = main_dest(spec);
-    if !pair_at(&main, chain, key)? {
-        return Ok(false);
-    }
-    if spec.folders_root.is_none() {
-        return Ok(true);
-    }
-    let sans = install::read_installed_cert(&main)?
-        .and_then(|c| c.info)
-        .map(|i| i.sans)
-        .unwrap_or_default();
-    let write = match folders(spec, &sans) {
-        Ok(f) => f.write,
-        // Unknown: let the pair come, the install step lists them again.
-        Err(_) => return Ok(false),
-    };
-    for dest in &write {
-        if !pair_at(dest, chain, key)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Before any key material is sent: does the receiver need this pair?
-/// (The compare step on fingerprints only; repeated on the bytes later.)
-pub fn decide(spec: &CertSpec, offered: &OfferedCert) -> (Wanted, String) {
-    match installed_everywhere(spec, offered.chain_sha256, offered.key_sha256) {
-        Ok(true) => {
-            // Logged by the caller once the answer is final (an owed
-            // reload turns it into "send").
-            (
-                Wanted::Have,
-                format!(
-                    "nothing to do: {} is already installed",
-                    offered.leaf.short()
-                ),
-            )
-        }
-        Ok(false) => (Wanted::Send, "send it".into()),
-        Err(e) => (
-            Wanted::Send,
-            format!("cannot read the installed pair ({e}); send it"),
-        ),
-    }
-}
-
-/// [`decide`], and a pair already installed whose reload is still owed is
-/// asked for anyway: delivering it runs [`finish`], which retries that
-/// reload, so the next push settles it.
-pub fn decide_owed(
-    staging: &StagingDir,
-    spec: &CertSpec,
-    offered: &OfferedCert,
-) -> (Wanted, String) {
-    match decide(spec, offered) {
-        (Wanted::Have, _) if repair_owed(staging, &spec.name) => (
-            Wanted::Send,
-            "the installed pair was found broken (the key does not match); send it to repair it"
-                .into(),
-        ),
-        (Wanted::Have, _) if reload_owed(staging, &spec.name) => (
-            Wanted::Send,
-            "already installed, but a reload is owed; send it to retry the reload".into(),
-        ),
-        other => other,
-    }
-}
-
-/// The leaf installed at the configured paths now, if any.
-pub fn installed_leaf(spec: &CertSpec) -> Option<Fingerprint> {
-    install::read_installed_cert(&main_dest(spec))
-        .ok()
-        .flatten()
-        .and_then(|i| i.info.map(|c| c.fingerprint))
-}
-
-/// The notAfter of what is installed, for the rollback rule.
-pub(crate) fn installed_not_after(spec: &CertSpec) -> Option<i64> {
-    // The certificate alone: readable by an unprivileged `serve` too, and
-    // recovery has already made the installed pair match.
-    install::read_installed_cert(&Dest::new(&spec.cert_path, &spec.key_path))
-        .ok()
-        .flatten()
-        .and_then(|i| i.info.map(|c| c.not_after))
 }
 
 /// Step 2: stage the bytes (skipped in a dry run: they stay in memory).
@@ -358,39 +138,6 @@ pub fn validate_step(
         Err(e) => {
             tracing::error!(cert = %spec.name, "refused: {e}");
             report.failed(Step::Validate, format!("refused: {e}"), ExitCode::Refused);
-            Err(StepFailed)
-        }
-    }
-}
-
-/// Step 4: compare with what is installed, on disk.
-pub fn compare_step(
-    spec: &CertSpec,
-    pair: &ValidatedBundle,
-    report: &mut CertReport,
-) -> StepResult<Compared> {
-    match installed_everywhere(spec, pair.chain_sha256(), pair.key_sha256()) {
-        Ok(true) => {
-            tracing::info!(cert = %spec.name, leaf = %pair.leaf_fingerprint(), "nothing to do: this pair is already installed");
-            report.nothing_to_do = true;
-            report.done(
-                Step::Compare,
-                "nothing to do: this pair is already installed",
-            );
-            Ok(Compared::Installed)
-        }
-        Ok(false) => {
-            report.done(
-                Step::Compare,
-                format!(
-                    "differs from what is installed at {}",
-                    spec.cert_path.display()
-                ),
-            );
-            Ok(Compared::Changed)
-        }
-        Err(e) => {
-            report.failed(Step::Compare, e.to_string(), ExitCode::Runtime);
             Err(StepFailed)
         }
     }
@@ -594,155 +341,13 @@ pub async fn finish<P: PostInstall>(
     }
 }
 
-/// Steps 6 and 7, remembering a pair that is installed but not proven
-/// served (see [`reload_owed`]).
-///
-/// The marker is written before the reload and removed only once the
-/// reload and the verify both succeeded: a failed reload, a failed verify,
-/// or a crash in between leave it, so the next push, `deploy` or `check`
-/// does not say "nothing to do" about a pair the daemons may not serve.
-async fn reload_and_verify<P: PostInstall>(
-    run: &Run<'_>,
-    spec: &CertSpec,
-    leaf: Fingerprint,
-    post: &P,
-    report: &mut CertReport,
-) {
-    if run.dry_run {
-        post.reload(spec, true, report).await;
-        crate::systems::systemd::reload_step(&spec.reload_units, true, report).await;
-        return;
-    }
-    let marker = Entry::ReloadOwed(&spec.name);
-    if let Err(e) = run
-        .staging
-        .write(marker, format!("{leaf}\n").as_bytes(), 0o600)
-    {
-        tracing::error!(cert = %spec.name, "cannot remember the owed reload: {e}; if this run fails, run `certsync-receive deploy` once it can succeed");
-    }
-    let failed_before = failed_posts(report);
-    post.reload(spec, false, report).await;
-    crate::systems::systemd::reload_step(&spec.reload_units, false, report).await;
-    post.verify(spec, leaf, report).await;
-    if failed_posts(report) > failed_before {
-        tracing::warn!(cert = %spec.name, marker = %run.staging.display(marker).display(), "installed but not proven served; the next deploy, check or push retries the reload and the verify");
-        return;
-    }
-    match run.staging.remove(marker) {
-        Ok(true) => tracing::debug!(cert = %spec.name, "reloaded and verified; nothing owed"),
-        Ok(false) => {}
-        Err(e) => tracing::error!(cert = %spec.name, "{e}"),
-    }
-}
-
-/// Failed reload and verify steps so far.
-fn failed_posts(report: &CertReport) -> usize {
-    report
-        .steps
-        .iter()
-        .filter(|s| matches!(s.step, Step::Reload | Step::Verify) && s.status == StepStatus::Failed)
-        .count()
-}
-
-async fn settle_owed<P: PostInstall>(
-    run: &Run<'_>,
-    spec: &CertSpec,
-    leaf: Fingerprint,
-    post: &P,
-    report: &mut CertReport,
-) {
-    let marker = run.staging.display(Entry::ReloadOwed(&spec.name));
-    tracing::info!(cert = %spec.name, marker = %marker.display(), "retrying the reload and verify owed since an earlier install");
-    let what = if run.dry_run {
-        "would retry it"
-    } else {
-        "retrying it"
-    };
-    report.done(
-        Step::Compare,
-        format!(
-            "a reload is owed since an earlier install whose reload or verify failed ({}); {what}",
-            marker.display()
-        ),
-    );
-    reload_and_verify(run, spec, leaf, post, report).await;
-}
-
-/// For `deploy` and `check` when nothing new arrived: retry the reload
-/// owed for `spec`, if any, against the installed leaf. `None` when no
-/// reload is owed.
-pub async fn retry_owed<P: PostInstall>(
-    run: &Run<'_>,
-    spec: &CertSpec,
-    post: &P,
-) -> Option<CertReport> {
-    if !reload_owed(run.staging, &spec.name) {
-        return None;
-    }
-    let mut cr = CertReport::new(&spec.name, None);
-    let installed = install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path));
-    let leaf = match installed {
-        Ok(Some(i)) => i.info.map(|c| c.fingerprint),
-        Ok(None) => None,
-        Err(e) => {
-            cr.failed(Step::Compare, e.to_string(), ExitCode::Runtime);
-            return Some(cr);
-        }
-    };
-    let Some(leaf) = leaf else {
-        cr.failed(
-            Step::Compare,
-            format!(
-                "a reload is owed, but no readable certificate is installed at {}",
-                spec.cert_path.display()
-            ),
-            ExitCode::Runtime,
-        );
-        return Some(cr);
-    };
-    cr.leaf = Some(leaf);
-    settle_owed(run, spec, leaf, post, &mut cr).await;
-    Some(cr)
-}
-
-/// Is a reload (and verify) of this certificate's services still owed?
-/// The marker ([`Entry::ReloadOwed`]) remembers a pair that is installed
-/// but not proven served (its reload or its verify failed, or the run
-/// stopped in between), so that the next push, `deploy` or `check`
-/// retries the reload and the verify instead of saying "nothing to do".
-pub fn reload_owed(staging: &StagingDir, name: &str) -> bool {
-    staging.exists(Entry::ReloadOwed(name))
-}
-
-/// Remember the time of this successful install (Unix seconds), for
-/// `check --metrics`. The pair on disk stays the truth for everything
-/// else; this file only answers "when".
-fn record_installed_at(run: &Run<'_>, spec: &CertSpec) {
-    let entry = Entry::InstalledAt(&spec.name);
-    if let Err(e) = run.staging.write(
-        entry,
-        format!("{}\n", unix_seconds(run.now)).as_bytes(),
-        0o600,
-    ) {
-        // Only the metrics lose the timestamp; the install itself is done.
-        tracing::warn!(cert = %spec.name, "cannot record the install time: {e}");
-    }
-}
-
-/// The last successful install of `name`, in Unix seconds, if recorded.
-/// Read capped and never through a link: whoever owns the staging dir may
-/// have put a link to /dev/zero there.
-pub fn installed_at(staging: &StagingDir, name: &str) -> Option<i64> {
-    let bytes = staging.read(Entry::InstalledAt(name)).ok().flatten()?;
-    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::Cell;
 
     use certsync_core::config::{DeployMode, DockerConfig};
+    use certsync_core::protocol::{OfferedCert, Wanted};
     use certsync_core::testutil::{KeyKind, TestCa};
 
     /// Reloads fail while `fail` is set; counts the calls.
