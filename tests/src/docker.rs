@@ -24,7 +24,7 @@
 //!   exec make them re-read the mounted certificate. They need Debian's
 //!   `postfix dovecot-imapd dovecot-pop3d dovecot-managesieved` on the host.
 //!
-//! (Those are configured simply; [`crate::systems::mailcow`] starts the three the
+//! (Those are configured simply; [`crate::mailcow`] starts the three the
 //! way mailcow's images do, with postfix's SNI map and dovecot's sni.conf.)
 //!
 //! Those pick free ports on 127.0.0.1; their `_on` variants
