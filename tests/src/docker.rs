@@ -54,6 +54,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::need::{self, Need};
+
 /// The image every test container runs.
 pub const IMAGE: &str = "certsync-test/busybox:latest";
 /// The compose labels certsync matches on.
@@ -62,6 +64,18 @@ pub const LABEL_SERVICE: &str = "com.docker.compose.service";
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A private engine, once [`need::dockerd`] holds:
+/// `needs!(let d = docker::engine())`.
+pub fn engine() -> Need<Dockerd> {
+    need::dockerd()?;
+    let d = Dockerd::start();
+    eprintln!(
+        "dockerd started in {:?}, image imported in {:?}",
+        d.started_in, d.imported_in
+    );
+    Ok(d)
+}
 
 /// An executable named `name` on `PATH`.
 pub fn find_program(name: &str) -> Option<PathBuf> {
@@ -111,9 +125,8 @@ impl Dockerd {
     /// Can this machine run a private engine? (root, `dockerd`, `docker`,
     /// a static busybox).
     pub fn available() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        root && find_program("dockerd").is_some()
+        crate::need::is_root()
+            && find_program("dockerd").is_some()
             && find_program("docker").is_some()
             && busybox().is_some()
     }

@@ -58,6 +58,7 @@ use certsync_core::testutil::TestLeaf;
 use tempfile::TempDir;
 
 use crate::docker::{free_port, wait_until, Container, Dockerd, Run};
+use crate::need::{self, Need};
 
 /// What `generate_config.sh` would have written, as the test wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +247,15 @@ impl Endpoint {
     pub fn verify(&self) -> String {
         format!("{} {}", self.addr, self.word)
     }
+}
+
+/// An engine for a mailcow host, once mailcow's three daemons and openssl
+/// are installed: `needs!(let d = mailcow::engine())`.
+pub fn engine() -> Need<Dockerd> {
+    need::dockerd()?;
+    need::mailcow_daemons()?;
+    need::openssl()?;
+    crate::docker::engine()
 }
 
 /// A running mailcow host: its checkout dir and its three containers.

@@ -5,7 +5,7 @@
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_receive::dane::Tlsa;
-use certsync_tests::dns::{self, DnsLab, SIGNED};
+use certsync_tests::dns::{DnsLab, SIGNED};
 use certsync_tests::receiver::Mailhost;
 use openssl::hash::MessageDigest;
 
@@ -54,12 +54,7 @@ fn text(out: &std::process::Output) -> String {
 
 #[test]
 fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
-    if !certsync_tests::require(
-        "knot and unbound (apt-get install knot unbound)",
-        dns::available(),
-    ) {
-        return;
-    }
+    certsync_tests::needs!(certsync_tests::need::dns());
     let ca = TestCa::new();
     let mail_old = ca.leaf(KeyKind::P256, &["mail.example.test"]);
     let mail_new = ca.leaf(KeyKind::P256, &["mail.example.test"]);

@@ -11,19 +11,12 @@ use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_core::Fingerprint;
-use certsync_tests::docker::{find_program, wait_until, Dockerd};
+use certsync_tests::docker::{self, find_program, wait_until};
 use certsync_tests::receiver::Mailhost;
-use certsync_tests::require;
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
 const MAILCOW: [&str; 3] = ["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"];
-
-fn engine() -> Option<Dockerd> {
-    if !require("dockerd", Dockerd::available()) {
-        return None;
-    }
-    Some(Dockerd::start())
-}
 
 /// A mailhost whose receive.toml talks to `socket` for compose project
 /// `project`, reloading `reload` and verifying `verify`.
@@ -59,7 +52,7 @@ fn assert_installed(host: &Mailhost, leaf: &TestLeaf) {
 
 #[test]
 fn install_reloads_mailcows_containers_and_leaves_a_decoy_project_alone() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let postfix = d.stand_in("mc-postfix-mailcow-1", "mc", "postfix-mailcow", 0);
     let dovecot = d.stand_in("mc_dovecot-mailcow_1", "mc", "dovecot-mailcow", 0);
     let nginx = d.stand_in("mc-nginx-mailcow-1", "mc", "nginx-mailcow", 0);
@@ -96,7 +89,7 @@ fn install_reloads_mailcows_containers_and_leaves_a_decoy_project_alone() {
 
 #[test]
 fn a_stopped_container_is_exit_4_and_the_owed_reload_is_retried_by_deploy() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let postfix = d.stand_in("mc-postfix-mailcow-1", "mc", "postfix-mailcow", 0);
     let dovecot = d.stand_in("mc-dovecot-mailcow-1", "mc", "dovecot-mailcow", 0);
     postfix.container.stop();
@@ -144,7 +137,7 @@ fn a_stopped_container_is_exit_4_and_the_owed_reload_is_retried_by_deploy() {
 
 #[test]
 fn a_failing_reload_restarts_the_container_and_says_so() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let dovecot = d.stand_in("mc-dovecot-mailcow-1", "mc", "dovecot-mailcow", 1);
     let host = mailhost(d.socket(), "mc", &["dovecot-mailcow"], &[]);
     let leaf = TestCa::new().leaf(KeyKind::P256, &[HOST]);
@@ -169,7 +162,7 @@ fn a_failing_reload_restarts_the_container_and_says_so() {
 
 #[test]
 fn dry_run_lists_the_containers_it_would_reload_and_changes_nothing() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let postfix = d.stand_in("mc-postfix-mailcow-1", "mc", "postfix-mailcow", 0);
     let nginx = d.stand_in("mc-nginx-mailcow-1", "mc", "nginx-mailcow", 0);
     let host = mailhost(d.socket(), "mc", &["postfix-mailcow", "nginx-mailcow"], &[]);
@@ -253,12 +246,8 @@ fn s_client_fingerprint(port: u16) -> Fingerprint {
 
 #[test]
 fn real_nginx_serves_the_installed_certificate_and_check_sees_when_it_does_not() {
-    let Some(d) = engine() else { return };
-    if !require("nginx", Path::new("/usr/sbin/nginx").exists())
-        || !require("openssl", find_program("openssl").is_some())
-    {
-        return;
-    }
+    needs!(let d = docker::engine());
+    needs!(need::nginx(), need::openssl());
     let ca = TestCa::new();
     let first = ca.leaf(KeyKind::P384, &[HOST]);
     // nginx needs a pair to start with: what was there before certsync.
@@ -368,18 +357,8 @@ fn put_pair(host: &Mailhost, leaf: &TestLeaf) {
 
 #[test]
 fn real_postfix_dovecot_and_nginx_all_serve_the_pair_after_install() {
-    let Some(d) = engine() else { return };
-    let installed = Path::new("/usr/sbin/nginx").exists()
-        && Path::new("/usr/sbin/postfix").exists()
-        && Path::new("/usr/sbin/dovecot").exists()
-        && Path::new("/usr/lib/dovecot/managesieve-login").exists()
-        && Path::new("/usr/lib/dovecot/pop3-login").exists();
-    if !require(
-        "nginx-light, postfix and dovecot (apt-get install nginx-light postfix dovecot-imapd dovecot-pop3d dovecot-managesieved)",
-        installed,
-    ) {
-        return;
-    }
+    needs!(let d = docker::engine());
+    needs!(need::mailcow_daemons());
     let ca = TestCa::new();
     let host = mailhost(d.socket(), "mc", &MAILCOW, &[]);
     put_pair(&host, &ca.leaf(KeyKind::P384, &[HOST]));

@@ -27,22 +27,9 @@ use certsync_tests::docker::{wait_until, Dockerd};
 use certsync_tests::e2e::Process;
 use certsync_tests::mailcow::{self, Conf, Mailcow};
 use certsync_tests::npmhost::NpmHost;
-use certsync_tests::{bins, require};
+use certsync_tests::{bins, need, needs};
 
 const HOST: &str = "mail.example.com";
-
-fn engine() -> Option<Dockerd> {
-    let program = |p: &str| Path::new("/usr/sbin").join(p).exists();
-    if !(require("dockerd", Dockerd::available())
-        && require("postfix", program("postfix"))
-        && require("dovecot", program("dovecot"))
-        && require("nginx", program("nginx"))
-        && require("openssl", Path::new("/usr/bin/openssl").exists()))
-    {
-        return None;
-    }
-    Some(Dockerd::start())
-}
 
 /// The pair mailcow had before certsync: older, so a newer one is no
 /// rollback.
@@ -139,7 +126,7 @@ fn started_at(m: &Mailcow<'_>, service: &str) -> String {
 
 #[test]
 fn an_install_is_served_on_every_default_endpoint_with_and_without_sni_by_reloads_alone() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
     let own = mailcows_own(&ca);
     let m = Mailcow::start(&d, Conf::loopback(HOST), &own, Some(&own));
@@ -181,7 +168,7 @@ fn an_install_is_served_on_every_default_endpoint_with_and_without_sni_by_reload
 
 #[test]
 fn a_bare_postfix_reload_is_followed_by_one_restart_of_postfix_and_then_verified() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
     let own = mailcows_own(&ca);
     let m = Mailcow::start(&d, Conf::loopback(HOST), &own, Some(&own));
@@ -219,7 +206,7 @@ fn a_bare_postfix_reload_is_followed_by_one_restart_of_postfix_and_then_verified
 
 #[test]
 fn with_the_proxy_protocol_the_https_probe_sends_a_proxy_header() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
     let own = mailcows_own(&ca);
     let mut conf = Conf::loopback(HOST);
@@ -246,7 +233,7 @@ fn with_the_proxy_protocol_the_https_probe_sends_a_proxy_header() {
 
 #[test]
 fn a_failed_verify_is_retried_by_the_next_push_instead_of_nothing_to_do() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
     let own = mailcows_own(&ca);
     let m = Mailcow::start(&d, Conf::loopback(HOST), &own, Some(&own));
@@ -324,9 +311,7 @@ fn a_failed_verify_is_retried_by_the_next_push_instead_of_nothing_to_do() {
 /// clients without SNI. Before, both probed with SNI only and passed.
 #[test]
 fn a_stale_certificate_for_clients_without_sni_is_caught_by_verify_and_check() {
-    if !require("openssl", Path::new("/usr/bin/openssl").exists()) {
-        return;
-    }
+    needs!(need::openssl());
     let ca = TestCa::new();
     let installed = ca.leaf(KeyKind::P256, &[HOST]);
     let stale = mailcows_own(&ca);

@@ -25,6 +25,7 @@ use certsync_core::protocol::{self, Hello, Limits, Message, Offer, Reader};
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_tests::e2e::Deployer;
 use certsync_tests::receiver::{offered, push_session, Mailhost};
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
 /// Stands in for the `certsync` user.
@@ -32,10 +33,6 @@ const NOBODY: u32 = 65534;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn have_setpriv() -> bool {
-    certsync_tests::require("setpriv", Path::new("/usr/bin/setpriv").exists())
 }
 
 fn chown(path: &Path, uid: u32) {
@@ -172,9 +169,7 @@ fn write_request(host: &Mailhost, id: &str) {
 /// read or delete what it points at.
 #[test]
 fn root_deploy_never_follows_a_link_in_place_of_the_cert_dir() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     let victim = root_only_pair(&host, "victim", &ca.leaf(KeyKind::P256, &[HOST]));
@@ -199,9 +194,7 @@ fn root_deploy_never_follows_a_link_in_place_of_the_cert_dir() {
 /// can) never makes root read, install or delete the root-only pair.
 #[test]
 fn root_deploy_never_acts_through_a_cert_dir_swapped_mid_run() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     let secret = ca.leaf(KeyKind::P256, &[HOST]);
@@ -318,9 +311,7 @@ fn root_deploy_never_acts_through_a_cert_dir_swapped_mid_run() {
 /// With the package's layout (the parent root's) the swap is impossible.
 #[test]
 fn root_never_writes_its_result_into_a_swapped_staging_dir() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     // The old layout: the staging dir's parent belongs to certsync.
@@ -426,9 +417,7 @@ fn root_never_writes_its_result_into_a_swapped_staging_dir() {
 /// unprivileged `serve` out.
 #[tokio::test]
 async fn root_runs_never_lock_the_pusher_out() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     // The timer's deploy never creates a missing staging dir (it would be
@@ -478,9 +467,7 @@ async fn root_runs_never_lock_the_pusher_out() {
 /// `deploy` nor `check`; each refuses it at once and says why.
 #[test]
 fn a_fifo_as_a_lock_file_hangs_neither_deploy_nor_check() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let host = handoff_host("");
     let ssl_before = tree(&host.ssl);
     // A reload owed makes `check` take the session lock too.
@@ -569,9 +556,7 @@ fn run_measured(mut cmd: Command, limit: Duration) -> Option<(Output, i64)> {
 /// machine.
 #[test]
 fn installed_at_as_dev_zero_or_a_fifo_is_not_read() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
@@ -808,9 +793,7 @@ async fn a_broken_pair_without_backup_is_repaired_by_the_next_install_or_push() 
 /// next push then delivers the pair and root's deploy installs it.
 #[tokio::test]
 async fn handoff_a_damaged_key_is_repaired_by_the_next_push() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
@@ -922,9 +905,7 @@ fn core_state(mut cmd: Command, exe: &Path) -> (String, u32, u32) {
 /// /proc/<pid> turn root's), checked on the running binaries as the unprivileged user.
 #[test]
 fn both_binaries_disable_core_dumps() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = Mailhost::new(&[HOST]);
     chmod(host.root.path(), 0o755);

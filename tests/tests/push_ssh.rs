@@ -14,6 +14,7 @@ use certsync_tests::livedir::Renewal;
 use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, ClosedPort, NpmHost};
 use certsync_tests::receiver::Mailhost;
 use certsync_tests::sshd::{self, client_key, KeyType, Sshd};
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
 
@@ -65,9 +66,7 @@ fn identity(mail: &Mailhost) -> Vec<(u64, i64, i64)> {
 
 #[test]
 fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P384, &[HOST]);
     let Scene { npm, mail, sshd } = scene(&leaf);
@@ -160,9 +159,7 @@ fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
 
 #[test]
 fn a_renewal_is_pushed_only_once_it_is_consistent() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let old = ca.leaf(KeyKind::P384, &[HOST]);
     let new = ca.leaf(KeyKind::P384, &[HOST]);
@@ -214,9 +211,7 @@ fn a_renewal_is_pushed_only_once_it_is_consistent() {
 
 #[test]
 fn unknown_and_changed_host_keys_are_refused_before_anything_runs() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let Scene { npm, mail, sshd } = scene(&leaf);
@@ -269,9 +264,7 @@ fn unknown_and_changed_host_keys_are_refused_before_anything_runs() {
 
 #[test]
 fn a_key_that_is_not_authorized_fails_clearly() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let Scene { npm, mail, sshd } = scene(&leaf);
@@ -301,9 +294,7 @@ fn a_key_that_is_not_authorized_fails_clearly() {
 
 #[test]
 fn two_targets_in_one_run_and_a_third_that_is_down() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::Ed25519, &[HOST]);
     let npm = NpmHost::new(&leaf);
@@ -369,9 +360,7 @@ fn two_targets_in_one_run_and_a_third_that_is_down() {
 
 #[test]
 fn dry_run_changes_nothing_and_a_remote_force_needs_allow_remote_force() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let long = ca.leaf(KeyKind::Rsa2048, &[HOST]);
     let Scene {
@@ -597,9 +586,7 @@ fn a_cert_name_the_receiver_does_not_know_is_a_config_error_naming_its_file() {
 
 #[test]
 fn a_key_from_keygen_works_with_the_line_it_prints() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P384, &[HOST]);
     let npm = NpmHost::new(&leaf);

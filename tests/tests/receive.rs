@@ -13,6 +13,7 @@ use certsync_core::bundle::Bundle;
 use certsync_core::testutil::{KeyKind, TestCa, Validity};
 use certsync_receive::install::FAULT_POINTS;
 use certsync_tests::receiver::{push_session, Mailhost};
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
 
@@ -358,11 +359,7 @@ async fn handoff_serve_unprivileged_deploy_as_root() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    let bin_ok =
-        certsync_tests::require("setpriv", std::path::Path::new("/usr/bin/setpriv").exists());
-    if !bin_ok {
-        return;
-    }
+    needs!(need::setpriv());
     // Root's path unit, simulated: run `deploy` when a request appears.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stop2, staging, config) = (stop.clone(), host.staging.clone(), host.config.clone());

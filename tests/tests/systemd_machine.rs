@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_tests::livedir::LiveDir;
 use certsync_tests::machine::{self, Debs, Machine};
+use certsync_tests::needs;
 
 const HOST: &str = "mail.example.com";
 const SSL_DIR: &str = "/opt/mailcow-dockerized/data/assets/ssl";
@@ -229,9 +230,7 @@ fn readme_install_is_what_the_machine_runs() {
 
 #[test]
 fn units_verify_in_the_booted_machine() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let m = Machine::boot();
     let d = m.copy_debs(&debs, DEBS_IN);
     m.ok(&format!(
@@ -253,9 +252,7 @@ fn units_verify_in_the_booted_machine() {
 
 #[test]
 fn push_service_path_unit_and_handoff_deploy_over_the_machines_sshd() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let mut s = Scene::boot(&debs);
     s.readme_install(&receive_toml(
         "handoff",
@@ -309,9 +306,7 @@ fn push_service_path_unit_and_handoff_deploy_over_the_machines_sshd() {
 
 #[test]
 fn push_warns_when_the_path_unit_misses_a_source() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let s = Scene::boot(&debs);
     s.m.ok(&format!("dpkg -i {DEBS_IN}/certsync-push_*.deb"));
     s.write(
@@ -338,9 +333,7 @@ fn push_warns_when_the_path_unit_misses_a_source() {
 
 #[test]
 fn watch_service_is_notify_pushes_reloads_and_stops_fast() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let mut s = Scene::boot(&debs);
     s.readme_install(&receive_toml(
         "handoff",
@@ -401,9 +394,7 @@ fn watch_service_is_notify_pushes_reloads_and_stops_fast() {
 /// `~@privileged` syscall filter ("Operation not permitted").
 #[test]
 fn local_transport_replaces_a_pair_under_the_push_units() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let mut s = Scene::boot(&debs);
     s.m.ok(&format!("dpkg -i {DEBS_IN}/*.deb"));
     let staging = "/var/lib/certsync-local";
@@ -454,9 +445,7 @@ fn local_transport_replaces_a_pair_under_the_push_units() {
 /// deploy unit may write there only after `certsync-receive units`.
 #[test]
 fn npm_under_root_and_mailcow_under_home() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let m = Machine::boot();
     let d = m.copy_debs(&debs, DEBS_IN);
     m.ok(&format!(
@@ -539,9 +528,7 @@ fn npm_under_root_and_mailcow_under_home() {
 
 #[test]
 fn check_fails_with_the_reason_and_every_failure_runs_the_notifier() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let s = Scene::boot(&debs);
     s.m.ok(&format!("dpkg -i {DEBS_IN}/*.deb"));
     s.write(
@@ -742,20 +729,8 @@ fn install_leaf(s: &Scene, leaf: &TestLeaf, tag: &str) {
 
 #[test]
 fn upgrade_keeps_an_edited_conffile_and_purge_leaves_nothing() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
-    let upgrade = Debs::find(&Debs::upgrade_dir());
-    if !certsync_tests::require(
-        &format!(
-            "the upgrade packages in {} (cargo deb --deb-version …; see .ci/run)",
-            Debs::upgrade_dir().display()
-        ),
-        upgrade.is_some(),
-    ) {
-        return;
-    }
-    let upgrade = upgrade.unwrap();
+    needs!(let debs = machine::debs());
+    needs!(let upgrade = machine::upgrade_debs());
     let s = Scene::boot(&debs);
     let before = files_named_certsync(&s.m);
     s.readme_install(&receive_toml(

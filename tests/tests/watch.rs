@@ -32,6 +32,7 @@ use certsync_tests::livedir::{LiveDir, RENEWAL_STEPS};
 use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, ClosedPort, NpmHost};
 use certsync_tests::receiver::Mailhost;
 use certsync_tests::sshd::{self, Sshd};
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
 
@@ -172,9 +173,7 @@ const PUSH_WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_renewal_with_pauses_is_pushed_once_after_its_last_step_and_never_half() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let gen1 = ca.leaf(KeyKind::P384, &[HOST]);
     let gen2 = ca.leaf(KeyKind::P384, &[HOST]);
@@ -285,9 +284,7 @@ fn a_renewal_with_pauses_is_pushed_once_after_its_last_step_and_never_half() {
 
 #[test]
 fn a_target_that_is_down_is_retried_and_gets_the_pair_when_it_comes_back() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let npm = NpmHost::new(&leaf);

@@ -9,6 +9,7 @@ use certsync_core::testutil::{KeyKind, TestCa};
 use certsync_tests::httpsink::HttpSink;
 use certsync_tests::npmhost::{local_target, NpmHost};
 use certsync_tests::receiver::Mailhost;
+use certsync_tests::{need, needs};
 
 const HOST: &str = "smtp.example.com";
 
@@ -58,9 +59,7 @@ mod base64_check {
 
 #[test]
 fn a_renewal_reaches_the_platform_through_the_hook_and_a_person_through_notify() {
-    if !certsync_tests::require("curl", std::path::Path::new("/usr/bin/curl").exists()) {
-        return;
-    }
+    needs!(need::curl());
     let platform = HttpSink::start();
     let notify = HttpSink::start();
     let ca = TestCa::new();
