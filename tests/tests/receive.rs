@@ -1,5 +1,5 @@
 //! Scenarios for the receiving side, driving the real `certsync-receive`
-//! binary: install from files, refusals that write nothing, the protocol on
+//! binary: install from files (its refusals: golden.rs), the protocol on
 //! `serve`'s stdin (hostile input included), handoff to a root `deploy`, and
 //! SIGKILL at every step of an install.
 
@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use certsync_core::bundle::Bundle;
-use certsync_core::testutil::{KeyKind, TestCa, Validity};
+use certsync_core::testutil::{KeyKind, TestCa};
 use certsync_receive::install::FAULT_POINTS;
 use certsync_tests::receiver::{push_session, Mailhost};
 use certsync_tests::{need, needs};
@@ -79,114 +79,9 @@ fn accepts_pkcs1_and_sec1_keys() {
     }
 }
 
-/// Each refusal exits 3, names the problem, and writes nothing outside the
-/// staging dir — not even over an installed pair.
-#[test]
-fn refusals_exit_3_and_write_nothing() {
-    let ca = TestCa::new();
-    let host = Mailhost::new(&[HOST]);
-    let good = ca.leaf(KeyKind::P384, &[HOST]);
-    assert_eq!(host.install_leaf(&good, &[]).status.code(), Some(0));
-    let other = ca.leaf(KeyKind::P384, &[HOST]);
-    let mut swapped = good.intermediates_pem.clone();
-    swapped.extend_from_slice(&good.cert_pem);
-
-    let wrong_name = ca.leaf(KeyKind::P256, &["www.example.org"]);
-    let expired = ca.leaf_with(
-        KeyKind::P256,
-        &[HOST],
-        Validity {
-            not_before: -100 * 86_400,
-            not_after: -86_400,
-        },
-    );
-    let future = ca.leaf_with(
-        KeyKind::P256,
-        &[HOST],
-        Validity {
-            not_before: 86_400,
-            not_after: 90 * 86_400,
-        },
-    );
-    let older = ca.leaf_with(
-        KeyKind::P256,
-        &[HOST],
-        Validity {
-            not_before: -3600,
-            not_after: 30 * 86_400,
-        },
-    );
-    let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
-        (
-            "key of another pair",
-            good.chain_pem.clone(),
-            other.key_pem.expose().to_vec(),
-            "does not belong",
-        ),
-        (
-            "wrong hostname",
-            wrong_name.chain_pem.clone(),
-            wrong_name.key_pem.expose().to_vec(),
-            HOST,
-        ),
-        (
-            "expired",
-            expired.chain_pem.clone(),
-            expired.key_pem.expose().to_vec(),
-            "expired",
-        ),
-        (
-            "not yet valid",
-            future.chain_pem.clone(),
-            future.key_pem.expose().to_vec(),
-            "not valid yet",
-        ),
-        (
-            "chain out of order",
-            swapped,
-            good.key_pem.expose().to_vec(),
-            "refused",
-        ),
-        (
-            "rollback",
-            older.chain_pem.clone(),
-            older.key_pem.expose().to_vec(),
-            "--force",
-        ),
-        (
-            "encrypted key",
-            good.chain_pem.clone(),
-            good.key_encrypted(),
-            "encrypted",
-        ),
-        ("garbage", b"hello".to_vec(), b"world".to_vec(), "refused"),
-    ];
-    for (what, chain, key, needle) in cases {
-        let before = host.snapshot();
-        std::fs::create_dir_all(host.root.path().join("in")).unwrap();
-        let c = host.root.path().join("in/c.pem");
-        let k = host.root.path().join("in/k.pem");
-        std::fs::write(&c, chain).unwrap();
-        std::fs::write(&k, key).unwrap();
-        let out = host.install(&c, &k, &[]);
-        assert_eq!(out.status.code(), Some(3), "{what}: {}", stderr(&out));
-        let text = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
-        assert!(
-            text.contains(needle),
-            "{what}: expected {needle:?} in:\n{text}"
-        );
-        assert_eq!(
-            host.snapshot(),
-            before,
-            "{what}: files changed outside staging"
-        );
-        assert_eq!(host.installed().unwrap().0, good.chain_pem, "{what}");
-    }
-    // --force allows the rollback.
-    let out = host.install_leaf(&older, &["--force"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(host.installed().unwrap().0, older.chain_pem);
-}
+// Each refusal of `install` (exit 3, its exact message, nothing written
+// over the installed pair, `--force` for the rollback alone) is pinned in
+// golden.rs: `every_validation_refusal_as_install_prints_it`.
 
 #[test]
 fn dry_run_validates_and_changes_nothing() {
