@@ -15,19 +15,17 @@
 //!    certbot does, pushes, and prints the three SHA-256 fingerprints an
 //!    operator compares: the source, the installed file, the one served.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certsync_core::bundle::parse_chain;
 use certsync_core::testutil::{KeyKind, TestCa};
 use certsync_core::Fingerprint;
 use certsync_receive::probe::{served_leaf, Endpoint};
+use certsync_tests::e2e::serve_installed;
 use certsync_tests::livedir::LiveDir;
 use certsync_tests::{bins, sshd};
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 
 const HOST: &str = "mail.example.test";
 
@@ -61,27 +59,6 @@ fn leaf_fp_of_file(path: &Path) -> Result<Fingerprint, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let certs = parse_chain(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(certsync_core::bundle::leaf_fingerprint(&certs[0]))
-}
-
-/// A TLS server that loads the installed pair for every connection, as a
-/// mail daemon does after a reload.
-fn serve_installed(cert: PathBuf, key: PathBuf) -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let acceptor = (|| {
-                let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).ok()?;
-                b.set_certificate_chain_file(&cert).ok()?;
-                b.set_private_key_file(&key, SslFiletype::PEM).ok()?;
-                Some(Arc::new(b.build()))
-            })();
-            if let Some(a) = acceptor {
-                let _ = a.accept(stream);
-            }
-        }
-    });
-    Ok(port)
 }
 
 fn run_push(config: &Path, what: &str) -> Result<(), String> {
@@ -157,7 +134,7 @@ fn run() -> Result<(), String> {
 
     let cert = ssl.join("cert.pem");
     let key = ssl.join("key.pem");
-    let port = serve_installed(cert.clone(), key.clone())?;
+    let port = serve_installed(cert.clone(), key.clone()).map_err(|e| e.to_string())?;
     let receive_toml = mailcow.join("receive.toml");
     std::fs::write(
         &receive_toml,

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use certsync_core::protocol::Message;
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
+use certsync_tests::e2e::context_switches;
 use certsync_tests::fakerecv::{hello, FakeReceiver, Then};
 use certsync_tests::livedir::{LiveDir, RENEWAL_STEPS};
 use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, ClosedPort, NpmHost};
@@ -127,29 +128,6 @@ impl Drop for Daemon {
 fn installed_is(mail: &Mailhost, leaf: &TestLeaf) -> bool {
     mail.installed()
         .is_some_and(|(c, k)| c == leaf.chain_pem && k == leaf.key_pem.expose())
-}
-
-/// Context switches of every thread of `pid`, per thread id.
-fn context_switches(pid: i32) -> std::collections::BTreeMap<String, u64> {
-    let mut out = std::collections::BTreeMap::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue; // the thread exited meanwhile
-        };
-        let n: u64 = status
-            .lines()
-            .filter(|l| {
-                l.starts_with("voluntary_ctxt_switches")
-                    || l.starts_with("nonvoluntary_ctxt_switches")
-            })
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum();
-        out.insert(task.file_name().to_string_lossy().into_owned(), n);
-    }
-    out
 }
 
 fn vm_rss_kib(pid: i32) -> u64 {
