@@ -96,7 +96,7 @@ fn main() {
         eprintln!("bench: needs root, sshd, ssh, rsync and openssl (Debian: openssh-server openssh-client rsync openssl)");
         std::process::exit(2);
     }
-    build_binaries();
+    bins::build(release()).unwrap();
     let mut b = Bench::new(quick);
     b.run(only_mailcow);
 }
@@ -107,27 +107,6 @@ fn have(program: &str) -> bool {
 
 fn release() -> bool {
     !cfg!(debug_assertions)
-}
-
-fn build_binaries() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "certsync-push",
-        "-p",
-        "certsync-receive",
-    ]);
-    if release() {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo");
-    assert!(
-        status.success(),
-        "cargo build of the certsync binaries failed"
-    );
 }
 
 // ---------------------------------------------------------------- figures
@@ -525,22 +504,7 @@ impl Bench {
         }
         let log = watch.log();
         let failures = log.matches("mailcow: FAILED").count();
-        let (p50, p95) = (percentile(&lat, 50.0), percentile(&lat, 95.0));
-        let ratio = p95.as_secs_f64() / TIMER_WORST.as_secs_f64();
-        self.rows.push(Row {
-            figure: format!("3. propagation, p50 / p95 of {} renewals", lat.len()),
-            certsync: format!("{} / {}", ms(p50), ms(p95)),
-            baseline: "12 h 15 min (timer chain, worst case)".into(),
-            ratio: format!("{ratio:.1e}×"),
-            target: "p95 ≤ 3 s".into(),
-            verdict: verdict(
-                p95 <= Duration::from_secs(3) && failed == 0,
-                format!(
-                    "p95 over by {}",
-                    ms(p95.saturating_sub(Duration::from_secs(3)))
-                ),
-            ),
-        });
+        self.propagation_row(&lat, failed);
         self.notes.push(format!(
             "propagation: TLS server: {server_kind}; debounce {} ms; {failed} renewals not seen within 60 s, {failures} passes FAILED; min {} max {}",
             certsync_push::watch::DEBOUNCE.as_millis(),
@@ -754,6 +718,27 @@ impl Bench {
 }
 
 impl Bench {
+    /// Figure 3's row from the latencies of the renewals seen served and
+    /// the number not seen in time.
+    fn propagation_row(&mut self, lat: &[Duration], failed: usize) {
+        let (p50, p95) = (percentile(lat, 50.0), percentile(lat, 95.0));
+        let ratio = p95.as_secs_f64() / TIMER_WORST.as_secs_f64();
+        self.rows.push(Row {
+            figure: format!("3. propagation, p50 / p95 of {} renewals", lat.len()),
+            certsync: format!("{} / {}", ms(p50), ms(p95)),
+            baseline: "12 h 15 min (timer chain, worst case)".into(),
+            ratio: format!("{ratio:.1e}×"),
+            target: "p95 ≤ 3 s".into(),
+            verdict: verdict(
+                p95 <= Duration::from_secs(3) && failed == 0,
+                format!(
+                    "p95 over by {}",
+                    ms(p95.saturating_sub(Duration::from_secs(3)))
+                ),
+            ),
+        });
+    }
+
     /// Figure 3 on the mailcow-faithful environment, then 3b and 6 on it.
     fn propagation_mailcow<'d>(&mut self, d: &'d Dockerd, mut npm: NpmHost) -> Watched<'d> {
         eprintln!("bench: propagation on the mailcow-faithful environment …");
@@ -827,22 +812,7 @@ impl Bench {
         let log = watch.log();
         let failures = log.matches("mailcow: FAILED").count();
         let restarts = log.matches("-mailcow restarted:").count();
-        let (p50, p95) = (percentile(&lat, 50.0), percentile(&lat, 95.0));
-        let ratio = p95.as_secs_f64() / TIMER_WORST.as_secs_f64();
-        self.rows.push(Row {
-            figure: format!("3. propagation, p50 / p95 of {} renewals", lat.len()),
-            certsync: format!("{} / {}", ms(p50), ms(p95)),
-            baseline: "12 h 15 min (timer chain, worst case)".into(),
-            ratio: format!("{ratio:.1e}×"),
-            target: "p95 ≤ 3 s".into(),
-            verdict: verdict(
-                p95 <= Duration::from_secs(3) && failed == 0,
-                format!(
-                    "p95 over by {}",
-                    ms(p95.saturating_sub(Duration::from_secs(3)))
-                ),
-            ),
-        });
+        self.propagation_row(&lat, failed);
         let c = &m.conf;
         self.notes.push(format!(
             "propagation: the mailcow-faithful environment (Debian's postfix, dovecot and nginx started as mailcow's images start them; SMTP_PORT={}, SUBMISSION_PORT={}, SMTPS_PORT={}, IMAPS_PORT={}, HTTPS_BIND={} HTTPS_PORT={}; an acme-left data/assets/ssl/{HOST}/), the `[mailcow]` preset, reloads through the Docker API (postfix: rebuilt SNI map + reload), served = every default endpoint with and without SNI ({} probes, each polling every 10 ms from its own thread); debounce {} ms; {failed} renewals not seen within 60 s, {failures} passes FAILED, {restarts} container restarts; min {} max {}",

@@ -36,25 +36,6 @@ fn main() {
     }
 }
 
-fn build_binaries() -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "certsync-push",
-            "-p",
-            "certsync-receive",
-        ])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("cargo build of the certsync binaries failed".into());
-    }
-    Ok(())
-}
-
 fn leaf_fp_of_file(path: &Path) -> Result<Fingerprint, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let certs = parse_chain(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -114,7 +95,7 @@ fn fingerprints(live: &LiveDir, installed: &Path, port: u16) -> Result<bool, Str
 
 fn run() -> Result<(), String> {
     println!("certsync demo: NPM host -> mailcow host, in a temp dir\n");
-    build_binaries()?;
+    bins::build(false)?;
     let root = tempfile::Builder::new()
         .prefix("certsync-demo-")
         .tempdir()
