@@ -233,6 +233,17 @@ pub struct SessionResult {
     pub stderr: String,
 }
 
+/// The usual push: one leaf as `mail`, no dry run, no force.
+pub async fn push_leaf(cmd: tokio::process::Command, leaf: &TestLeaf) -> SessionResult {
+    push_session(
+        cmd,
+        &[("mail", leaf.bundle(), leaf.fingerprint())],
+        false,
+        false,
+    )
+    .await
+}
+
 /// Spawn `cmd` (a `serve`), speak protocol v1 as a pusher would: offer
 /// `pairs`, send the bundles it asks for, read the report.
 pub async fn push_session(

@@ -162,9 +162,7 @@ fn host_with_old(ca: &TestCa) -> (Mailhost, TestLeaf) {
 }
 
 fn serve_cmd(host: &Mailhost, fault: Option<&str>) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(bins::receive());
-    c.arg("--config").arg(&host.config).arg("serve");
-    c.env_remove("CERTSYNC_FAULT_KILL_AT");
+    let mut c = host.serve_cmd();
     if let Some(point) = fault {
         c.env("CERTSYNC_FAULT_KILL_AT", point);
     }

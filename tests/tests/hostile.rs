@@ -22,7 +22,7 @@ use certsync_core::protocol::{
     self, Hello, Limits, Message, Offer, ProtocolError, Reader, MAX_FRAMES,
 };
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
-use certsync_tests::receiver::{offered, push_session, Mailhost};
+use certsync_tests::receiver::{offered, push_leaf, push_session, Mailhost};
 
 const HOST: &str = "mail.example.com";
 
@@ -291,13 +291,7 @@ async fn symlinks_planted_in_the_staging_dir_are_never_followed() {
     // A refused pair (another hostname): staging must not write through
     // the links, and the refusal must leave everything as it was.
     let other = ca.leaf(KeyKind::P256, &["other.example.net"]);
-    let r = push_session(
-        serve_cmd(&host),
-        &[("mail", other.bundle(), other.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(host.serve_cmd(), &other).await;
     eprintln!("RESULT symlinks+refused pair: exit {:?}", r.exit);
     assert_eq!(r.exit, Some(3), "{r:?}");
     assert_eq!(std::fs::read(&victim).unwrap(), victim_before);
@@ -310,13 +304,7 @@ async fn symlinks_planted_in_the_staging_dir_are_never_followed() {
     symlink(host.key_path(), cert_dir.join("privkey.pem")).unwrap();
     symlink(&victim, cert_dir.join("fullchain.pem")).unwrap();
     let new = ca.leaf(KeyKind::P384, &[HOST]);
-    let r = push_session(
-        serve_cmd(&host),
-        &[("mail", new.bundle(), new.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(host.serve_cmd(), &new).await;
     eprintln!("RESULT symlinks+good pair: exit {:?}", r.exit);
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(std::fs::read(&victim).unwrap(), victim_before);
@@ -334,13 +322,7 @@ async fn symlinks_planted_in_the_staging_dir_are_never_followed() {
     symlink(&host.ssl, &cert_dir).unwrap();
     let before = host.snapshot();
     let newer = ca.leaf(KeyKind::P384, &[HOST]);
-    let r = push_session(
-        serve_cmd(&host),
-        &[("mail", newer.bundle(), newer.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(host.serve_cmd(), &newer).await;
     let msg = format!("{:?}", r.report);
     eprintln!("RESULT symlinked cert staging dir: exit {:?}", r.exit);
     assert_eq!(r.exit, Some(1), "{r:?}");
@@ -349,25 +331,13 @@ async fn symlinks_planted_in_the_staging_dir_are_never_followed() {
     assert_eq!(host.installed().unwrap().0, new.chain_pem);
 }
 
-fn serve_cmd(host: &Mailhost) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(certsync_tests::bins::receive());
-    c.arg("--config").arg(&host.config).arg("serve");
-    c
-}
-
 #[tokio::test]
 async fn a_pair_for_another_hostname_is_refused_and_the_old_pair_kept() {
     let ca = TestCa::new();
     let (host, old) = host_with_old(&ca);
     let before = host.snapshot();
     let other = ca.leaf(KeyKind::Ed25519, &["mail.attacker.example"]);
-    let r = push_session(
-        serve_cmd(&host),
-        &[("mail", other.bundle(), other.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(host.serve_cmd(), &other).await;
     let report = r.report.as_ref().expect("a report");
     let text = report.certs[0].to_string();
     eprintln!(
@@ -386,7 +356,7 @@ async fn a_pair_for_another_hostname_is_refused_and_the_old_pair_kept() {
     let ours = ca.leaf(KeyKind::Ed25519, &[HOST]);
     let mixed = Bundle::new(ours.chain_pem.clone(), other.key_pem.clone());
     let r = push_session(
-        serve_cmd(&host),
+        host.serve_cmd(),
         &[("mail", mixed, ours.fingerprint())],
         false,
         false,

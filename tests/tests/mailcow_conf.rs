@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
-use certsync_tests::receiver::{push_session, Mailhost};
+use certsync_tests::receiver::{push_leaf, Mailhost};
 
 const HOST: &str = "mail.example.com";
 
@@ -382,13 +382,7 @@ async fn an_install_that_drops_a_name_says_so() {
     );
     let mut cmd = tokio::process::Command::from(host.cmd());
     cmd.arg("serve");
-    let res = push_session(
-        cmd,
-        &[("mail", narrower.bundle(), narrower.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let res = push_leaf(cmd, &narrower).await;
     let r = res
         .report
         .as_ref()

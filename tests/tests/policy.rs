@@ -37,12 +37,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn serve_cmd(host: &Mailhost) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(certsync_tests::bins::receive());
-    c.arg("--config").arg(&host.config).arg("serve");
-    c
-}
-
 /// A leaf valid for 30 days: older than [`TestCa::leaf`]'s 90, so
 /// installing it over one of those is a rollback.
 fn shorter(ca: &TestCa) -> TestLeaf {
@@ -156,7 +150,7 @@ async fn a_pushers_force_on_the_wire_counts_only_with_allow_remote_force() {
         let host = Mailhost::with_extra(&[HOST], extra);
         assert_eq!(host.install_leaf(&long, &[]).status.code(), Some(0));
         let before = host.snapshot();
-        let r = push_session(serve_cmd(&host), &pairs, false, true).await;
+        let r = push_session(host.serve_cmd(), &pairs, false, true).await;
         let report = r.report.clone().expect("a report");
         if allowed {
             assert_eq!(r.exit, Some(0), "{r:?}");
@@ -253,7 +247,7 @@ async fn certificates_no_client_would_accept_are_refused_with_their_reason() {
         // A push to `serve`.
         let host = Mailhost::new(&[HOST]);
         let pairs = [("mail", leaf.bundle(), leaf.fingerprint())];
-        let r = push_session(serve_cmd(&host), &pairs, false, false).await;
+        let r = push_session(host.serve_cmd(), &pairs, false, false).await;
         assert_eq!(r.exit, Some(3), "{what}: {r:?}");
         let report = r.report.expect("a report");
         let json = serde_json::to_string(&report).unwrap();
@@ -458,7 +452,7 @@ async fn no_secret_bytes_reach_stderr_the_report_or_deploy_result() {
         // 2. A push to `serve`: its stderr (the log) and the report.
         let bundle = Bundle::new(chain.clone(), SecretBytes::new(key.clone()));
         let pairs = [("mail", bundle, leaf.fingerprint())];
-        let r = push_session(serve_cmd(&host), &pairs, false, false).await;
+        let r = push_session(host.serve_cmd(), &pairs, false, false).await;
         assert_eq!(r.exit, Some(3), "{what}: {r:?}");
         assert_no_secret(&secret, what, "serve's log", r.stderr.as_bytes());
         let report: Report = r.report.expect("a report");

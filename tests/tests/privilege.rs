@@ -24,7 +24,7 @@ use certsync_core::bundle::Bundle;
 use certsync_core::protocol::{self, Hello, Limits, Message, Offer, Reader};
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_tests::e2e::Deployer;
-use certsync_tests::receiver::{offered, push_session, Mailhost};
+use certsync_tests::receiver::{offered, push_leaf, push_session, Mailhost};
 use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
@@ -451,13 +451,7 @@ async fn root_runs_never_lock_the_pusher_out() {
 
     let next = ca.leaf(KeyKind::P384, &[HOST]);
     let deploy = deployer(&host);
-    let r = push_session(
-        serve_as_certsync(&host),
-        &[("mail", next.bundle(), next.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(serve_as_certsync(&host), &next).await;
     eprintln!("{}", deploy.log());
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(host.installed().unwrap().0, next.chain_pem);
@@ -772,13 +766,7 @@ async fn a_broken_pair_without_backup_is_repaired_by_the_next_install_or_push() 
     break_pair(&host, &ca.leaf(KeyKind::P256, &[HOST]));
     let mut cmd = tokio::process::Command::new(certsync_tests::bins::receive());
     cmd.arg("--config").arg(&host.config).arg("serve");
-    let r = push_session(
-        cmd,
-        &[("mail", first.bundle(), first.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(cmd, &first).await;
     assert_eq!(r.exit, Some(0), "{r:?}");
     let (chain, key) = host.installed().unwrap();
     assert_eq!(
@@ -807,13 +795,7 @@ async fn handoff_a_damaged_key_is_repaired_by_the_next_push() {
     assert!(text.contains("next push"), "{text}");
 
     let deploy = deployer(&host);
-    let r = push_session(
-        serve_as_certsync(&host),
-        &[("mail", leaf.bundle(), leaf.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(serve_as_certsync(&host), &leaf).await;
     eprintln!("{}", deploy.log());
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(r.bundles_sent, 1, "the pair was not asked for");
@@ -826,13 +808,7 @@ async fn handoff_a_damaged_key_is_repaired_by_the_next_push() {
     );
     // Repaired: the next push is "nothing to do" without key material.
     drop(deploy);
-    let r = push_session(
-        serve_as_certsync(&host),
-        &[("mail", leaf.bundle(), leaf.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(serve_as_certsync(&host), &leaf).await;
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(r.bundles_sent, 0);
 }

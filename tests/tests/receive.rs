@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use certsync_core::bundle::Bundle;
 use certsync_core::testutil::{KeyKind, TestCa};
 use certsync_receive::install::FAULT_POINTS;
-use certsync_tests::receiver::{push_session, Mailhost};
+use certsync_tests::receiver::{push_leaf, push_session, Mailhost};
 use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
@@ -102,19 +102,13 @@ fn dry_run_validates_and_changes_nothing() {
     );
 }
 
-fn serve_cmd(host: &Mailhost) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(certsync_tests::bins::receive());
-    c.arg("--config").arg(&host.config).arg("serve");
-    c
-}
-
 #[tokio::test]
 async fn serve_installs_then_says_nothing_to_do_without_key_material() {
     let ca = TestCa::new();
     let host = Mailhost::new(&[HOST]);
     let leaf = ca.leaf(KeyKind::P384, &[HOST]);
     let pairs = [("mail", leaf.bundle(), leaf.fingerprint())];
-    let first = push_session(serve_cmd(&host), &pairs, false, false).await;
+    let first = push_session(host.serve_cmd(), &pairs, false, false).await;
     assert_eq!(first.exit, Some(0), "{first:?}");
     assert_eq!(first.bundles_sent, 1);
     let report = first.report.unwrap();
@@ -122,7 +116,7 @@ async fn serve_installs_then_says_nothing_to_do_without_key_material() {
     assert_eq!(host.installed().unwrap().0, leaf.chain_pem);
 
     let before = host.snapshot();
-    let second = push_session(serve_cmd(&host), &pairs, false, false).await;
+    let second = push_session(host.serve_cmd(), &pairs, false, false).await;
     assert_eq!(second.exit, Some(0), "{second:?}");
     assert_eq!(
         second.bundles_sent, 0,
@@ -142,7 +136,7 @@ async fn serve_refuses_bad_pairs_and_unknown_names_writing_nothing() {
     let mixed = Bundle::new(a.chain_pem.clone(), b.key_pem.clone());
     let before = host.snapshot();
     let r = push_session(
-        serve_cmd(&host),
+        host.serve_cmd(),
         &[("mail", mixed, a.fingerprint())],
         false,
         false,
@@ -152,7 +146,7 @@ async fn serve_refuses_bad_pairs_and_unknown_names_writing_nothing() {
     assert_eq!(host.snapshot(), before);
     assert!(host.nothing_installed());
     let r = push_session(
-        serve_cmd(&host),
+        host.serve_cmd(),
         &[("nosuch", a.bundle(), a.fingerprint())],
         false,
         false,
@@ -163,7 +157,7 @@ async fn serve_refuses_bad_pairs_and_unknown_names_writing_nothing() {
     assert_eq!(host.snapshot(), before);
     // A dry run of a good pair: validated, nothing written anywhere.
     let r = push_session(
-        serve_cmd(&host),
+        host.serve_cmd(),
         &[("mail", a.bundle(), a.fingerprint())],
         true,
         false,
@@ -283,13 +277,7 @@ async fn handoff_serve_unprivileged_deploy_as_root() {
         .arg("--config")
         .arg(&host.config)
         .arg("serve");
-    let r = push_session(
-        cmd,
-        &[("mail", leaf.bundle(), leaf.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(cmd, &leaf).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let runs = deployer.join().unwrap();
     assert_eq!(r.exit, Some(0), "{r:?}");

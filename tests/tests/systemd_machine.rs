@@ -164,9 +164,35 @@ impl Scene {
         self.m.ok("chmod 755 /etc/certsync/on-failure");
     }
 
+    /// `systemctl start certsync-check.service` fails, and the unit is
+    /// left failed (so `OnFailure=` runs the notifier).
+    fn check_service_fails(&self) {
+        let run = self.m.sh("systemctl start certsync-check.service");
+        assert!(!run.ok(), "{}", run.both());
+        assert_eq!(
+            self.m
+                .sh("systemctl is-failed certsync-check.service")
+                .stdout
+                .trim(),
+            "failed"
+        );
+    }
+
     fn notified(&self) -> String {
         std::fs::read_to_string(self.m.path("/var/tmp/certsync-failed")).unwrap_or_default()
     }
+}
+
+/// A machine with both packages installed (`dpkg -i`).
+fn boot_with_both_packages(debs: &Debs) -> Machine {
+    let m = Machine::boot();
+    let d = m.copy_debs(debs, DEBS_IN);
+    m.ok(&format!(
+        "dpkg -i {} {}",
+        d.push.display(),
+        d.receive.display()
+    ));
+    m
 }
 
 /// Put the test CA's root where receive.toml's `ca_file` points.
@@ -231,13 +257,7 @@ fn readme_install_is_what_the_machine_runs() {
 #[test]
 fn units_verify_in_the_booted_machine() {
     needs!(let debs = machine::debs());
-    let m = Machine::boot();
-    let d = m.copy_debs(&debs, DEBS_IN);
-    m.ok(&format!(
-        "dpkg -i {} {}",
-        d.push.display(),
-        d.receive.display()
-    ));
+    let m = boot_with_both_packages(&debs);
     let run = m.sh(
         "cd /lib/systemd/system && systemd-analyze verify certsync-*.service certsync-*.path certsync-*.timer \
          certsync-push-failure@x.service certsync-receive-failure@x.service",
@@ -446,13 +466,7 @@ fn local_transport_replaces_a_pair_under_the_push_units() {
 #[test]
 fn npm_under_root_and_mailcow_under_home() {
     needs!(let debs = machine::debs());
-    let m = Machine::boot();
-    let d = m.copy_debs(&debs, DEBS_IN);
-    m.ok(&format!(
-        "dpkg -i {} {}",
-        d.push.display(),
-        d.receive.display()
-    ));
+    let m = boot_with_both_packages(&debs);
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     LiveDir::new(&m.path("/root/npm/letsencrypt"), "npm-2", &leaf);
@@ -554,14 +568,7 @@ fn check_fails_with_the_reason_and_every_failure_runs_the_notifier() {
         },
     );
     install_leaf(&s, &expiring, "expiring --force");
-    let run = s.m.sh("systemctl start certsync-check.service");
-    assert!(!run.ok(), "{}", run.both());
-    assert_eq!(
-        s.m.sh("systemctl is-failed certsync-check.service")
-            .stdout
-            .trim(),
-        "failed"
-    );
+    s.check_service_fails();
     let journal = s.m.journal("certsync-check.service");
     assert!(journal.contains("expires in"), "{journal}");
     s.m.wait("the notifier hears of certsync-check", SETTLE, || {
@@ -577,14 +584,7 @@ fn check_fails_with_the_reason_and_every_failure_runs_the_notifier() {
         other.key_pem.expose(),
     )
     .unwrap();
-    let run = s.m.sh("systemctl start certsync-check.service");
-    assert!(!run.ok(), "{}", run.both());
-    assert_eq!(
-        s.m.sh("systemctl is-failed certsync-check.service")
-            .stdout
-            .trim(),
-        "failed"
-    );
+    s.check_service_fails();
     let journal = s.m.journal("certsync-check.service");
     assert!(
         journal.contains("does not belong to the certificate"),
@@ -623,14 +623,7 @@ fn check_fails_with_the_reason_and_every_failure_runs_the_notifier() {
     );
     tls_server(&s.m, "served-stale", "/root/stale.crt", "/root/stale.key");
     let cursor = s.m.journal_cursor();
-    let run = s.m.sh("systemctl start certsync-check.service");
-    assert!(!run.ok(), "{}", run.both());
-    assert_eq!(
-        s.m.sh("systemctl is-failed certsync-check.service")
-            .stdout
-            .trim(),
-        "failed"
-    );
+    s.check_service_fails();
     // The reason, from this run: the endpoint, what it serves instead of
     // what, and the fix. (journald may take a moment to store the unit's
     // last lines after `systemctl start` returns.)
