@@ -155,11 +155,7 @@ fn run() -> Result<(), String> {
     } else {
         println!("transport:    local (sshd is not installed: apt-get install openssh-server for the SSH path)");
         _sshd = None;
-        format!(
-            "[[target]]\nname = \"mailcow\"\ntransport = \"local\"\ncommand = [\"{}\", \"--config\", \"{}\", \"serve\"]\n",
-            bins::receive().display(),
-            receive_toml.display()
-        )
+        certsync_tests::npmhost::local_target_for("mailcow", &receive_toml)
     };
     std::fs::write(
         &push_toml,

@@ -25,3 +25,14 @@ pub mod netns;
 pub mod npmhost;
 pub mod receiver;
 pub mod sshd;
+
+/// A finished command's exit code, stdout and stderr, for assertion
+/// messages.
+pub fn shown(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -164,10 +164,16 @@ pub fn ssh_target(
 
 /// A `[[target]]` with `transport = "local"` running the real receiver.
 pub fn local_target(name: &str, mail: &Mailhost) -> String {
+    local_target_for(name, &mail.config)
+}
+
+/// A `[[target]]` with `transport = "local"` running the real receiver
+/// with the receive.toml at `config`.
+pub fn local_target_for(name: &str, config: &Path) -> String {
     format!(
         "[[target]]\nname = {name:?}\ntransport = \"local\"\ncommand = [{:?}, \"--config\", {:?}, \"serve\"]\n",
         crate::bins::receive().display().to_string(),
-        mail.config.display().to_string(),
+        config.display().to_string(),
     )
 }
 

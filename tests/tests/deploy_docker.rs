@@ -6,13 +6,14 @@
 //! are printed; run with `--nocapture` to see them.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_core::Fingerprint;
 use certsync_tests::docker::{self, find_program, wait_until};
 use certsync_tests::receiver::Mailhost;
+use certsync_tests::shown;
 use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
@@ -35,15 +36,6 @@ fn marker(host: &Mailhost) -> std::path::PathBuf {
     host.staging.join("mail.reload-owed")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn assert_installed(host: &Mailhost, leaf: &TestLeaf) {
     let (cert, key) = host.installed().expect("a pair is installed");
     assert_eq!(cert, leaf.chain_pem, "the new chain is installed");
@@ -61,7 +53,7 @@ fn install_reloads_mailcows_containers_and_leaves_a_decoy_project_alone() {
     let leaf = TestCa::new().leaf(KeyKind::P384, &[HOST]);
 
     let out = host.install_leaf(&leaf, &[]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert_installed(&host, &leaf);
     assert_eq!(postfix.calls(), ["postfix reload"], "{all}");
@@ -102,7 +94,7 @@ fn a_stopped_container_is_exit_4_and_the_owed_reload_is_retried_by_deploy() {
     let leaf = TestCa::new().leaf(KeyKind::Rsa2048, &[HOST]);
 
     let out = host.install_leaf(&leaf, &[]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
     assert!(
         all.contains("reload failed: postfix-mailcow stopped"),
@@ -116,13 +108,13 @@ fn a_stopped_container_is_exit_4_and_the_owed_reload_is_retried_by_deploy() {
     // A second install of the same pair says nothing to do but still
     // retries; the container is still stopped, so it stays owed.
     let again = host.install_leaf(&leaf, &[]);
-    assert_eq!(again.status.code(), Some(4), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(4), "{}", shown(&again));
     assert!(marker(&host).exists());
 
     d.docker_ok(&["start", "mc-postfix-mailcow-1"]);
     wait_until(Duration::from_secs(20), || postfix.starts() >= 2).expect("postfix restarted");
     let out = host.cmd().arg("deploy").output().unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("a reload is owed"), "{all}");
     assert!(!marker(&host).exists(), "the marker is gone: {all}");
@@ -131,7 +123,7 @@ fn a_stopped_container_is_exit_4_and_the_owed_reload_is_retried_by_deploy() {
 
     // Nothing owed any more: deploy has nothing to do.
     let out = host.cmd().arg("deploy").output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     assert_eq!(postfix.calls(), ["postfix reload"]);
 }
 
@@ -143,7 +135,7 @@ fn a_failing_reload_restarts_the_container_and_says_so() {
     let leaf = TestCa::new().leaf(KeyKind::P256, &[HOST]);
 
     let out = host.install_leaf(&leaf, &[]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -170,7 +162,7 @@ fn dry_run_lists_the_containers_it_would_reload_and_changes_nothing() {
     let before = host.snapshot();
 
     let out = host.install_leaf(&leaf, &["--dry-run"]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
         all.contains("postfix reload` in mc-postfix-mailcow-1"),
@@ -195,7 +187,7 @@ fn an_unreachable_docker_socket_is_exit_4_after_the_install() {
     let leaf = TestCa::new().leaf(KeyKind::P384, &[HOST]);
 
     let out = host.install_leaf(&leaf, &[]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
     assert!(
         all.contains(&format!(
@@ -210,7 +202,7 @@ fn an_unreachable_docker_socket_is_exit_4_after_the_install() {
 
     // `check` retries it too, and still reports it owed.
     let out = host.cmd().args(["check", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", shown(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["certs"][0]["reload_owed"], true, "{v}");
     assert_eq!(v["certs"][0]["valid"], true, "{v}");
@@ -275,7 +267,7 @@ fn real_nginx_serves_the_installed_certificate_and_check_sees_when_it_does_not()
     let out = host.install(&chain, &key, &[]);
     let took = t.elapsed();
     eprintln!("install + reload + verify against real nginx took {took:?}");
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
         all.contains(&format!(
@@ -293,7 +285,7 @@ fn real_nginx_serves_the_installed_certificate_and_check_sees_when_it_does_not()
         .arg(&metrics)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let c = &v["certs"][0];
     assert_eq!(c["valid"], true, "{v}");
@@ -327,7 +319,7 @@ fn real_nginx_serves_the_installed_certificate_and_check_sees_when_it_does_not()
         .arg(&metrics)
         .output()
         .unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
     assert!(
         all.contains(&format!(
@@ -385,7 +377,7 @@ fn real_postfix_dovecot_and_nginx_all_serve_the_pair_after_install() {
         endpoints.len(),
         t.elapsed()
     );
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     for e in &endpoints {
         assert!(
@@ -398,7 +390,7 @@ fn real_postfix_dovecot_and_nginx_all_serve_the_pair_after_install() {
     }
 
     let out = host.cmd().args(["check", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let served = v["certs"][0]["endpoints"].as_array().unwrap();
     assert_eq!(served.len(), 6, "{v}");
@@ -410,7 +402,7 @@ fn check_warns_before_expiry_and_refuses_a_broken_pair() {
     // No Docker needed: nothing to reload or verify.
     let host = Mailhost::new(&[HOST]);
     let out = host.cmd().arg("check").output().unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(3), "nothing installed: {all}");
     assert!(all.contains("no pair installed at"), "{all}");
 
@@ -424,10 +416,10 @@ fn check_warns_before_expiry_and_refuses_a_broken_pair() {
         },
     );
     let out = host.install_leaf(&short, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
 
     let out = host.cmd().arg("check").output().unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(3), "10 days < 14: {all}");
     assert!(
         all.contains("expires in 10 days (warning below 14)"),
@@ -439,7 +431,7 @@ fn check_warns_before_expiry_and_refuses_a_broken_pair() {
         .args(["check", "--json", "--warn-days", "7"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["certs"][0]["days_left"], 10, "{v}");
     assert_eq!(v["certs"][0]["valid"], true, "{v}");
@@ -452,7 +444,7 @@ fn check_warns_before_expiry_and_refuses_a_broken_pair() {
         .args(["check", "--warn-days", "7"])
         .output()
         .unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(3), "{all}");
     assert!(all.contains("is not valid"), "{all}");
 }
