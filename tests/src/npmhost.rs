@@ -62,6 +62,35 @@ impl Run {
             self.code, self.stdout, self.stderr
         )
     }
+
+    /// Panics, showing both streams, unless the run exited with `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Run {
+        assert_eq!(self.code, Some(code), "{}", self.both());
+        self
+    }
+
+    /// Panics, showing both streams, unless stdout holds `needle`.
+    #[track_caller]
+    pub fn assert_stdout(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{}",
+            self.both()
+        );
+        self
+    }
+
+    /// Panics, showing both streams, unless stderr (the log) holds `needle`.
+    #[track_caller]
+    pub fn assert_stderr(&self, needle: &str) -> &Run {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.both()
+        );
+        self
+    }
 }
 
 impl NpmHost {
@@ -116,6 +145,26 @@ impl NpmHost {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             elapsed: start.elapsed(),
         }
+    }
+
+    /// Push to `mail` over real OpenSSH: an sshd whose only key is this
+    /// host's, forced to `mail`'s receiver ([`sshd_for`]), and push.toml
+    /// naming it as target `mailcow` with a correct known_hosts file.
+    /// Keep the returned sshd for as long as the test pushes.
+    pub fn push_over_ssh_to(&self, mail: &Mailhost) -> Sshd {
+        let sshd = sshd_for(mail, &self.key);
+        let kh = self.known_hosts("known_hosts", &[sshd.known_hosts_line()]);
+        self.write_config(
+            &self.cert_source(),
+            &[ssh_target(
+                "mailcow",
+                sshd.host(),
+                sshd.port(),
+                &self.key.private,
+                &kh,
+            )],
+        );
+        sshd
     }
 
     /// A known_hosts file in this host's dir with `lines`.

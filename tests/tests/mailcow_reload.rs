@@ -238,7 +238,7 @@ fn a_failed_verify_is_retried_by_the_next_push_instead_of_nothing_to_do() {
     npm.write_config(&npm.cert_source(), &[local_target_for("mailcow", &config)]);
 
     let first = npm.run(&["push"]);
-    assert_eq!(first.code, Some(4), "{}", first.both());
+    first.assert_code(4);
     assert!(
         first.both().contains(&format!("127.0.0.1:{late}")),
         "{}",
@@ -280,7 +280,7 @@ fn a_failed_verify_is_retried_by_the_next_push_instead_of_nothing_to_do() {
     assert!(!marker.exists(), "nothing owed any more: {all}");
 
     let third = npm.run(&["push"]);
-    assert_eq!(third.code, Some(0), "{}", third.both());
+    third.assert_code(0);
     assert!(third.both().contains("nothing to do"), "{}", third.both());
     assert_served_everywhere(&m, &new, false);
 }

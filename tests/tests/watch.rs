@@ -30,9 +30,9 @@ use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_tests::e2e::context_switches;
 use certsync_tests::fakerecv::{hello, FakeReceiver, Then};
 use certsync_tests::livedir::{LiveDir, RENEWAL_STEPS};
-use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, ClosedPort, NpmHost};
+use certsync_tests::npmhost::{local_target, ssh_target, ClosedPort, NpmHost};
 use certsync_tests::receiver::Mailhost;
-use certsync_tests::sshd::{self, Sshd};
+use certsync_tests::sshd;
 use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
@@ -157,18 +157,7 @@ fn a_renewal_with_pauses_is_pushed_once_after_its_last_step_and_never_half() {
     let gen2 = ca.leaf(KeyKind::P384, &[HOST]);
     let mut npm = NpmHost::new(&gen1);
     let mail = Mailhost::new(&[HOST]);
-    let sshd: Sshd = sshd_for(&mail, &npm.key);
-    let kh = npm.known_hosts("known_hosts", &[sshd.known_hosts_line()]);
-    npm.write_config(
-        &npm.cert_source(),
-        &[ssh_target(
-            "mailcow",
-            sshd.host(),
-            sshd.port(),
-            &npm.key.private,
-            &kh,
-        )],
-    );
+    let _sshd = npm.push_over_ssh_to(&mail);
     let d = Daemon::start(&npm, &[]);
     // The start-up pass installs generation 1.
     d.wait("the first install", PUSH_WAIT, || {
