@@ -145,6 +145,15 @@ impl Deployer {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Stop watching, wait for a deploy that is running, and return the
+    /// exit codes of all of them.
+    pub fn finish(self) -> Vec<Option<i32>> {
+        let runs = self.runs.clone();
+        drop(self);
+        let runs = runs.lock().unwrap().clone();
+        runs
+    }
 }
 
 impl Drop for Deployer {

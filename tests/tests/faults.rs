@@ -154,11 +154,8 @@ fn leftovers(host: &Mailhost) -> Vec<String> {
 }
 
 fn host_with_old(ca: &TestCa) -> (Mailhost, TestLeaf) {
-    let host = Mailhost::new(&[HOST]);
     let old = ca.leaf(KeyKind::P384, &[HOST]);
-    let out = host.install_leaf(&old, &[]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    (host, old)
+    (Mailhost::with_installed(&[HOST], &old), old)
 }
 
 fn serve_cmd(host: &Mailhost, fault: Option<&str>) -> tokio::process::Command {

@@ -178,11 +178,20 @@ fn write_counted(stdin: &mut ChildStdin, bytes: &[u8]) -> u64 {
 
 /// A host with `old` installed, and its snapshot.
 fn host_with_old(ca: &TestCa) -> (Mailhost, TestLeaf) {
-    let host = Mailhost::new(&[HOST]);
     let old = ca.leaf(KeyKind::P384, &[HOST]);
-    let out = host.install_leaf(&old, &[]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    (host, old)
+    (Mailhost::with_installed(&[HOST], &old), old)
+}
+
+/// `serve` fed `input` ends with exit 1 and "invalid certificate name".
+fn refused_as_an_invalid_name(host: &Mailhost, how: &str, name: &str, input: Vec<u8>) {
+    let r = raw_serve(host, move |s, _| write_counted(s, &input));
+    eprintln!("RESULT {how} {name:?}: exit {:?}: {}", r.exit, r.error());
+    assert_eq!(r.exit, Some(1), "{how} {name:?}: {r:?}");
+    assert!(
+        r.error().contains("invalid certificate name"),
+        "{how} {name:?}: {}",
+        r.error()
+    );
 }
 
 fn assert_old_pair(host: &Mailhost, old: &TestLeaf, what: &str) {
@@ -232,18 +241,7 @@ fn path_names_on_the_wire_are_refused_and_nothing_is_written() {
         input.extend_from_slice(&offer);
         input.extend(raw_bundle(name.as_bytes(), &chain, &key));
         input.extend(enc(&Message::Done));
-        let r = raw_serve(&host, move |s, _| write_counted(s, &input));
-        eprintln!(
-            "RESULT path-in-offer {name:?}: exit {:?}: {}",
-            r.exit,
-            r.error()
-        );
-        assert_eq!(r.exit, Some(1), "{name:?}: {r:?}");
-        assert!(
-            r.error().contains("invalid certificate name"),
-            "{name:?}: {}",
-            r.error()
-        );
+        refused_as_an_invalid_name(&host, "path-in-offer", name, input);
 
         // 2. A proper offer for "mail", then a bundle whose name is the path.
         let mut input = hello();
@@ -254,18 +252,7 @@ fn path_names_on_the_wire_are_refused_and_nothing_is_written() {
             new.key_pem.expose(),
         ));
         input.extend(enc(&Message::Done));
-        let r = raw_serve(&host, move |s, _| write_counted(s, &input));
-        eprintln!(
-            "RESULT path-in-bundle {name:?}: exit {:?}: {}",
-            r.exit,
-            r.error()
-        );
-        assert_eq!(r.exit, Some(1), "{name:?}: {r:?}");
-        assert!(
-            r.error().contains("invalid certificate name"),
-            "{name:?}: {}",
-            r.error()
-        );
+        refused_as_an_invalid_name(&host, "path-in-bundle", name, input);
         assert_eq!(host.snapshot(), before, "{name:?}: something was written");
         assert_old_pair(&host, &old, name);
         assert_nothing_staged(&host, name);

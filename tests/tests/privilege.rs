@@ -23,13 +23,10 @@ use std::time::{Duration, Instant};
 use certsync_core::bundle::Bundle;
 use certsync_core::protocol::{self, Hello, Limits, Message, Offer, Reader};
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
-use certsync_tests::e2e::Deployer;
-use certsync_tests::receiver::{offered, push_leaf, push_session, Mailhost};
+use certsync_tests::receiver::{offered, push_leaf, push_session, Mailhost, NOBODY};
 use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
-/// Stands in for the `certsync` user.
-const NOBODY: u32 = 65534;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -43,19 +40,8 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// A handoff host laid out as the package lays it out: everything root's,
-/// only the staging dir (0700) the unprivileged user's.
 fn handoff_host(extra: &str) -> Mailhost {
-    let host = Mailhost::with_extra(
-        &[HOST],
-        &format!("deploy = \"handoff\"\nhandoff_timeout = 30\n{extra}"),
-    );
-    std::fs::create_dir_all(&host.staging).unwrap();
-    chown(&host.staging, NOBODY);
-    chmod(&host.staging, 0o700);
-    chmod(host.root.path(), 0o755);
-    chmod(&host.config, 0o644);
-    host
+    Mailhost::handoff(&[HOST], extra)
 }
 
 /// Run a shell script as the unprivileged user (the attacker's moves).
@@ -77,27 +63,6 @@ fn as_certsync(script: &str) -> Output {
         stderr(&out)
     );
     out
-}
-
-/// `serve` as the unprivileged user.
-fn serve_as_certsync(host: &Mailhost) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("/usr/bin/setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(certsync_tests::bins::receive())
-        .arg("--config")
-        .arg(&host.config)
-        .arg("serve");
-    cmd
-}
-
-/// Root's path unit, stood in for.
-fn deployer(host: &Mailhost) -> Deployer {
-    let config = host.config.clone();
-    Deployer::start(&host.staging, move || {
-        let mut c = Command::new(certsync_tests::bins::receive());
-        c.arg("--config").arg(&config).arg("deploy");
-        c
-    })
 }
 
 /// Run `cmd` to its end, or kill it after `limit` (then `None`).
@@ -450,8 +415,8 @@ async fn root_runs_never_lock_the_pusher_out() {
     }
 
     let next = ca.leaf(KeyKind::P384, &[HOST]);
-    let deploy = deployer(&host);
-    let r = push_leaf(serve_as_certsync(&host), &next).await;
+    let deploy = host.deployer();
+    let r = push_leaf(host.serve_as_nobody(), &next).await;
     eprintln!("{}", deploy.log());
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(host.installed().unwrap().0, next.chain_pem);
@@ -794,8 +759,8 @@ async fn handoff_a_damaged_key_is_repaired_by_the_next_push() {
     assert_ne!(out.status.code(), Some(0));
     assert!(text.contains("next push"), "{text}");
 
-    let deploy = deployer(&host);
-    let r = push_leaf(serve_as_certsync(&host), &leaf).await;
+    let deploy = host.deployer();
+    let r = push_leaf(host.serve_as_nobody(), &leaf).await;
     eprintln!("{}", deploy.log());
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(r.bundles_sent, 1, "the pair was not asked for");
@@ -808,7 +773,7 @@ async fn handoff_a_damaged_key_is_repaired_by_the_next_push() {
     );
     // Repaired: the next push is "nothing to do" without key material.
     drop(deploy);
-    let r = push_leaf(serve_as_certsync(&host), &leaf).await;
+    let r = push_leaf(host.serve_as_nobody(), &leaf).await;
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(r.bundles_sent, 0);
 }

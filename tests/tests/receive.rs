@@ -233,55 +233,19 @@ fn hostile_stdin_ends_quickly_with_a_clear_error() {
 #[tokio::test]
 async fn handoff_serve_unprivileged_deploy_as_root() {
     let ca = TestCa::new();
-    let host = Mailhost::with_extra(&[HOST], "deploy = \"handoff\"\nhandoff_timeout = 30");
-    // The staging dir belongs to the unprivileged user, as the package sets it up.
-    std::fs::create_dir_all(&host.staging).unwrap();
-    let nobody = (65534u32, 65534u32);
-    std::os::unix::fs::chown(&host.staging, Some(nobody.0), Some(nobody.1)).unwrap();
-    std::fs::set_permissions(
-        host.root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &host.config,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
     needs!(need::setpriv());
-    // Root's path unit, simulated: run `deploy` when a request appears.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (stop2, staging, config) = (stop.clone(), host.staging.clone(), host.config.clone());
-    let deployer = std::thread::spawn(move || {
-        let mut runs = 0;
-        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
-            if staging.join("deploy.request").exists() {
-                let out = std::process::Command::new(certsync_tests::bins::receive())
-                    .arg("--config")
-                    .arg(&config)
-                    .arg("deploy")
-                    .output()
-                    .unwrap();
-                runs += 1;
-                eprintln!("deploy: {}", String::from_utf8_lossy(&out.stderr));
-                assert_eq!(out.status.code(), Some(0), "root's deploy failed");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        runs
-    });
+    let host = Mailhost::handoff(&[HOST], "");
+    let deployer = host.deployer();
     let leaf = ca.leaf(KeyKind::P384, &[HOST]);
-    let mut cmd = tokio::process::Command::new("/usr/bin/setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(certsync_tests::bins::receive())
-        .arg("--config")
-        .arg(&host.config)
-        .arg("serve");
-    let r = push_leaf(cmd, &leaf).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let runs = deployer.join().unwrap();
+    let r = push_leaf(host.serve_as_nobody(), &leaf).await;
+    let log = deployer.log();
+    let runs = deployer.finish();
     assert_eq!(r.exit, Some(0), "{r:?}");
-    assert_eq!(runs, 1);
+    assert_eq!(
+        runs,
+        [Some(0)],
+        "root's deploy ran once and succeeded:\n{log}"
+    );
     let report = r.report.unwrap();
     let steps: Vec<String> = report.certs[0]
         .steps

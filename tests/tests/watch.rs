@@ -44,6 +44,15 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Wait until the start-up pass has installed `leaf` on `mail` and
+    /// has finished (reported it).
+    fn first_pass_installed(&self, mail: &Mailhost, leaf: &TestLeaf) {
+        self.wait("the first install", PUSH_WAIT, || installed_is(mail, leaf));
+        self.wait("the first pass to finish", PUSH_WAIT, || {
+            self.count("ok: mail: installed ") == 1
+        });
+    }
+
     fn start(npm: &NpmHost, env: &[(&str, String)]) -> Daemon {
         let log = npm.root.path().join("watch.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -160,12 +169,7 @@ fn a_renewal_with_pauses_is_pushed_once_after_its_last_step_and_never_half() {
     let _sshd = npm.push_over_ssh_to(&mail);
     let d = Daemon::start(&npm, &[]);
     // The start-up pass installs generation 1.
-    d.wait("the first install", PUSH_WAIT, || {
-        installed_is(&mail, &gen1)
-    });
-    d.wait("the first pass to finish", PUSH_WAIT, || {
-        d.count("ok: mail: installed ") == 1
-    });
+    d.first_pass_installed(&mail, &gen1);
     let passes_before = d.count("the live dir changed");
 
     // Watch the installed pair during the whole renewal, as fast as we can.
@@ -315,12 +319,7 @@ fn idle_means_idle() {
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let (npm, mail) = local_scene(&leaf);
     let d = Daemon::start(&npm, &[]);
-    d.wait("the first install", PUSH_WAIT, || {
-        installed_is(&mail, &leaf)
-    });
-    d.wait("the first pass to finish", PUSH_WAIT, || {
-        d.count("ok: mail: installed ") == 1
-    });
+    d.first_pass_installed(&mail, &leaf);
     std::thread::sleep(Duration::from_secs(1));
     let before = context_switches(d.pid());
     let window = Duration::from_secs(5);
@@ -382,12 +381,7 @@ fn sd_notify_ready_and_watchdog_then_sigterm_exits_0_promptly_even_mid_renewal()
         );
         recv(&mut got);
     }
-    d.wait("the first install", PUSH_WAIT, || {
-        installed_is(&mail, &leaf)
-    });
-    d.wait("the first pass to finish", PUSH_WAIT, || {
-        d.count("ok: mail: installed ") == 1
-    });
+    d.first_pass_installed(&mail, &leaf);
     eprintln!("sd_notify messages: {:?}", &got[..got.len().min(8)]);
 
     // A stray previous_cert.pem (a certbot run that died mid-renewal)
@@ -414,12 +408,7 @@ fn sighup_rereads_the_config_and_a_new_target_gets_the_pair() {
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let (npm, mail) = local_scene(&leaf);
     let d = Daemon::start(&npm, &[]);
-    d.wait("the first install", PUSH_WAIT, || {
-        installed_is(&mail, &leaf)
-    });
-    d.wait("the first pass to finish", PUSH_WAIT, || {
-        d.count("ok: mail: installed ") == 1
-    });
+    d.first_pass_installed(&mail, &leaf);
 
     let second = Mailhost::new(&[HOST]);
     npm.write_config(
@@ -452,12 +441,7 @@ fn a_deleted_and_recreated_live_dir_is_watched_again() {
     let gen1 = ca.leaf(KeyKind::P256, &[HOST]);
     let (npm, mail) = local_scene(&gen1);
     let d = Daemon::start(&npm, &[]);
-    d.wait("the first install", PUSH_WAIT, || {
-        installed_is(&mail, &gen1)
-    });
-    d.wait("the first pass to finish", PUSH_WAIT, || {
-        d.count("ok: mail: installed ") == 1
-    });
+    d.first_pass_installed(&mail, &gen1);
 
     // NPM deletes the certificate, then a new one comes back as npm-5.
     let letsencrypt: &Path = &npm.root.path().join("letsencrypt");
