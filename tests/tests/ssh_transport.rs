@@ -55,6 +55,12 @@ async fn echo(conn: &mut Connection, data: &[u8]) -> Vec<u8> {
     back
 }
 
+/// Send `data`, read `expect` back, and see the remote command exit 0.
+async fn assert_echoes(mut conn: Connection, data: &[u8], expect: &[u8]) {
+    assert_eq!(echo(&mut conn, data).await, expect);
+    assert_eq!(conn.finish().await.unwrap(), Some(0));
+}
+
 /// A forced command that only touches `marker`: if the marker exists,
 /// something ran on the server.
 fn marker_command(dir: &Path) -> (String, PathBuf) {
@@ -173,15 +179,14 @@ async fn known_hosts_plain_hashed_and_bracketed_forms() {
     let plain = sshd.write_known_hosts("plain", &[bracketed]);
     let decorated = sshd.write_known_hosts("decorated", &[decorated]);
     for file in [plain, hashed, decorated] {
-        let mut conn = connect(&target(
+        let conn = connect(&target(
             &sshd,
             &key,
             HostKeyPolicy::KnownHosts(file.clone()),
         ))
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        assert_eq!(echo(&mut conn, b"ping").await, b"ping");
-        assert_eq!(conn.finish().await.unwrap(), Some(0));
+        assert_echoes(conn, b"ping", b"ping").await;
     }
 }
 
@@ -306,9 +311,8 @@ async fn pinned_host_key_accepted_and_mismatch_refused() {
     needs!(need::sshd());
     let (sshd, key, keys) = sshd_with("/bin/cat");
     let pinned = HostKeyPolicy::Pinned(sshd.host_public_key().to_string());
-    let mut conn = connect(&target(&sshd, &key, pinned)).await.unwrap();
-    assert_eq!(echo(&mut conn, b"pinned").await, b"pinned");
-    assert_eq!(conn.finish().await.unwrap(), Some(0));
+    let conn = connect(&target(&sshd, &key, pinned)).await.unwrap();
+    assert_echoes(conn, b"pinned", b"pinned").await;
 
     let other = client_key(keys.path(), "other", KeyType::Ed25519);
     let err = connect(&target(
@@ -364,11 +368,10 @@ async fn rsa_and_ecdsa_client_keys_work() {
     }
     let sshd = builder.start();
     for c in &clients {
-        let mut conn = connect(&target(&sshd, c, known_hosts(&sshd)))
+        let conn = connect(&target(&sshd, c, known_hosts(&sshd)))
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", c.public_line));
-        assert_eq!(echo(&mut conn, b"key").await, b"key");
-        assert_eq!(conn.finish().await.unwrap(), Some(0));
+        assert_echoes(conn, b"key", b"key").await;
     }
 }
 
@@ -390,11 +393,10 @@ async fn our_keygen_key_works_with_its_printed_line() {
         public: out.public_key.clone(),
         public_line: out.public_line.clone(),
     };
-    let mut conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
+    let conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
         .await
         .unwrap();
-    assert_eq!(echo(&mut conn, b"mine").await, b"mine");
-    assert_eq!(conn.finish().await.unwrap(), Some(0));
+    assert_echoes(conn, b"mine", b"mine").await;
     // sshd logs the fingerprint it accepted; it is the one keygen printed.
     assert!(sshd.log().contains(&out.fingerprint), "{}", sshd.log());
 }
@@ -409,15 +411,14 @@ async fn forced_command_runs_as_an_unprivileged_user() {
         .user("certsync-test")
         .authorized_key(&forced_line("id -un", &key.public_line))
         .start();
-    let mut conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
+    let conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
     assert_eq!(
         conn.peer(),
         format!("certsync-test@127.0.0.1:{}", sshd.port())
     );
-    assert_eq!(echo(&mut conn, b"").await, b"certsync-test\n");
-    assert_eq!(conn.finish().await.unwrap(), Some(0));
+    assert_echoes(conn, b"", b"certsync-test\n").await;
 }
 
 #[tokio::test]
