@@ -73,20 +73,20 @@ impl Run {
     /// Panics, showing both streams, unless stdout holds `needle`.
     #[track_caller]
     pub fn assert_stdout(&self, needle: &str) -> &Run {
-        assert!(
-            self.stdout.contains(needle),
-            "stdout lacks {needle:?}:\n{}",
-            self.both()
-        );
-        self
+        self.assert_holds("stdout", &self.stdout, needle)
     }
 
     /// Panics, showing both streams, unless stderr (the log) holds `needle`.
     #[track_caller]
     pub fn assert_stderr(&self, needle: &str) -> &Run {
+        self.assert_holds("stderr", &self.stderr, needle)
+    }
+
+    #[track_caller]
+    fn assert_holds(&self, stream: &str, text: &str, needle: &str) -> &Run {
         assert!(
-            self.stderr.contains(needle),
-            "stderr lacks {needle:?}:\n{}",
+            text.contains(needle),
+            "{stream} lacks {needle:?}:\n{}",
             self.both()
         );
         self

@@ -679,9 +679,8 @@ async fn a_trickling_pusher_is_dropped_at_the_session_limit() {
 #[test]
 fn a_new_key_is_roots_even_when_the_old_one_was_not() {
     let ca = TestCa::new();
-    let host = Mailhost::new(&[HOST]);
     let first = ca.leaf(KeyKind::P256, &[HOST]);
-    assert_eq!(host.install_leaf(&first, &[]).status.code(), Some(0));
+    let host = Mailhost::with_installed(&[HOST], &first);
     chown(&host.key_path(), NOBODY);
     chown(&host.cert_path(), NOBODY);
     let next = ca.leaf(KeyKind::P256, &[HOST]);
@@ -714,9 +713,8 @@ fn break_pair(host: &Mailhost, other: &TestLeaf) {
 #[tokio::test]
 async fn a_broken_pair_without_backup_is_repaired_by_the_next_install_or_push() {
     let ca = TestCa::new();
-    let host = Mailhost::new(&[HOST]);
     let first = ca.leaf(KeyKind::P256, &[HOST]);
-    assert_eq!(host.install_leaf(&first, &[]).status.code(), Some(0));
+    let host = Mailhost::with_installed(&[HOST], &first);
     break_pair(&host, &ca.leaf(KeyKind::P256, &[HOST]));
     // The same certificate again, by `install`.
     let out = host.install_leaf(&first, &[]);

@@ -86,9 +86,8 @@ fn accepts_pkcs1_and_sec1_keys() {
 #[test]
 fn dry_run_validates_and_changes_nothing() {
     let ca = TestCa::new();
-    let host = Mailhost::new(&[HOST]);
     let a = ca.leaf(KeyKind::P384, &[HOST]);
-    assert_eq!(host.install_leaf(&a, &[]).status.code(), Some(0));
+    let host = Mailhost::with_installed(&[HOST], &a);
     let b = ca.leaf(KeyKind::P384, &[HOST]);
     let before = host.snapshot();
     let out = host.install_leaf(&b, &["--dry-run"]);
