@@ -83,6 +83,12 @@ fn receive_toml(deploy: &str, staging: &str, ssl_dir: &str) -> String {
     receive_toml_verifying(deploy, staging, ssl_dir, &[])
 }
 
+/// The README's receive.toml: handoff to root's deploy, the package's
+/// staging dir, mailcow's ssl dir.
+fn handoff_receive_toml() -> String {
+    receive_toml("handoff", "/var/lib/certsync/staging", SSL_DIR)
+}
+
 /// [`receive_toml`] whose cert is probed at `verify` (`"127.0.0.1:8443"`).
 fn receive_toml_verifying(deploy: &str, staging: &str, ssl_dir: &str, verify: &[&str]) -> String {
     let verify: Vec<String> = verify.iter().map(|e| format!("\"{e}\"")).collect();
@@ -274,11 +280,7 @@ fn units_verify_in_the_booted_machine() {
 fn push_service_path_unit_and_handoff_deploy_over_the_machines_sshd() {
     needs!(let debs = machine::debs());
     let mut s = Scene::boot(&debs);
-    s.readme_install(&receive_toml(
-        "handoff",
-        "/var/lib/certsync/staging",
-        SSL_DIR,
-    ));
+    s.readme_install(&handoff_receive_toml());
 
     // `systemctl start certsync-push.service` (the README's last command)
     // went through sshd's forced command, serve staged as `certsync`,
@@ -355,11 +357,7 @@ fn push_warns_when_the_path_unit_misses_a_source() {
 fn watch_service_is_notify_pushes_reloads_and_stops_fast() {
     needs!(let debs = machine::debs());
     let mut s = Scene::boot(&debs);
-    s.readme_install(&receive_toml(
-        "handoff",
-        "/var/lib/certsync/staging",
-        SSL_DIR,
-    ));
+    s.readme_install(&handoff_receive_toml());
     // "or instead": the watch daemon (stops the .path and .timer).
     s.m.ok("systemctl enable --now certsync-push-watch.service");
     assert_eq!(
@@ -726,11 +724,7 @@ fn upgrade_keeps_an_edited_conffile_and_purge_leaves_nothing() {
     needs!(let upgrade = machine::upgrade_debs());
     let s = Scene::boot(&debs);
     let before = files_named_certsync(&s.m);
-    s.readme_install(&receive_toml(
-        "handoff",
-        "/var/lib/certsync/staging",
-        SSL_DIR,
-    ));
+    s.readme_install(&handoff_receive_toml());
     let version = |p: &str| s.m.ok(&format!("dpkg-query -W -f '${{Version}}' {p}"));
     let (v1_push, v1_receive) = (version("certsync-push"), version("certsync-receive"));
 
