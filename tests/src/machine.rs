@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::need::{self, Missing, Need};
+
 /// Where the tests find the rootfs (a dir or a link to one).
 pub const ROOTFS_ENV: &str = "CERTSYNC_SYSTEMD_ROOTFS";
 /// `.ci/rootfs.sh systemd` links its newest build here.
@@ -94,47 +96,49 @@ impl Debs {
     }
 }
 
-/// What is missing to boot a machine and install the packages, if anything.
-pub fn missing() -> Option<String> {
-    missing_with(&rootfs(), ".ci/rootfs.sh systemd", ROOTFS_ENV)
+/// Everything a machine test needs: root, nspawn, the rootfs and the
+/// packages (`needs!(let debs = machine::debs())`).
+pub fn debs() -> Need<Debs> {
+    debs_on(&rootfs(), ".ci/rootfs.sh systemd", ROOTFS_ENV)
+        .map_err(|part| Missing(format!("a systemd machine: {part}")))
 }
 
-/// [`missing`] for another rootfs flavour: `build` makes it, `env` names it.
-pub fn missing_with(rootfs: &Path, build: &str, env: &str) -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("root (to mount an overlay and boot a container)".into());
-    }
+/// [`debs`] for another rootfs flavour: `build` makes it, `env` names it.
+pub fn debs_on(rootfs: &Path, build: &str, env: &str) -> Need<Debs> {
+    machine_parts(rootfs, build, env)
+}
+
+fn machine_parts(rootfs: &Path, build: &str, env: &str) -> Need<Debs> {
+    need::root("to mount an overlay and boot a container")?;
     for tool in [NSPAWN, NSENTER] {
-        if !Path::new(tool).exists() {
-            return Some(format!(
-                "{tool} (apt-get install systemd-container util-linux)"
-            ));
-        }
+        need::part(
+            format!("{tool} (apt-get install systemd-container util-linux)"),
+            Path::new(tool).exists(),
+        )?;
     }
-    if !rootfs.join("lib/systemd/systemd").exists() {
-        return Some(format!(
+    need::part(
+        format!(
             "a Debian rootfs with systemd at {} (run {build}, or set {env})",
             rootfs.display()
-        ));
-    }
-    if Debs::find(&Debs::dir()).is_none() {
-        return Some(format!(
+        ),
+        rootfs.join("lib/systemd/systemd").exists(),
+    )?;
+    Debs::find(&Debs::dir()).ok_or_else(|| {
+        Missing(format!(
             "the packages in {} (cargo deb -p certsync-push; cargo deb -p certsync-receive)",
             Debs::dir().display()
-        ));
-    }
-    None
+        ))
+    })
 }
 
-/// The packages, or `None` after [`crate::require`] decided to skip.
-pub fn require() -> Option<Debs> {
-    let gap = missing();
-    let what = gap.clone().unwrap_or_default();
-    if !crate::require(&format!("a systemd machine: {what}"), gap.is_none()) {
-        return None;
-    }
-    Debs::find(&Debs::dir())
+/// The upgrade packages `.ci/run` builds (`needs!(let new = machine::upgrade_debs())`).
+pub fn upgrade_debs() -> Need<Debs> {
+    Debs::find(&Debs::upgrade_dir()).ok_or_else(|| {
+        Missing(format!(
+            "the upgrade packages in {} (cargo deb --deb-version …; see .ci/run)",
+            Debs::upgrade_dir().display()
+        ))
+    })
 }
 
 /// A booted machine; see the module docs.

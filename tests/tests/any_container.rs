@@ -8,15 +8,12 @@ use std::collections::BTreeMap;
 
 use certsync_core::config::DockerConfig;
 use certsync_receive::reload::{reload, ReloadPlan, ReloadStatus};
-use certsync_tests::docker::Dockerd;
-use certsync_tests::require;
+use certsync_tests::docker;
+use certsync_tests::needs;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn any_compose_project_by_label_and_a_container_by_name() {
-    if !require("dockerd", Dockerd::available()) {
-        return;
-    }
-    let d = Dockerd::start();
+    needs!(let d = docker::engine());
     // A shop's compose project with an SMTP relay service, and another
     // project on the same host with a service of the same name.
     let shop = d.stand_in("shop-smtp-1", "shop", "smtp", 0);

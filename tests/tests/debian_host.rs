@@ -34,6 +34,8 @@ use std::time::Duration;
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_tests::livedir::LiveDir;
 use certsync_tests::machine::{self, Debs, Machine, Run};
+use certsync_tests::need::{self, Missing, Need};
+use certsync_tests::needs;
 
 const HOST: &str = "mail.example.com";
 /// Where examples/receive-debian.toml installs the pair.
@@ -89,25 +91,23 @@ fn mail_rootfs() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_MAIL_ROOTFS))
 }
 
-/// The packages, or `None` after [`certsync_tests::require`] decided to skip.
-fn require() -> Option<Debs> {
+/// Everything the test needs: the systemd machine's parts on the mail
+/// rootfs, with Debian's postfix and dovecot in it
+/// (`needs!(let debs = mail_debs())`).
+fn mail_debs() -> Need<Debs> {
     let rootfs = mail_rootfs();
-    let gap = machine::missing_with(&rootfs, ".ci/rootfs.sh mail", MAIL_ROOTFS_ENV).or_else(|| {
-        ["usr/sbin/postfix", "usr/sbin/dovecot"]
-            .iter()
-            .find(|p| !rootfs.join(p).exists())
-            .map(|p| {
-                format!(
-                    "/{p} in {} (run .ci/rootfs.sh mail, or set {MAIL_ROOTFS_ENV})",
-                    rootfs.display()
-                )
-            })
-    });
-    let what = gap.clone().unwrap_or_default();
-    if !certsync_tests::require(&format!("a Debian mail machine: {what}"), gap.is_none()) {
-        return None;
+    let debs = machine::debs_on(&rootfs, ".ci/rootfs.sh mail", MAIL_ROOTFS_ENV);
+    let debs = debs.map_err(|part| Missing(format!("a Debian mail machine: {part}")))?;
+    for daemon in ["usr/sbin/postfix", "usr/sbin/dovecot"] {
+        need::part(
+            format!(
+                "a Debian mail machine: /{daemon} in {} (run .ci/rootfs.sh mail, or set {MAIL_ROOTFS_ENV})",
+                rootfs.display()
+            ),
+            rootfs.join(daemon).exists(),
+        )?;
     }
-    Debs::find(&Debs::dir())
+    Ok(debs)
 }
 
 /// The booted mail host, certsync installed and set up as the README says,
@@ -297,9 +297,7 @@ fn says(run: &Run, want: &str) {
 
 #[test]
 fn debian_postfix_and_dovecot_serve_each_renewal_after_reload_units() {
-    let Some(debs) = require() else {
-        return;
-    };
+    needs!(let debs = mail_debs());
     let started = std::time::Instant::now();
     let mut h = MailHost::boot(&debs);
     eprintln!("booted and set up in {:?}", started.elapsed());
@@ -436,9 +434,7 @@ fn readme_shows_the_example_and_the_setup_this_test_runs() {
 /// finds port 25 closed (exit 4).
 #[test]
 fn with_the_postfix_service_wrapper_a_crashed_postfix_stays_down() {
-    let Some(debs) = require() else {
-        return;
-    };
+    needs!(let debs = mail_debs());
     let mut h = MailHost::boot(&debs);
     h.first_install();
     h.edit_example(
