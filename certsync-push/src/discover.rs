@@ -29,10 +29,13 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use certsync_core::bundle::{parse_chain, CertInfo};
+use certsync_core::config::PushConfig;
+use certsync_core::time::now_unix;
 use certsync_core::validate::san_matches;
-use certsync_core::Fingerprint;
+use certsync_core::{ExitCode, Fingerprint};
 use serde::Serialize;
 
+use crate::error::PushError;
 use crate::source::{read_consistent, SourceError, MAX_PEM_BYTES};
 
 /// One lineage found under the live root.
@@ -265,6 +268,82 @@ pub fn discover_roots(roots: &[PathBuf], now: i64) -> Result<Vec<DiscoveredCert>
         all.extend(discover(root, now)?);
     }
     Ok(all)
+}
+
+/// Where Nginx Proxy Manager keeps certificates in its documented layout
+/// (`./letsencrypt:/etc/letsencrypt` and `./data:/data` under /opt/npm):
+/// certbot's live dir, and the dir of uploaded ("custom") certificates.
+pub const DEFAULT_LIVE_ROOTS: [&str; 2] = ["/opt/npm/letsencrypt/live", "/opt/npm/data/custom_ssl"];
+
+/// `certsync-push discover [--live-root DIR]… [--json]`: the lineages of
+/// `given` (or, when none is given, of [`live_roots_from`] the config), as
+/// JSON or as one table per root (`npm-3` may be in either), on `out`.
+pub fn run(
+    config: &Path,
+    given: Vec<PathBuf>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<ExitCode, PushError> {
+    let roots = if given.is_empty() {
+        live_roots_from(config)
+    } else {
+        given
+    };
+    let now = now_unix();
+    if json {
+        let certs = discover_roots(&roots, now).map_err(PushError::Discover)?;
+        let text = serde_json::to_string_pretty(&certs)
+            .map_err(|e| PushError::Output(io::Error::other(e)))?;
+        writeln!(out, "{text}")?;
+        out.flush()?;
+        return Ok(ExitCode::Success);
+    }
+    for (i, root) in roots.iter().enumerate() {
+        let certs = discover(root, now).map_err(PushError::Discover)?;
+        if roots.len() > 1 {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "{}:", root.display())?;
+        }
+        out.write_all(render_table(&certs).as_bytes())?;
+        out.flush()?;
+    }
+    Ok(ExitCode::Success)
+}
+
+/// The roots to list when none is given: every `live_root` of the config
+/// and the dir holding each `source`, or else NPM's default dirs (those
+/// that exist; both when neither does, so the error names them). A missing
+/// or broken config is not an error here: discover is how people write one.
+pub fn live_roots_from(config: &Path) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cfg) = PushConfig::load(config) {
+        for c in &cfg.certs {
+            let from_source = c
+                .source
+                .as_deref()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf);
+            let listed = c.live_root.iter().flat_map(|r| r.paths()).cloned();
+            for root in listed.chain(from_source) {
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
+        }
+    }
+    if roots.is_empty() {
+        roots = DEFAULT_LIVE_ROOTS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .collect();
+    }
+    if roots.is_empty() {
+        roots = DEFAULT_LIVE_ROOTS.iter().map(PathBuf::from).collect();
+    }
+    roots
 }
 
 /// The lineage under `live_root` whose leaf covers `domain`, newest notAfter

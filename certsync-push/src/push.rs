@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use certsync_core::config::{PushCert, PushConfig, Target};
 use certsync_core::report::{CertReport, StepStatus};
+use certsync_core::time::now_unix;
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::discover::{choice_changed, pick_for_domain_in, Choice};
@@ -306,13 +307,6 @@ pub async fn read_source(
         }
     }
     read_consistent_retry_async(&dir, retry).await
-}
-
-pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Connect to one target and run the session.

@@ -429,6 +429,25 @@ mod tests {
         }
     }
 
+    /// Run a session against `argv` (a scripted stand-in for the
+    /// receiver) and return its error: every test here expects one.
+    async fn fails_against(argv: &[&str]) -> SessionError {
+        let conn = connect(&LocalTarget {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+        })
+        .await
+        .unwrap();
+        run(
+            conn,
+            "t",
+            &[offering()],
+            Options::default(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err()
+    }
+
     #[test]
     fn the_offer_carries_digests_not_the_key() {
         let o = offering();
@@ -440,20 +459,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_is_not_certsync_is_named_with_its_exit_status() {
-        let conn = connect(&LocalTarget {
-            argv: vec!["sh".into(), "-c".into(), "echo hello; exit 3".into()],
-        })
-        .await
-        .unwrap();
-        let err = run(
-            conn,
-            "t",
-            &[offering()],
-            Options::default(),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_err();
+        let err = fails_against(&["sh", "-c", "echo hello; exit 3"]).await;
         let msg = err.to_string();
         assert!(msg.contains("not the certsync protocol"), "{msg}");
         assert!(msg.contains("exited with status 3"), "{msg}");
@@ -482,20 +488,7 @@ mod tests {
             .unwrap(),
         );
         std::fs::write(&frames, bytes).unwrap();
-        let conn = connect(&LocalTarget {
-            argv: vec!["cat".into(), frames.display().to_string()],
-        })
-        .await
-        .unwrap();
-        let err = run(
-            conn,
-            "t",
-            &[offering()],
-            Options::default(),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_err();
+        let err = fails_against(&["cat", &frames.display().to_string()]).await;
         assert!(matches!(err, SessionError::Receiver { .. }), "{err}");
         assert!(err.to_string().contains("no [[cert]] section"), "{err}");
         assert_eq!(err.exit_code(), ExitCode::Usage);
@@ -503,20 +496,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_exits_at_once_is_a_closed_connection() {
-        let conn = connect(&LocalTarget {
-            argv: vec!["true".into()],
-        })
-        .await
-        .unwrap();
-        let err = run(
-            conn,
-            "t",
-            &[offering()],
-            Options::default(),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_err();
+        let err = fails_against(&["true"]).await;
         assert!(matches!(err, SessionError::Protocol { .. }), "{err}");
     }
 }

@@ -2,7 +2,7 @@
 //! `authorized_keys` forced command on the receiving host.
 //!
 //! One connection, one session channel, one `exec`. The command we send is
-//! [`REMOTE_COMMAND`], but the server's forced command decides what runs;
+//! [`FORCED_COMMAND`], but the server's forced command decides what runs;
 //! the receiver logs what we asked for (`SSH_ORIGINAL_COMMAND`) and
 //! ignores it.
 //!
@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certsync_core::config::Target;
+use certsync_core::contract::FORCED_COMMAND;
 use russh::client;
 use russh::keys::{Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, Disconnect};
@@ -40,8 +41,6 @@ use super::known_hosts::{join_lines, KnownHosts, Verdict};
 use super::{Connection, End, StderrLog, TransportError};
 use crate::untrusted;
 
-/// What we ask the server to run. The forced command overrides it.
-pub const REMOTE_COMMAND: &str = "certsync-receive serve";
 /// Default bound for connect + handshake + auth + exec.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Send a keepalive after this long without hearing from the server…
@@ -210,7 +209,7 @@ async fn establish(
         .await
         .map_err(ssh_err("opening the session channel"))?;
     channel
-        .exec(true, REMOTE_COMMAND)
+        .exec(true, FORCED_COMMAND)
         .await
         .map_err(ssh_err("the exec request"))?;
     // Wait for the answer to exec; anything else arriving first is kept
