@@ -244,6 +244,9 @@ impl From<ProtocolError> for Flow {
     }
 }
 
+/// The session's frames, in the order of protocol v1 (docs/contract.md
+/// "Protocol v1"): hello both ways, offer, want, the wanted bundles, done,
+/// report.
 async fn exchange(
     conn: &mut Connection,
     target: &str,
@@ -255,25 +258,13 @@ async fn exchange(
         frame_timeout: FRAME_TIMEOUT,
         ..Limits::default()
     };
-    let hello = Message::Hello(Hello::new(AGENT, opts.dry_run, opts.force));
+    let writer = &mut conn.writer;
     let mut reader = Inbox {
         reader: Reader::new(&mut conn.reader, limits),
         target,
         budget: LogBudget::default(),
     };
-    // The receiver speaks first and may already have ended (a config
-    // error, a forced command that is not certsync-receive): what it said
-    // explains more than our broken pipe, so read before judging the write.
-    let wrote = protocol::write_message(&mut conn.writer, &hello).await;
-    let theirs = match reader.next("hello").await? {
-        Message::Hello(h) => h,
-        other => return Err(unexpected("hello", &other)),
-    };
-    theirs.check()?;
-    let agent = untrusted::clean(&theirs.agent);
-    if let Err(write_error) = wrote {
-        return Err(reason_or(&mut reader, write_error).await);
-    }
+    let agent = greet(writer, &mut reader, opts).await?;
     tracing::debug!(target = %target, "{peer} runs {agent}");
 
     let offer = Offer {
@@ -282,13 +273,74 @@ async fn exchange(
     for o in &offer.certs {
         tracing::info!(cert = %o.name, target = %target, leaf = %o.leaf, "offer");
     }
-    send(&mut conn.writer, &mut reader, &Message::Offer(offer)).await?;
+    send(writer, &mut reader, &Message::Offer(offer)).await?;
 
     let mut want: Want = match reader.next("want").await? {
         Message::Want(w) => w,
         other => return Err(unexpected("want", &other)),
     };
     untrusted::clean_want(&mut want);
+    let sent = send_wanted(writer, &mut reader, certs, &want, opts).await?;
+    send(writer, &mut reader, &Message::Done).await?;
+
+    let mut report = match reader.next("report").await? {
+        Message::Report(r) => r,
+        other => return Err(unexpected("report", &other)),
+    };
+    untrusted::clean_report(&mut report);
+    Ok(Outcome {
+        peer,
+        agent,
+        decisions: want.certs,
+        sent,
+        report,
+        exit_status: None,
+    })
+}
+
+/// Send our hello, read theirs, check the version; returns the receiver's
+/// agent string (cleaned).
+async fn greet<W, R>(
+    writer: &mut W,
+    reader: &mut Inbox<'_, R>,
+    opts: Options,
+) -> Result<String, Flow>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let hello = Message::Hello(Hello::new(AGENT, opts.dry_run, opts.force));
+    // The receiver speaks first and may already have ended (a config
+    // error, a forced command that is not certsync-receive): what it said
+    // explains more than our broken pipe, so read before judging the write.
+    let wrote = protocol::write_message(writer, &hello).await;
+    let theirs = match reader.next("hello").await? {
+        Message::Hello(h) => h,
+        other => return Err(unexpected("hello", &other)),
+    };
+    theirs.check()?;
+    let agent = untrusted::clean(&theirs.agent);
+    if let Err(write_error) = wrote {
+        return Err(reason_or(reader, write_error).await);
+    }
+    Ok(agent)
+}
+
+/// Act on each of the receiver's decisions: send the pairs it wants
+/// (never in an offer-only session), log the rest. Returns the names sent.
+/// A decision about a cert we did not offer ends the session.
+async fn send_wanted<W, R>(
+    writer: &mut W,
+    reader: &mut Inbox<'_, R>,
+    certs: &[Offering],
+    want: &Want,
+    opts: Options,
+) -> Result<Vec<String>, Flow>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let target = reader.target;
     let mut sent = Vec::new();
     for decision in &want.certs {
         let Some(cert) = certs.iter().find(|c| c.name == decision.name) else {
@@ -311,7 +363,7 @@ async fn exchange(
                     name: cert.name.clone(),
                     bundle: cert.bundle.clone(),
                 };
-                send(&mut conn.writer, &mut reader, &msg).await?;
+                send(writer, reader, &msg).await?;
                 tracing::info!(
                     cert = %cert.name, target = %target, leaf = %leaf,
                     "sent {} bytes of chain and the key{}",
@@ -322,21 +374,7 @@ async fn exchange(
             }
         }
     }
-    send(&mut conn.writer, &mut reader, &Message::Done).await?;
-
-    let mut report = match reader.next("report").await? {
-        Message::Report(r) => r,
-        other => return Err(unexpected("report", &other)),
-    };
-    untrusted::clean_report(&mut report);
-    Ok(Outcome {
-        peer,
-        agent,
-        decisions: want.certs,
-        sent,
-        report,
-        exit_status: None,
-    })
+    Ok(sent)
 }
 
 /// How long to look for the receiver's reason after a write to it failed.
