@@ -1,6 +1,6 @@
 //! The protocol client: one session with one receiver over a
 //! [`Connection`] (SSH or local), protocol v1 as `certsync_core::protocol`
-//! describes it.
+//! implements it (docs/contract.md "Protocol v1").
 //!
 //! ```text
 //! Hello{dry_run, force} → ← Hello
