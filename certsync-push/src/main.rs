@@ -12,6 +12,7 @@ use clap::Parser;
 use certsync_core::ExitCode;
 use certsync_push::cli::{Cli, Command};
 use certsync_push::push::PushOptions;
+use certsync_push::session::Mode;
 
 fn main() -> ProcessExit {
     // Before any key is read: no core dump may hold one.
@@ -47,11 +48,10 @@ async fn run(cli: Cli) -> ExitCode {
             settle,
         } => {
             let opts = PushOptions {
-                dry_run,
+                mode: if dry_run { Mode::DryRun } else { Mode::Install },
                 force,
                 targets,
                 settle: Duration::from_secs(settle),
-                offer_only: false,
             };
             certsync_push::push::run(&cli.config, &opts, &mut stdout).await
         }

@@ -30,29 +30,27 @@ use certsync_core::{ExitCode, Fingerprint};
 
 use crate::discover::{choice_changed, pick_for_domain_in, Choice};
 use crate::error::{source_exit, PushError};
-use crate::session::{self, Offering, Options};
+use crate::session::{self, Mode, Offering, Options};
 use crate::source::{read_consistent_retry_async, Retry, SourceError, SourcePair};
 use crate::transport;
 
 /// What `push` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushOptions {
-    pub dry_run: bool,
+    /// Install, dry run, or offer only (`status`).
+    pub mode: Mode,
     pub force: bool,
     /// `--target` names; empty = every target.
     pub targets: Vec<String>,
     /// How long an inconsistent live dir is re-read before giving up.
     pub settle: Duration,
-    /// Compare fingerprints only; never send a pair (`status`).
-    pub offer_only: bool,
 }
 
 impl Default for PushOptions {
     fn default() -> Self {
         PushOptions {
-            dry_run: false,
+            mode: Mode::Install,
             force: false,
-            offer_only: false,
             targets: Vec::new(),
             settle: Retry::default().window,
         }
@@ -111,9 +109,9 @@ pub async fn run(
     let config = PushConfig::load(config_path)?;
     crate::units::warn_unwatched(&config);
     let results = pass(&config, config_path, opts).await?;
-    out.write_all(render(&results, opts.dry_run).as_bytes())?;
+    out.write_all(render(&results, opts.mode.dry_run()).as_bytes())?;
     out.flush()?;
-    crate::notify::pass(config.notify.as_ref(), &results, opts.dry_run).await;
+    crate::notify::pass(config.notify.as_ref(), &results, opts.mode.dry_run()).await;
     Ok(worst(&results))
 }
 
@@ -166,9 +164,8 @@ pub async fn pass(
     //    spawned): dropping the pass (the watch daemon stopping, or
     //    restarting a target) ends its sessions and kills local receivers.
     let session_opts = Options {
-        dry_run: opts.dry_run,
+        mode: opts.mode,
         force: opts.force,
-        offer_only: opts.offer_only,
     };
     let mut sessions = Vec::new();
     for t in &targets {
@@ -237,7 +234,7 @@ async fn read_sources(config: &PushConfig, targets: &[&Target], opts: &PushOptio
     let reads = needed.iter().map(|cert| {
         let cert = (*cert).clone();
         let state_dir = state_dir.clone();
-        let record = !opts.dry_run;
+        let record = !opts.mode.dry_run();
         tokio::spawn(async move {
             let read = read_source(&cert, &state_dir, retry, record).await;
             (cert.name, read)
@@ -377,7 +374,7 @@ async fn push_target(
     match session::run(conn, &name, &offerings, opts, target.session_timeout()).await {
         Ok(outcome) => {
             for o in &offerings {
-                certs.push(cert_result(o, &outcome, opts.dry_run));
+                certs.push(cert_result(o, &outcome, opts.mode.dry_run()));
             }
             result.exit = certs
                 .iter()

@@ -49,16 +49,36 @@ pub const AGENT: &str = concat!("certsync-push ", env!("CARGO_PKG_VERSION"));
 /// generous; a dead host is caught sooner by SSH keepalives.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// What a session may change. An offer-only session is always a dry run:
+/// there is no way to ask for one that is not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Send what the receiver wants; it installs it.
+    #[default]
+    Install,
+    /// Send what the receiver wants; it validates and says what it would
+    /// do, and changes nothing (`push --dry-run`).
+    DryRun,
+    /// Compare fingerprints only: never send key material, even when the
+    /// receiver's pair differs (`status`). The receiver is told it is a
+    /// dry run.
+    OfferOnly,
+}
+
+impl Mode {
+    /// Whether the receiver is told to change nothing (the hello's
+    /// `dry_run`).
+    pub fn dry_run(self) -> bool {
+        self != Mode::Install
+    }
+}
+
 /// What we send and with which flags.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Options {
-    /// The receiver validates and says what it would do; it changes nothing.
-    pub dry_run: bool,
+    pub mode: Mode,
     /// The receiver accepts a pair that expires before the installed one.
     pub force: bool,
-    /// Compare fingerprints only and never send key material, even when
-    /// the receiver's pair differs (`status`; needs `dry_run`).
-    pub offer_only: bool,
 }
 
 /// One certificate to offer: its name on the receiver, the pair's bytes
@@ -309,7 +329,7 @@ where
     W: tokio::io::AsyncWrite + Unpin,
     R: tokio::io::AsyncRead + Unpin,
 {
-    let hello = Message::Hello(Hello::new(AGENT, opts.dry_run, opts.force));
+    let hello = Message::Hello(Hello::new(AGENT, opts.mode.dry_run(), opts.force));
     // The receiver speaks first and may already have ended (a config
     // error, a forced command that is not certsync-receive): what it said
     // explains more than our broken pipe, so read before judging the write.
@@ -355,7 +375,7 @@ where
                 tracing::error!(cert = %cert.name, target = %target, "{}", decision.message);
             }
             // Never send key material for a comparison, whatever else is set.
-            Wanted::Send if opts.offer_only => {
+            Wanted::Send if opts.mode == Mode::OfferOnly => {
                 tracing::info!(cert = %cert.name, target = %target, leaf = %leaf, "differs from what {target} has installed");
             }
             Wanted::Send => {
@@ -368,7 +388,7 @@ where
                     cert = %cert.name, target = %target, leaf = %leaf,
                     "sent {} bytes of chain and the key{}",
                     cert.bundle.chain.len(),
-                    if opts.dry_run { " (dry run)" } else { "" }
+                    if opts.mode.dry_run() { " (dry run)" } else { "" }
                 );
                 sent.push(cert.name.clone());
             }

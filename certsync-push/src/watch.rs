@@ -684,13 +684,8 @@ async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
 pub async fn run(config_path: &Path) -> ExitCode {
     let path = config_path.to_path_buf();
     let load = || PushConfig::load(&path).map_err(|e| e.to_string());
-    let opts = crate::push::PushOptions {
-        dry_run: false,
-        force: false,
-        targets: Vec::new(),
-        settle: crate::source::Retry::default().window,
-        ..crate::push::PushOptions::default()
-    };
+    // Install mode, no force, every target; `settle` as `push`'s default.
+    let opts = crate::push::PushOptions::default();
     let config_path = config_path.to_path_buf();
     run_with(load, move |cfg: Arc<PushConfig>, target: String| {
         let opts = crate::push::PushOptions {
