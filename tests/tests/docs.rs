@@ -151,7 +151,7 @@ fn help_and_man_pages_print_the_one_exit_code_table() {
 /// The keys serde accepts at one place of a config file: parse `prefix`
 /// followed by an unknown key and read the "expected one of `a`, `b`"
 /// list out of the refusal.
-fn accepted_keys(prefix: &str, parse: fn(&str) -> Result<(), String>) -> Vec<String> {
+fn accepted_keys(prefix: &str, parse: Parse) -> Vec<String> {
     let text = format!("{prefix}certsync_no_such_key = 1\n");
     let err = parse(&text).expect_err("an unknown key must be refused");
     let (_, expected) = err
@@ -167,6 +167,9 @@ fn accepted_keys(prefix: &str, parse: fn(&str) -> Result<(), String>) -> Vec<Str
     keys
 }
 
+/// Parse a config file's text; the error as the operator reads it.
+type Parse = fn(&str) -> Result<(), String>;
+
 fn parse_push(text: &str) -> Result<(), String> {
     PushConfig::from_toml(text, Path::new("push.toml"))
         .map(drop)
@@ -181,7 +184,9 @@ fn parse_receive(text: &str) -> Result<(), String> {
 
 #[test]
 fn every_config_key_the_code_accepts_is_in_the_contract() {
-    let places: [(&str, fn(&str) -> Result<(), String>, &str, &str); 9] = [
+    // (the contract's section, the parser, the TOML that opens the place,
+    // the place as the contract's table writes it)
+    let places: [(&str, Parse, &str, &str); 9] = [
         ("`push.toml`", parse_push, "", ""),
         ("`push.toml`", parse_push, "[[cert]]\n", "[[cert]] "),
         ("`push.toml`", parse_push, "[[target]]\n", "[[target]] "),
