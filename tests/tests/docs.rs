@@ -230,3 +230,39 @@ fn every_config_key_the_code_accepts_is_in_the_contract() {
         missing.join("\n")
     );
 }
+
+/// The long flags of `cmd` itself (not its subcommands') that `section`
+/// does not name, as `WHAT --flag`.
+fn unlisted_flags(what: &str, cmd: &clap::Command, section: &str) -> Vec<String> {
+    cmd.get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .filter(|long| !["help", "version"].contains(long))
+        .filter(|long| !section.contains(&format!("--{long}")))
+        .map(|long| format!("{what} --{long}"))
+        .collect()
+}
+
+#[test]
+fn every_subcommand_and_flag_is_in_the_contract() {
+    let mut missing = Vec::new();
+    for cmd in [
+        certsync_push::cli::command(),
+        certsync_receive::cli::command(),
+    ] {
+        let name = cmd.get_name().to_string();
+        let section = contract_section(&format!("`{name}`"));
+        missing.extend(unlisted_flags(&name, &cmd, &section));
+        for sub in cmd.get_subcommands() {
+            let what = format!("{name} {}", sub.get_name());
+            if !section.contains(&format!("`{}`", sub.get_name())) {
+                missing.push(what.clone());
+            }
+            missing.extend(unlisted_flags(&what, sub, &section));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "subcommands and flags the binaries accept but docs/contract.md does not list:\n{}",
+        missing.join("\n")
+    );
+}
