@@ -8,10 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The process exit code. The variants are declared in order of severity,
-/// not of number, so that the worst outcome of several (targets,
-/// certificates) is the maximum: 0, 5, 1, 2, 3, 4 (docs/contract.md "Exit
-/// codes").
+/// The process exit code (docs/contract.md "Exit codes"). The variants
+/// are declared in order of severity, not of number, so that the worst
+/// outcome of several (targets, certificates) is the maximum: 0, 5, 1, 2,
+/// 3, 4.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
 )]
@@ -148,5 +148,10 @@ mod tests {
         assert_eq!(ExitCode::Success.worst(ExitCode::Held), ExitCode::Held);
         assert_eq!(ExitCode::Held.worst(ExitCode::Refused), ExitCode::Refused);
         assert_eq!(ExitCode::Held.worst(ExitCode::Runtime), ExitCode::Runtime);
+        // The severity order docs/contract.md "Exit codes" states.
+        let mut by_severity = ExitCode::ALL;
+        by_severity.sort();
+        let order: Vec<u8> = by_severity.iter().map(|c| c.code()).collect();
+        assert_eq!(order, [0, 5, 1, 2, 3, 4]);
     }
 }
