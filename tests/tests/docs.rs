@@ -4,9 +4,12 @@
 //!   are what the clap definitions generate today: regenerate into a temp
 //!   dir and compare byte for byte. When this fails, run `cargo run -p
 //!   certsync-tests --example gen-docs` and commit the result;
-//! - the exit-code table exists once, in `certsync_core::exit`: the table in
-//!   docs/contract.md ("Exit codes"), both binaries' `--help` and both
-//!   top-level man pages say exactly its codes and meanings;
+//! - the exit-code table exists once, in `certsync_core::exit`: the tables
+//!   in docs/contract.md ("Exit codes") and README.md, both binaries'
+//!   `--help` and both top-level man pages say exactly its codes and
+//!   meanings;
+//! - every subcommand and long flag of both binaries is named in the
+//!   contract's section for that binary;
 //! - every config key the parsers accept (read from the parsers themselves:
 //!   both files are `deny_unknown_fields`, and serde's refusal of an
 //!   unknown key lists the known ones) has a row in docs/contract.md's
@@ -25,14 +28,19 @@ fn repo() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The part of docs/contract.md under `## {heading}`, up to the next `## `.
-fn contract_section(heading: &str) -> String {
-    let text = std::fs::read_to_string(repo().join("docs/contract.md")).unwrap();
+/// The part of `file` (relative to the repo) under `## {heading}`, up to
+/// the next `## `.
+fn section(file: &str, heading: &str) -> String {
+    let text = std::fs::read_to_string(repo().join(file)).unwrap();
     let start = text
         .find(&format!("\n## {heading}\n"))
-        .unwrap_or_else(|| panic!("docs/contract.md has no section \"## {heading}\""));
+        .unwrap_or_else(|| panic!("{file} has no section \"## {heading}\""));
     let body = &text[start + 4 + heading.len()..];
     body[..body.find("\n## ").unwrap_or(body.len())].to_string()
+}
+
+fn contract_section(heading: &str) -> String {
+    section("docs/contract.md", heading)
 }
 
 #[test]
@@ -95,20 +103,25 @@ fn the_man_page_documents_the_exit_codes_and_every_subcommand() {
 }
 
 #[test]
-fn the_contract_states_exactly_the_exit_codes_in_core() {
-    let section = contract_section("Exit codes");
-    let rows: Vec<&str> = section
-        .lines()
-        .filter(|l| l.starts_with("| ") && l[2..].starts_with(|c: char| c.is_ascii_digit()))
-        .collect();
+fn the_contract_and_readme_state_exactly_the_exit_codes_in_core() {
     let want: Vec<String> = ExitCode::ALL
         .iter()
         .map(|c| format!("| {} | {} |", c.code(), c.meaning()))
         .collect();
-    assert_eq!(
-        rows, want,
-        "docs/contract.md \"Exit codes\" must list exactly certsync_core::exit::ExitCode::ALL with ExitCode::meaning"
-    );
+    for (file, heading) in [
+        ("docs/contract.md", "Exit codes"),
+        ("README.md", "Exit codes (both binaries)"),
+    ] {
+        let text = section(file, heading);
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("| ") && l[2..].starts_with(|c: char| c.is_ascii_digit()))
+            .collect();
+        assert_eq!(
+            rows, want,
+            "{file} \"{heading}\" must list exactly certsync_core::exit::ExitCode::ALL with ExitCode::meaning"
+        );
+    }
 }
 
 /// A line of `--help` text as clap_mangen writes it into a man page.
