@@ -36,7 +36,7 @@ use certsync_core::{ExitCode, Fingerprint};
 use serde::Serialize;
 
 use crate::error::PushError;
-use crate::source::{read_consistent, SourceError, MAX_PEM_BYTES};
+use crate::source::{read_capped, read_consistent, Capped, SourceError, MAX_PEM_BYTES};
 
 /// One lineage found under the live root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -98,19 +98,14 @@ fn natural_key(name: &str) -> Vec<(u8, u64, String)> {
 /// file and read with a cap: the link may point anywhere (a FIFO,
 /// `/dev/zero`, swapped meanwhile).
 fn leaf_info_only(dir: &Path) -> Option<CertInfo> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
+    let mut file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(dir.join("fullchain.pem"))
         .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() > MAX_PEM_BYTES {
+    let Ok(Capped::Bytes(bytes)) = read_capped(&mut file, MAX_PEM_BYTES) else {
         return None;
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES).read_to_end(&mut bytes).ok()?;
+    };
     let certs = parse_chain(&bytes).ok()?;
     certs.first().map(CertInfo::of)
 }
@@ -512,6 +507,37 @@ mod tests {
             err.to_string().contains("/nonexistent/live does not exist"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_inconsistent_dir_whose_fullchain_is_endless_or_a_fifo_is_listed_at_once() {
+        // The facts of an inconsistent dir come from fullchain.pem alone, and
+        // that may be anything: a link to /dev/zero (endless), a FIFO that
+        // nobody writes (a blocking read would hang discover forever).
+        let tmp = tempfile::tempdir().unwrap();
+        let zero = tmp.path().join("npm-1");
+        fs::create_dir(&zero).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", zero.join("fullchain.pem")).unwrap();
+        let fifo = tmp.path().join("npm-2");
+        fs::create_dir(&fifo).unwrap();
+        let path = std::ffi::CString::new(
+            fifo.join("fullchain.pem")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let started = std::time::Instant::now();
+        let found = discover(tmp.path(), 0).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let names: Vec<&str> = found.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["npm-1", "npm-2"]);
+        for c in &found {
+            assert!(
+                !c.consistent && c.subject.is_none() && c.problem.is_some(),
+                "{c:?}"
+            );
+        }
     }
 
     #[test]

@@ -639,31 +639,55 @@ fn read_file(
     } else {
         MAX_PEM_BYTES
     };
-    let meta = file.metadata().map_err(io_err("inspect", path))?;
+    match read_capped(&mut file, limit).map_err(|(action, e)| io_err(action, path)(e))? {
+        Capped::Bytes(buf) => Ok(Some(buf)),
+        Capped::NotRegular => {
+            problems.push(Problem::NotRegularFile { file: name });
+            Ok(None)
+        }
+        Capped::TooLarge => Err(SourceError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        }),
+    }
+}
+
+/// What a capped read of an opened file found.
+pub(crate) enum Capped {
+    Bytes(Zeroizing<Vec<u8>>),
+    /// A FIFO, a device, a directory: never read (a FIFO would block, a
+    /// device could be endless).
+    NotRegular,
+    /// More than the limit, before reading or while reading (the file
+    /// grew).
+    TooLarge,
+}
+
+/// Read an opened file whole, only if it is a regular file of at most
+/// `limit` bytes; the one capped reader of the pusher (the live dir's
+/// files, and `discover`'s look at an inconsistent one). The buffer is
+/// sized up front, so key bytes are never reallocated (and left behind
+/// unzeroed) while reading. An error says which step failed (`inspect`,
+/// `read`).
+pub(crate) fn read_capped(
+    file: &mut File,
+    limit: u64,
+) -> Result<Capped, (&'static str, io::Error)> {
+    let meta = file.metadata().map_err(|e| ("inspect", e))?;
     if !meta.is_file() {
-        problems.push(Problem::NotRegularFile { file: name });
-        return Ok(None);
+        return Ok(Capped::NotRegular);
     }
     if meta.len() > limit {
-        return Err(SourceError::TooLarge {
-            path: path.to_path_buf(),
-            limit,
-        });
+        return Ok(Capped::TooLarge);
     }
-    // Capacity up front so the key bytes are not reallocated (and left
-    // behind unzeroed) while reading.
     let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
-    (&mut file)
-        .take(limit + 1)
+    file.take(limit + 1)
         .read_to_end(&mut buf)
-        .map_err(io_err("read", path))?;
+        .map_err(|e| ("read", e))?;
     if buf.len() as u64 > limit {
-        return Err(SourceError::TooLarge {
-            path: path.to_path_buf(),
-            limit,
-        });
+        return Ok(Capped::TooLarge);
     }
-    Ok(Some(buf))
+    Ok(Capped::Bytes(buf))
 }
 
 fn inconsistent(dir: &Path, problems: Vec<Problem>) -> SourceError {
