@@ -2,7 +2,7 @@
 //! and receive.toml), without anyone reading the journal.
 //!
 //! A notification is one JSON object ([`Notification`]): which binary and
-//! host, the event (`install`, `failure`, `check`), a title and a one-line
+//! host, the event (`install`, `failure`, `check`, `held`), a title and a one-line
 //! message (the fields Gotify's `/message` reads), and `details`: the
 //! structured result. It goes to a `command` (on its stdin) and/or a
 //! `webhook` (an HTTP/1.1 POST; plain `http://`, meant for a local ntfy,
@@ -41,16 +41,20 @@ pub enum Event {
     Failure,
     /// `check` (receiver) or `status` (pusher) found a problem.
     Check,
+    /// A pair held for DNS (exit 5, DANE): nothing failed, but a TLSA
+    /// record has to be published before it installs.
+    Held,
 }
 
 impl Event {
-    pub const ALL: [Event; 3] = [Event::Install, Event::Failure, Event::Check];
+    pub const ALL: [Event; 4] = [Event::Install, Event::Failure, Event::Check, Event::Held];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Event::Install => "install",
             Event::Failure => "failure",
             Event::Check => "check",
+            Event::Held => "held",
         }
     }
 }
@@ -63,7 +67,7 @@ pub struct NotifyConfig {
     pub command: Option<Vec<String>>,
     /// `http://host[:port]/path`: the notification is POSTed there.
     pub webhook: Option<String>,
-    /// Which events are sent (default: all three).
+    /// Which events are sent (default: all four).
     pub on: Option<Vec<Event>>,
     /// Seconds per attempt (default 10).
     pub timeout: Option<u64>,
@@ -102,7 +106,7 @@ impl NotifyConfig {
         }
         if self.on.as_ref().is_some_and(|o| o.is_empty()) {
             return Err(
-                "[notify] `on` is empty: leave it out for all events, or list some of \"install\", \"failure\", \"check\""
+                "[notify] `on` is empty: leave it out for all events, or list some of \"install\", \"failure\", \"check\", \"held\""
                     .into(),
             );
         }
@@ -120,7 +124,8 @@ pub struct Notification {
     pub event: Event,
     pub title: String,
     pub message: String,
-    /// Gotify's priority: 8 for failures, 5 for check problems, 3 otherwise.
+    /// Gotify's priority: 8 for failures, 5 for check problems and holds,
+    /// 3 otherwise.
     pub priority: u8,
     /// The structured result (a report, a check, push results).
     pub details: serde_json::Value,
@@ -138,6 +143,7 @@ impl Notification {
             Event::Install => "installed",
             Event::Failure => "FAILED",
             Event::Check => "check found a problem",
+            Event::Held => "held for DNS (DANE): publish a TLSA record",
         };
         Notification {
             source: source.to_string(),
@@ -147,7 +153,7 @@ impl Notification {
             message: message.into(),
             priority: match event {
                 Event::Failure => 8,
-                Event::Check => 5,
+                Event::Check | Event::Held => 5,
                 Event::Install => 3,
             },
             details,
@@ -350,7 +356,10 @@ mod tests {
         let cfg: NotifyConfig =
             toml::from_str("webhook = \"http://x/\"\non = [\"failure\"]").unwrap();
         assert!(cfg.wants(Event::Failure) && !cfg.wants(Event::Install));
+        assert!(!cfg.wants(Event::Held), "a hold is its own event");
         assert!(cfg.check().is_ok());
+        let held: NotifyConfig = toml::from_str("on = [\"held\"]").unwrap();
+        assert!(held.wants(Event::Held) && !held.wants(Event::Failure));
         let none: NotifyConfig = toml::from_str("on = [\"check\"]").unwrap();
         assert!(none.check().is_err());
     }

@@ -87,6 +87,12 @@ pub struct CertReport {
     /// or could not start. Absent on the wire when no hook ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<HookOutcome>,
+    /// Held for DNS (exit 5, docs/contract.md "DANE"): the TLSA records
+    /// that would let the pair through, as zone-file lines
+    /// (`_25._tcp.mail.example.com. IN TLSA 3 1 1 <hex>`). Absent on the
+    /// wire when empty, and defaulted when absent, like `warnings`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
 }
 
 /// What became of a `hook` run (see `CertReport::hook`).
@@ -109,6 +115,7 @@ impl CertReport {
             steps: Vec::new(),
             warnings: Vec::new(),
             hook: None,
+            publish: Vec::new(),
         }
     }
 

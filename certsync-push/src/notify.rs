@@ -1,5 +1,6 @@
 //! The pusher's `[notify]` ([`certsync_core::notify`]): a pass's
-//! installs and failures, and `status` problems (event `check`).
+//! installs, failures and pairs held for DNS (event `held`), and `status`
+//! problems (event `check`).
 //!
 //! The receiver's words (messages, its peer name) are data from a host we
 //! do not control: they reach a notification only through
@@ -28,7 +29,7 @@ struct Told {
     message: String,
 }
 
-/// Tell a push pass's failures and installs (nothing for a dry run).
+/// Tell a push pass's failures, holds and installs (nothing for a dry run).
 pub async fn pass(cfg: Option<&NotifyConfig>, results: &[TargetResult], dry_run: bool) {
     let Some(cfg) = cfg else {
         return;
@@ -38,6 +39,9 @@ pub async fn pass(cfg: Option<&NotifyConfig>, results: &[TargetResult], dry_run:
     }
     let mut failed = Vec::new();
     let mut installed = Vec::new();
+    // DANE: a pair held for DNS is not a failure; its message names the
+    // TLSA record to publish.
+    let mut held = Vec::new();
     for r in results {
         if let (Some(error), true) = (&r.error, r.certs.is_empty()) {
             failed.push(Told {
@@ -61,6 +65,7 @@ pub async fn pass(cfg: Option<&NotifyConfig>, results: &[TargetResult], dry_run:
                 message: untrusted::clean(&c.message),
             };
             match (c.state, c.exit) {
+                (CertState::Held, ExitCode::Held) => held.push(told),
                 (CertState::Failed, _)
                 | (_, ExitCode::Runtime | ExitCode::Usage)
                 | (_, ExitCode::Refused | ExitCode::Unverified) => failed.push(told),
@@ -69,7 +74,11 @@ pub async fn pass(cfg: Option<&NotifyConfig>, results: &[TargetResult], dry_run:
             }
         }
     }
-    for (event, told) in [(Event::Failure, failed), (Event::Install, installed)] {
+    for (event, told) in [
+        (Event::Failure, failed),
+        (Event::Held, held),
+        (Event::Install, installed),
+    ] {
         if told.is_empty() {
             continue;
         }

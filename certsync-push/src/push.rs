@@ -67,6 +67,9 @@ pub enum CertState {
     NothingToDo,
     /// Dry run: the receiver would install it.
     WouldInstall,
+    /// Held for DNS (exit 5, DANE): the receiver keeps the pair staged
+    /// until a TLSA record matches it; the installed pair is unchanged.
+    Held,
     /// The receiver refused or failed, or the pair could not be read.
     Failed,
 }
@@ -415,7 +418,9 @@ fn cert_result(o: &Offering, outcome: &session::Outcome, dry_run: bool) -> CertR
             installed: None,
         };
     };
-    let (state, message) = if cr.exit != ExitCode::Success {
+    let (state, message) = if cr.exit == ExitCode::Held {
+        (CertState::Held, held_message(leaf, cr))
+    } else if cr.exit != ExitCode::Success {
         let why = cr
             .steps
             .iter()
@@ -448,6 +453,21 @@ fn cert_result(o: &Offering, outcome: &session::Outcome, dry_run: bool) -> CertR
     }
 }
 
+/// A held pair's result line: what is held and the exact TLSA records to
+/// publish (the receiver's `publish`, already cleaned by the session).
+fn held_message(leaf: Fingerprint, cr: &CertReport) -> String {
+    let leaf = leaf.short();
+    if cr.publish.is_empty() {
+        return format!(
+            "held for DNS: {leaf} stays staged and the installed pair keeps serving; the receiver's report says which TLSA record to publish"
+        );
+    }
+    format!(
+        "held for DNS: {leaf} stays staged and the installed pair keeps serving until DNS has: {}",
+        cr.publish.join(" ; ")
+    )
+}
+
 /// The human output: per target one result line, then the receiver's step
 /// lines for each cert, indented.
 ///
@@ -461,6 +481,8 @@ pub fn render(results: &[TargetResult], dry_run: bool) -> String {
     for r in results {
         let verdict = if r.exit == ExitCode::Success {
             "ok".to_string()
+        } else if r.exit == ExitCode::Held {
+            format!("HELD (exit {})", r.exit.code())
         } else {
             format!("FAILED (exit {})", r.exit.code())
         };
@@ -553,6 +575,44 @@ transport = "local"
         );
         assert_eq!(worst(&[ok, down]), ExitCode::Runtime);
         assert_eq!(worst(&[]), ExitCode::Success);
+    }
+
+    #[test]
+    fn a_held_pair_says_held_with_the_record_to_publish_not_failed() {
+        let line = "_25._tcp.mail.example.com. IN TLSA 3 1 1 ab12";
+        let mut cr = CertReport::new("mail", None);
+        cr.skipped(certsync_core::report::Step::Install, "held for DNS: …");
+        cr.exit = ExitCode::Held;
+        cr.publish = vec![line.into()];
+        let leaf = Fingerprint::of_der(b"leaf");
+        let message = held_message(leaf, &cr);
+        let held = TargetResult {
+            target: "mailcow".into(),
+            peer: None,
+            exit: ExitCode::Held,
+            error: None,
+            certs: vec![CertResult {
+                cert: "mail".into(),
+                local: Some(leaf),
+                state: CertState::Held,
+                exit: ExitCode::Held,
+                message,
+                report: Some(cr),
+                installed: None,
+            }],
+        };
+        let text = render(std::slice::from_ref(&held), false);
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.starts_with("mailcow: HELD (exit 5): mail: held for DNS: "),
+            "{text}"
+        );
+        assert!(first.ends_with(&format!("until DNS has: {line}")), "{text}");
+        assert!(
+            text.contains("  mail: install skipped: held for DNS"),
+            "{text}"
+        );
+        assert_eq!(worst(&[held]), ExitCode::Held);
     }
 
     #[tokio::test]

@@ -53,6 +53,9 @@ pub fn lines(results: &[TargetResult]) -> Vec<StatusLine> {
             let (state, installed) = match c.state {
                 CertState::NothingToDo => ("up_to_date", c.local),
                 CertState::WouldInstall | CertState::Installed => ("differs", c.installed),
+                // `status` sends no pair, so no receiver holds one; a
+                // held answer still differs from what is installed.
+                CertState::Held => ("differs", c.installed),
                 CertState::Failed if c.report.is_some() => ("would_be_refused", None),
                 CertState::Failed => ("unknown", None),
             };

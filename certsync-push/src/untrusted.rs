@@ -2,7 +2,8 @@
 //!
 //! Everything the far side writes is data from a host we do not control:
 //! its progress lines, its error frame, its answer's messages, its
-//! report's step messages and names, its agent string, its stderr. Before
+//! report's step messages, warnings, records to publish and names, its
+//! agent string, its stderr. Before
 //! any of it reaches our log (the journal, a terminal running `push`), it
 //! goes through [`clean`] and, for the open-ended streams, a [`LogBudget`].
 //!
@@ -116,6 +117,9 @@ pub fn clean_report(report: &mut Report) {
         for s in &mut c.steps {
             s.message = clean(&s.message);
         }
+        for w in c.warnings.iter_mut().chain(c.publish.iter_mut()) {
+            *w = clean(w);
+        }
     }
 }
 
@@ -186,6 +190,23 @@ mod tests {
         let long = clean(&"A".repeat(10 * MAX_SHOWN_CHARS));
         assert_eq!(long.chars().count(), MAX_SHOWN_CHARS + 1);
         assert!(long.ends_with('…'));
+    }
+
+    #[test]
+    fn a_reports_warnings_and_records_to_publish_are_cleaned_too() {
+        let mut c = certsync_core::report::CertReport::new("mail", None);
+        c.warn("w\n2026-01-01 INFO forged\u{1b}[2J");
+        c.publish = vec!["_25._tcp.mail.example.com. IN TLSA 3 1 1 ab\r\n\u{1b}]0;t\u{7}".into()];
+        let mut r = Report {
+            dry_run: false,
+            certs: vec![c],
+        };
+        clean_report(&mut r);
+        assert_eq!(r.certs[0].warnings, ["w 2026-01-01 INFO forged"]);
+        assert_eq!(
+            r.certs[0].publish,
+            ["_25._tcp.mail.example.com. IN TLSA 3 1 1 ab "]
+        );
     }
 
     #[test]

@@ -706,6 +706,8 @@ pub async fn guard_step(
             tracing::warn!(cert = %spec.name, leaf = %pair.leaf_fingerprint(), "{msg}");
             report.skipped(Step::Install, msg);
             report.exit = report.exit.worst(ExitCode::Held);
+            // The pusher prints these as the result of the push.
+            report.publish = publish;
             Err(StepFailed)
         }
         Verdict::Refuse { reason } => {
@@ -723,6 +725,16 @@ pub async fn guard_step(
 /// Whether this report holds its pair for DNS: then the pair stays staged.
 pub fn held(report: &CertReport) -> bool {
     report.exit == ExitCode::Held
+}
+
+/// The one line a notification gives a held pair:
+/// `mail: held for DNS: publish _25._tcp.… IN TLSA 3 1 1 <hex>`.
+pub fn held_summary(report: &CertReport) -> String {
+    format!(
+        "{}: held for DNS: publish {}",
+        report.name,
+        report.publish.join(" ; ")
+    )
 }
 
 /// What `check` reports about DANE for one certificate (docs/contract.md

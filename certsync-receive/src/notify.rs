@@ -27,7 +27,14 @@ pub async fn report(settings: &Settings, report: &Report) {
     let failed: Vec<CertReport> = report
         .certs
         .iter()
-        .filter(|c| c.exit != ExitCode::Success)
+        .filter(|c| !matches!(c.exit, ExitCode::Success | ExitCode::Held))
+        .cloned()
+        .collect();
+    // DANE: held for DNS is not a failure; its own event says what to publish.
+    let held: Vec<CertReport> = report
+        .certs
+        .iter()
+        .filter(|c| c.exit == ExitCode::Held)
         .cloned()
         .collect();
     let installed: Vec<CertReport> = report
@@ -36,7 +43,11 @@ pub async fn report(settings: &Settings, report: &Report) {
         .filter(|c| c.exit == ExitCode::Success && was_installed(c))
         .cloned()
         .collect();
-    for (event, certs) in [(Event::Failure, failed), (Event::Install, installed)] {
+    for (event, certs) in [
+        (Event::Failure, failed),
+        (Event::Held, held),
+        (Event::Install, installed),
+    ] {
         if certs.is_empty() {
             continue;
         }
@@ -83,8 +94,12 @@ fn was_installed(c: &CertReport) -> bool {
         .any(|s| s.step == Step::Install && s.status == StepStatus::Done)
 }
 
-/// `mail: installed AB:CD:…` or `mail: validate failed: …`.
+/// `mail: installed AB:CD:…`, `mail: validate failed: …` or
+/// `mail: held for DNS: publish …`.
 fn summary(c: &CertReport) -> String {
+    if c.exit == ExitCode::Held {
+        return crate::dane::held_summary(c);
+    }
     if let Some(s) = c.steps.iter().find(|s| s.status == StepStatus::Failed) {
         return format!("{}: {} failed: {}", c.name, s.step, s.message);
     }

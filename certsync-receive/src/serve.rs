@@ -363,6 +363,10 @@ where
                         if d.hook.is_some() {
                             cr.hook = d.hook;
                         }
+                        // Root's warnings (DANE's among them) and, for a
+                        // pair held for DNS, the records to publish.
+                        cr.warnings.extend(d.warnings);
+                        cr.publish = d.publish;
                         // The deploy side re-validated; keep its later steps.
                         cr.steps.extend(
                             d.steps

@@ -136,6 +136,21 @@ impl Mailhost {
         c
     }
 
+    /// [`Mailhost::serve_cmd`] as the unprivileged user `uid` (the
+    /// `certsync` user of handoff mode), through util-linux's `setpriv`.
+    pub fn serve_as(&self, uid: u32) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("/usr/bin/setpriv");
+        c.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg(crate::bins::receive())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve");
+        c.env_remove("CERTSYNC_FAULT_KILL_AT");
+        c
+    }
+
     pub fn install_leaf(&self, leaf: &TestLeaf, extra: &[&str]) -> Output {
         let (c, k) = self.files_for(leaf);
         self.install(&c, &k, extra)

@@ -1,12 +1,18 @@
 //! The DANE guard against real DNS: Knot DNS serving a signed and an
 //! unsigned zone, a real validating unbound in front (see
 //! `certsync_tests::dns`), and `certsync-receive install` asking unbound
-//! through `dns_resolver`.
+//! through `dns_resolver`; and the whole chain, a real `certsync-push`
+//! through a real sshd to `certsync-receive serve`, with `[notify]` on both
+//! sides posting to a real HTTP listener.
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
-use certsync_receive::dane::Tlsa;
+use certsync_receive::dane::{Tlsa, UDP_PAYLOAD};
 use certsync_tests::dns::{self, DnsLab, SIGNED};
-use certsync_tests::receiver::Mailhost;
+use certsync_tests::e2e::Deployer;
+use certsync_tests::httpsink::HttpSink;
+use certsync_tests::npmhost::{ssh_target, sshd_for, NpmHost};
+use certsync_tests::receiver::{push_session, Mailhost};
+use certsync_tests::sshd;
 use openssl::hash::MessageDigest;
 
 fn ee(leaf: &TestLeaf) -> String {
@@ -238,4 +244,391 @@ fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         assert!(installed_is(&h, leaf));
     }
+}
+
+fn dns_required() -> bool {
+    certsync_tests::require(
+        "knot and unbound (apt-get install knot unbound)",
+        dns::available(),
+    )
+}
+
+/// The `3 1 1` zone line for `leaf` at `_<port>._tcp.<host>.`.
+fn publish_line(host: &str, port: u16, leaf: &TestLeaf) -> String {
+    format!("_{port}._tcp.{host}. IN TLSA {}", ee(leaf))
+}
+
+/// The notifications `sink` got, as JSON, once `n` have arrived.
+fn told(sink: &HttpSink, n: usize) -> Vec<serde_json::Value> {
+    sink.wait_for(n).iter().map(|r| r.json()).collect()
+}
+
+fn staged_chain(h: &Mailhost) -> Option<Vec<u8>> {
+    std::fs::read(h.staging.join("mail").join("fullchain.pem")).ok()
+}
+
+#[test]
+fn a_held_push_says_held_with_the_record_and_installs_by_deploy_or_the_next_push() {
+    if !dns_required() || !sshd::require() {
+        return;
+    }
+    const HOST: &str = "mail.example.test";
+    let ca = TestCa::new();
+    let k1 = ca.leaf(KeyKind::P256, &[HOST]);
+    let k2 = ca.leaf(KeyKind::P256, &[HOST]);
+    let k3 = ca.leaf(KeyKind::P256, &[HOST]);
+    let pinned = |leaves: &[&TestLeaf]| -> String {
+        leaves
+            .iter()
+            .map(|l| format!("_25._tcp.mail TLSA {}\n", ee(l)))
+            .collect()
+    };
+    let mut lab = DnsLab::start(&pinned(&[&k1]), "", "");
+
+    // The receiver tells every event; the pusher only holds and failures.
+    let recv_sink = HttpSink::start();
+    let push_sink = HttpSink::start();
+    let mail = Mailhost::with_extra(
+        &[HOST],
+        &format!(
+            "dane = \"auto\"\ndns_resolver = \"{}\"\n[notify]\nwebhook = {:?}\n",
+            lab.resolver,
+            recv_sink.url("/receiver")
+        ),
+    );
+    let mut npm = NpmHost::new(&k1);
+    let sshd = sshd_for(&mail, &npm.key);
+    let kh = npm.known_hosts("known_hosts", &[sshd.known_hosts_line()]);
+    npm.write_config(
+        &format!(
+            "{}\n[notify]\nwebhook = {:?}\non = [\"held\", \"failure\"]\n",
+            npm.cert_source(),
+            push_sink.url("/pusher")
+        ),
+        &[ssh_target(
+            "mailcow",
+            sshd.host(),
+            sshd.port(),
+            &npm.key.private,
+            &kh,
+        )],
+    );
+
+    // k1 matches the published 3 1 1: installed.
+    let run = npm.run(&["push"]);
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    assert!(installed_is(&mail, &k1), "{}", run.both());
+    let before = mail.snapshot();
+
+    // certbot renews with a new key that DNS does not pin: held. The push
+    // exits 5 and its result line says held (not FAILED) with the exact
+    // record to publish; nothing installed changes; the pair stays staged.
+    npm.live.renew(&k2);
+    let run = npm.run(&["push"]);
+    eprintln!("{}", run.both());
+    assert_eq!(run.code, Some(5), "{}", run.both());
+    let want = publish_line(HOST, 25, &k2);
+    let first = run.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!(
+            "mailcow: HELD (exit 5): mail: held for DNS: {} stays staged",
+            k2.fingerprint().short()
+        )),
+        "{}",
+        run.both()
+    );
+    assert!(
+        first.ends_with(&format!("until DNS has: {want}")),
+        "{}",
+        run.both()
+    );
+    assert!(!run.stdout.contains("FAILED"), "{}", run.both());
+    assert!(
+        run.stdout.contains("  mail: install skipped: held for DNS"),
+        "{}",
+        run.both()
+    );
+    assert_eq!(mail.snapshot(), before, "a held pair must not be installed");
+    assert_eq!(staged_chain(&mail), Some(k2.chain_pem.clone()));
+
+    // [notify]: its own event `held`, never `failure`, on both sides.
+    let r = told(&recv_sink, 2);
+    assert_eq!(r[0]["event"], "install", "{r:?}");
+    assert_eq!(r[1]["event"], "held", "{r:?}");
+    assert_eq!(r[1]["priority"], 5, "{r:?}");
+    assert_eq!(
+        r[1]["message"],
+        format!("mail: held for DNS: publish {want}"),
+        "{r:?}"
+    );
+    assert_eq!(r[1]["details"]["certs"][0]["exit"], "held", "{r:?}");
+    assert_eq!(
+        r[1]["details"]["certs"][0]["publish"],
+        serde_json::json!([want]),
+        "{r:?}"
+    );
+    let p = told(&push_sink, 1);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0]["source"], "certsync-push");
+    assert_eq!(p[0]["event"], "held", "{p:?}");
+    assert_eq!(p[0]["details"]["results"][0]["state"], "held", "{p:?}");
+    assert!(p[0]["message"].as_str().unwrap().contains(&want), "{p:?}");
+
+    // Before DNS has the record, neither the deploy timer's run nor
+    // another push installs anything.
+    let out = mail.cmd().arg("deploy").output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(mail.snapshot(), before);
+    assert_eq!(staged_chain(&mail), Some(k2.chain_pem.clone()));
+    let run = npm.run(&["push"]);
+    assert_eq!(run.code, Some(5), "{}", run.both());
+    assert_eq!(mail.snapshot(), before);
+
+    // The operator publishes current + next and the zone is re-signed: the
+    // deploy timer's run (`certsync-receive deploy`, no request) installs
+    // the staged pair by itself and empties the staging dir.
+    lab.set_records(SIGNED, &pinned(&[&k1, &k2]));
+    let out = mail.cmd().arg("deploy").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(installed_is(&mail, &k2), "{}", text(&out));
+    assert_eq!(staged_chain(&mail), None, "{}", text(&out));
+    let run = npm.run(&["push"]);
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    assert!(
+        run.stdout.contains("mailcow: ok: mail: nothing to do"),
+        "{}",
+        run.both()
+    );
+
+    // The next renewal is held again, and this time the next push (the
+    // pusher's timer, or `watch`'s recheck) installs it once DNS matches.
+    npm.live.renew(&k3);
+    let held = mail.snapshot();
+    let run = npm.run(&["push"]);
+    assert_eq!(run.code, Some(5), "{}", run.both());
+    assert!(
+        run.stdout
+            .contains(&format!("until DNS has: {}", publish_line(HOST, 25, &k3))),
+        "{}",
+        run.both()
+    );
+    assert_eq!(mail.snapshot(), held);
+    lab.set_records(SIGNED, &pinned(&[&k2, &k3]));
+    let run = npm.run(&["push"]);
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    assert!(
+        run.stdout.contains(&format!(
+            "mailcow: ok: mail: installed {}",
+            k3.fingerprint().short()
+        )),
+        "{}",
+        run.both()
+    );
+    assert!(installed_is(&mail, &k3));
+    assert_eq!(staged_chain(&mail), None);
+
+    // No hold was ever told as a failure.
+    let all: Vec<serde_json::Value> = recv_sink
+        .requests()
+        .iter()
+        .chain(push_sink.requests().iter())
+        .map(|r| r.json())
+        .collect();
+    assert!(all.iter().all(|n| n["event"] != "failure"), "{all:#?}");
+    assert!(
+        all.iter().filter(|n| n["event"] == "held").count() >= 4,
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn dane_ports_and_an_rrset_too_big_for_udp_against_real_dns() {
+    if !dns_required() {
+        return;
+    }
+    let ca = TestCa::new();
+    let mx7_old = ca.leaf(KeyKind::P256, &["mx7.example.test"]);
+    let mx7_new = ca.leaf(KeyKind::P256, &["mx7.example.test"]);
+    let big_old = ca.leaf(KeyKind::P256, &["big.example.test"]);
+    let big_new = ca.leaf(KeyKind::P256, &["big.example.test"]);
+    // 40 `3 1 2` records (64-byte SHA-512 data, about 79 bytes each on the
+    // wire) besides the real one: over 3 KB, far above the 1232-byte UDP
+    // payload we advertise, so unbound answers over UDP with TC set and the
+    // lookup must retry over TCP. Without that retry the RRset is never
+    // seen and the new key installs (checked: exit 0 instead of 5).
+    let filler: String = (0..40u8)
+        .map(|i| {
+            format!(
+                "_25._tcp.big TLSA 3 1 2 {}\n",
+                format!("{i:02x}").repeat(64)
+            )
+        })
+        .collect();
+    assert!(41 * 79 > usize::from(UDP_PAYLOAD));
+    let records = |mx7_25: &[&TestLeaf], mx7_465: &[&TestLeaf]| -> String {
+        let mut z = filler.clone();
+        z.push_str(&format!("_25._tcp.big TLSA {}\n", ee(&big_old)));
+        for l in mx7_25 {
+            z.push_str(&format!("_25._tcp.mx7 TLSA {}\n", ee(l)));
+        }
+        for l in mx7_465 {
+            z.push_str(&format!("_465._tcp.mx7 TLSA {}\n", ee(l)));
+        }
+        z
+    };
+    let mut lab = DnsLab::start(&records(&[&mx7_old], &[&mx7_old]), "", "");
+
+    // dane_ports = [465]: port 25 already pins the new key too, 465 does
+    // not: held, and only the 465 record is to be published.
+    let h = Mailhost::with_extra(
+        &["mx7.example.test"],
+        &format!(
+            "dane = \"auto\"\ndane_ports = [465]\ndns_resolver = \"{}\"\n",
+            lab.resolver
+        ),
+    );
+    let out = h.install_leaf(&mx7_old, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.set_records(SIGNED, &records(&[&mx7_old, &mx7_new], &[&mx7_old]));
+    let before = h.snapshot();
+    let out = h.install_leaf(&mx7_new, &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(h.snapshot(), before);
+    let all = text(&out);
+    assert!(
+        all.contains(&publish_line("mx7.example.test", 465, &mx7_new)),
+        "{all}"
+    );
+    assert!(
+        !all.contains(&publish_line("mx7.example.test", 25, &mx7_new)),
+        "port 25 already matches: {all}"
+    );
+    // The same holds without dane_ports: 465 is not looked at.
+    let h25 = Mailhost::with_extra(
+        &["mx7.example.test"],
+        &format!("dane = \"auto\"\ndns_resolver = \"{}\"\n", lab.resolver),
+    );
+    let out = h25.install_leaf(&mx7_old, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = h25.install_leaf(&mx7_new, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Once 465 has it too, the dane_ports host installs.
+    lab.set_records(
+        SIGNED,
+        &records(&[&mx7_old, &mx7_new], &[&mx7_old, &mx7_new]),
+    );
+    let out = h.install_leaf(&mx7_new, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(installed_is(&h, &mx7_new));
+
+    // The big RRset: the matching record among 41 is found (installed
+    // with no deadline warning), and a new key is held.
+    let h = host(&lab, "big.example.test");
+    let out = h.install_leaf(&big_old, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !text(&out).contains("DANE-validating senders"),
+        "the record matched, nothing was forced: {}",
+        text(&out)
+    );
+    let before = h.snapshot();
+    let out = h.install_leaf(&big_new, &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(h.snapshot(), before);
+    assert!(
+        text(&out).contains(&publish_line("big.example.test", 25, &big_new)),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Handoff mode: `serve` runs as the unprivileged user (uid 65534 stands
+/// in for `certsync`), root's `deploy` holds the pair; the hold reaches the
+/// pusher through the result file, the pair stays in the staging dir (the
+/// unprivileged user can stage over it at the next push), and root's
+/// deploy timer installs it once DNS matches.
+#[tokio::test]
+async fn in_handoff_mode_a_held_pair_waits_in_the_staging_dir_for_roots_deploy() {
+    use std::os::unix::fs::PermissionsExt;
+    if !dns_required()
+        || !certsync_tests::require("setpriv", std::path::Path::new("/usr/bin/setpriv").exists())
+    {
+        return;
+    }
+    const HOST: &str = "mail.example.test";
+    const NOBODY: u32 = 65534;
+    let ca = TestCa::new();
+    // A second name in the unsigned zone: its "not validated" warning is
+    // root's, and must reach the pusher too.
+    let names = [HOST, "mail.unsigned.test"];
+    let k1 = ca.leaf(KeyKind::P256, &names);
+    let k2 = ca.leaf(KeyKind::P256, &names);
+    let mut lab = DnsLab::start(&format!("_25._tcp.mail TLSA {}\n", ee(&k1)), "", "");
+    let mail = Mailhost::with_extra(
+        &names,
+        &format!(
+            "deploy = \"handoff\"\nhandoff_timeout = 30\ndane = \"auto\"\ndns_resolver = \"{}\"\n",
+            lab.resolver
+        ),
+    );
+    // As the package lays it out: only the staging dir is the user's.
+    std::fs::create_dir_all(&mail.staging).unwrap();
+    std::os::unix::fs::chown(&mail.staging, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&mail.staging, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(mail.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = mail.install_leaf(&k1, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = mail.snapshot();
+    let want = publish_line(HOST, 25, &k2);
+
+    let deploy = {
+        let config = mail.config.clone();
+        Deployer::start(&mail.staging, move || {
+            let mut c = std::process::Command::new(certsync_tests::bins::receive());
+            c.arg("--config").arg(&config).arg("deploy");
+            c
+        })
+    };
+    for attempt in 1..=2 {
+        let r = push_session(
+            mail.serve_as(NOBODY),
+            &[("mail", k2.bundle(), k2.fingerprint())],
+            false,
+            false,
+        )
+        .await;
+        assert_eq!(r.exit, Some(5), "push {attempt}: {r:?}\n{}", deploy.log());
+        let report = r.report.expect("a report");
+        assert_eq!(
+            report.certs[0].publish,
+            std::slice::from_ref(&want),
+            "{report:?}"
+        );
+        assert!(
+            report.certs[0]
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("_25._tcp.mail.unsigned.test.") && w.contains("no AD bit")),
+            "{report:?}"
+        );
+        assert_eq!(mail.snapshot(), before, "push {attempt}");
+        assert_eq!(staged_chain(&mail), Some(k2.chain_pem.clone()));
+    }
+    assert_eq!(deploy.runs(), [Some(5), Some(5)], "{}", deploy.log());
+    drop(deploy);
+
+    // The record is published and the zone re-signed: the hourly timer's
+    // run (no request) installs the staged pair.
+    lab.set_records(
+        SIGNED,
+        &format!(
+            "_25._tcp.mail TLSA {}\n_25._tcp.mail TLSA {}\n",
+            ee(&k1),
+            ee(&k2)
+        ),
+    );
+    let out = mail.cmd().arg("deploy").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(installed_is(&mail, &k2), "{}", text(&out));
+    assert_eq!(staged_chain(&mail), None, "{}", text(&out));
 }
