@@ -96,6 +96,11 @@ impl Debs {
 
 /// What is missing to boot a machine and install the packages, if anything.
 pub fn missing() -> Option<String> {
+    missing_with(&rootfs(), ".ci/rootfs.sh systemd", ROOTFS_ENV)
+}
+
+/// [`missing`] for another rootfs flavour: `build` makes it, `env` names it.
+pub fn missing_with(rootfs: &Path, build: &str, env: &str) -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("root (to mount an overlay and boot a container)".into());
@@ -107,10 +112,10 @@ pub fn missing() -> Option<String> {
             ));
         }
     }
-    if !rootfs().join("lib/systemd/systemd").exists() {
+    if !rootfs.join("lib/systemd/systemd").exists() {
         return Some(format!(
-            "a Debian rootfs with systemd at {} (run .ci/rootfs.sh systemd, or set {ROOTFS_ENV})",
-            rootfs().display()
+            "a Debian rootfs with systemd at {} (run {build}, or set {env})",
+            rootfs.display()
         ));
     }
     if Debs::find(&Debs::dir()).is_none() {
@@ -195,6 +200,11 @@ impl Machine {
     /// Boot a fresh overlay of [`rootfs`] and wait until systemd says the
     /// boot is over; panics with the console log if it does not.
     pub fn boot() -> Machine {
+        Machine::boot_from(&rootfs())
+    }
+
+    /// [`Machine::boot`] from another rootfs flavour (`.ci/rootfs.sh`).
+    pub fn boot_from(rootfs: &Path) -> Machine {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("certsync-{}-{n}", std::process::id());
         let dir = tempfile::Builder::new()
@@ -209,7 +219,7 @@ impl Machine {
         for d in [&upper, &work, &merged] {
             std::fs::create_dir(d).unwrap();
         }
-        let lower = std::fs::canonicalize(rootfs()).unwrap();
+        let lower = std::fs::canonicalize(rootfs).unwrap();
         let out = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
             .arg(format!(

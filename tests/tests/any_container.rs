@@ -130,7 +130,7 @@ fn the_debian_host_example_loads() {
     let settings =
         certsync_receive::settings::Settings::resolve(raw, &path).unwrap_or_else(|e| panic!("{e}"));
     let cert = &settings.certs[0];
-    assert_eq!(cert.reload_units, ["postfix.service", "dovecot.service"]);
+    assert_eq!(cert.reload_units, ["postfix@-.service", "dovecot.service"]);
     assert!(cert.reload.is_empty());
     assert_eq!(cert.verify.len(), 3);
 }
