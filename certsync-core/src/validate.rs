@@ -1,4 +1,5 @@
-//! Every rule a pair must pass before it is installed (DESIGN.md step 3).
+//! Every rule a pair must pass before it is installed (docs/contract.md
+//! "The receiving pipeline", step 3).
 //!
 //! Validation works on the bytes in memory — the same bytes that will be
 //! installed — and is the only way to make a [`ValidatedBundle`]. The rules:
@@ -33,7 +34,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use openssl::nid::Nid;
 use openssl::pkey::{HasPublic, Id, PKey, PKeyRef};
@@ -299,13 +300,6 @@ impl ValidatedBundle {
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
-}
-
 /// Check a pair against every rule. See the module docs for the list.
 pub fn validate(bundle: Bundle, policy: &Policy<'_>) -> Result<ValidatedBundle, ValidationError> {
     let parsed = bundle.parse()?;
@@ -338,7 +332,7 @@ pub fn validate(bundle: Bundle, policy: &Policy<'_>) -> Result<ValidatedBundle, 
         }
     }
 
-    let now = unix(policy.now);
+    let now = crate::time::unix_seconds(policy.now);
     let not_before = asn1_to_unix(leaf.not_before()).unwrap_or(i64::MAX);
     let not_after = asn1_to_unix(leaf.not_after()).unwrap_or(i64::MIN);
     if now < not_before {
