@@ -6,21 +6,31 @@
 #   .ci/rootfs.sh systemd   booted with systemd as PID 1 by the systemd
 #                           tests (tests/src/machine.rs): the packages'
 #                           runtime dependencies, sshd, and nothing else
+#   .ci/rootfs.sh mail      the systemd machine plus Debian's postfix and
+#                           dovecot-imapd, as an admin installs them, for
+#                           the Debian mail host (tests/tests/debian_host.rs)
 #   .ci/rootfs.sh bare      the README's commands on a machine without any
 #                           of the real parts: only what building needs
 #                           (gcc, libssl-dev, pkg-config)
 set -euo pipefail
 
-kind=${1:?usage: rootfs.sh systemd|bare}
+kind=${1:?usage: rootfs.sh systemd|mail|bare}
 cache=${CERTSYNC_CI_CACHE:-/var/cache/certsync-ci}
 suite=bookworm
 mirror=http://deb.debian.org/debian
 
+# openssl pulls libssl3 (the binaries' only library besides libc);
+# adduser and passwd: certsync-receive's postinst.
+systemd_packages="systemd,systemd-sysv,dbus,openssh-server,openssh-client,openssl,ca-certificates,adduser,passwd"
+
 case "$kind" in
 systemd)
-    # openssl pulls libssl3 (the binaries' only library besides libc);
-    # adduser and passwd: certsync-receive's postinst.
-    packages="systemd,systemd-sysv,dbus,openssh-server,openssh-client,openssl,ca-certificates,adduser,passwd"
+    packages="$systemd_packages"
+    ;;
+mail)
+    # A separate flavour, so that every other machine test does not boot
+    # two mail daemons it never uses.
+    packages="$systemd_packages,postfix,dovecot-imapd"
     ;;
 bare)
     packages="gcc,libc6-dev,libssl-dev,pkg-config,ca-certificates"

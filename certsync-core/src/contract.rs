@@ -5,5 +5,5 @@
 
 /// The forced command in `authorized_keys`: the receiver's `serve`
 /// subcommand, run by sshd whatever the client asks for
-/// (docs/contract.md "Subcommands").
+/// (docs/contract.md "`certsync-receive`").
 pub const FORCED_COMMAND: &str = "certsync-receive serve";

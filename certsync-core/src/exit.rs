@@ -8,8 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The process exit code. Ordered so that the worst outcome of several
-/// (targets, certificates) is the maximum.
+/// The process exit code (docs/contract.md "Exit codes"). The variants
+/// are declared in order of severity, not of number, so that the worst
+/// outcome of several (targets, certificates) is the maximum: 0, 5, 1, 2,
+/// 3, 4.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
 )]
@@ -24,7 +26,7 @@ pub enum ExitCode {
     /// success: nothing failed, the operator has to publish a record, and
     /// any real failure in the same run says more.
     Held,
-    /// 1: runtime failure (network, I/O, Docker).
+    /// 1: runtime failure (network, SSH, I/O, Docker, inconsistent live dir).
     Runtime,
     /// 2: usage or config error.
     Usage,
@@ -87,9 +89,12 @@ impl ExitCode {
         }
     }
 
-    /// The worse of two outcomes. "Worse" follows severity for an operator,
-    /// not the number: a refusal (3) or a failed reload (4) says more than a
-    /// runtime failure (1), but a usage error (2) means nothing was tried.
+    /// The worse of two outcomes. "Worse" follows the declaration order
+    /// (severity for an operator), not the number: held for DNS (5) only
+    /// outranks success; a usage error (2) outranks a runtime failure (1);
+    /// a refusal (3) outranks both, and a pair installed but not proven
+    /// served (4) outranks everything: the host changed, and nobody knows
+    /// yet what it serves.
     pub fn worst(self, other: ExitCode) -> ExitCode {
         std::cmp::max(self, other)
     }
@@ -143,5 +148,10 @@ mod tests {
         assert_eq!(ExitCode::Success.worst(ExitCode::Held), ExitCode::Held);
         assert_eq!(ExitCode::Held.worst(ExitCode::Refused), ExitCode::Refused);
         assert_eq!(ExitCode::Held.worst(ExitCode::Runtime), ExitCode::Runtime);
+        // The severity order docs/contract.md "Exit codes" states.
+        let mut by_severity = ExitCode::ALL;
+        by_severity.sort();
+        let order: Vec<u8> = by_severity.iter().map(|c| c.code()).collect();
+        assert_eq!(order, [0, 5, 1, 2, 3, 4]);
     }
 }

@@ -1,4 +1,6 @@
-//! The wire protocol v1, spoken over the SSH exec channel (or a local pipe).
+//! The wire protocol v1, spoken over the SSH exec channel (or a local pipe)
+//! (docs/contract.md "Protocol v1" lists the frames and bounds as a
+//! contract).
 //!
 //! ```text
 //! pusher                                   receiver
@@ -21,9 +23,10 @@
 //! A frame is `tag: u8, len: u32 (big endian), payload`. The length is
 //! checked against the tag's limit *before* anything is allocated, the
 //! number of frames per session is bounded, and each frame (header and
-//! body together) must arrive within [`Limits::frame_timeout`]. Control messages are JSON; the bundle is
-//! binary (`name_len: u8, name, chain_len: u32, chain, key_len: u32, key`),
-//! read into memory that is zeroed on drop.
+//! body together) must arrive within [`Limits::frame_timeout`]. Control
+//! messages are JSON; the bundle is binary (`name_len: u8, name,
+//! chain_len: u32, chain, key_len: u32, key`), read into memory that is
+//! zeroed on drop.
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The structured result the receiver sends back and both sides print
-//! (DESIGN.md step 8): for each certificate, each pipeline step with what
-//! was done.
+//! (docs/contract.md "The receiving pipeline", step 9, and the `report`
+//! frame of "Protocol v1"): for each certificate, each pipeline step with
+//! what was done.
 
 use std::fmt;
 

@@ -16,7 +16,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
@@ -86,13 +85,8 @@ fn serial() -> Asn1Integer {
     bn.to_asn1_integer().unwrap()
 }
 
-/// Seconds since the epoch, now.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+/// Seconds since the epoch, now (the one helper, re-exported for tests).
+pub use crate::time::now_unix;
 
 /// Validity of a leaf, as offsets in seconds from now.
 #[derive(Debug, Clone, Copy)]

@@ -1,4 +1,5 @@
-//! Every rule a pair must pass before it is installed (DESIGN.md step 3).
+//! Every rule a pair must pass before it is installed (docs/contract.md
+//! "The receiving pipeline", step 3).
 //!
 //! Validation works on the bytes in memory — the same bytes that will be
 //! installed — and is the only way to make a [`ValidatedBundle`]. The rules:

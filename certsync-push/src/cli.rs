@@ -19,7 +19,23 @@ use certsync_core::config::DEFAULT_PUSH_CONFIG;
     name = "certsync-push",
     version,
     about,
-    after_help = "\
+    after_help = after_help()
+)]
+pub struct Cli {
+    /// The config file.
+    #[arg(long, short, global = true, default_value = DEFAULT_PUSH_CONFIG, env = "CERTSYNC_PUSH_CONFIG")]
+    pub config: PathBuf,
+
+    /// Log format: auto (journald under systemd, else text), text, json, journald.
+    #[arg(long, global = true, default_value = "auto", value_name = "FORMAT")]
+    pub log_format: certsync_core::logging::LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The examples people start from, shown after the options.
+const EXAMPLES: &str = "\
 Examples:
   certsync-push keygen --out /etc/certsync/id_ed25519
       new key; prints the authorized_keys line for the receiving host
@@ -35,30 +51,17 @@ Examples:
       local vs installed fingerprint per cert and target
   certsync-push units
       make certsync-push.path watch every live dir in the config
+";
 
-Exit codes:
-  0  success, or nothing to do
-  1  runtime failure (network, SSH, I/O, inconsistent live dir)
-  2  usage or config error
-  3  refused by the receiver's validation (bad cert, wrong name, mismatch, rollback)
-  4  installed, but a reload or the served-certificate check failed
-  5  held for DNS: the receiver keeps the new pair staged until a
-     DNSSEC-validated TLSA record matches it (DANE; see the report)
-With several targets the exit code is the worst of them.
-
-Logs go to stderr (CERTSYNC_LOG=debug for more); results go to stdout."
-)]
-pub struct Cli {
-    /// The config file.
-    #[arg(long, short, global = true, default_value = DEFAULT_PUSH_CONFIG, env = "CERTSYNC_PUSH_CONFIG")]
-    pub config: PathBuf,
-
-    /// Log format: auto (journald under systemd, else text), text, json, journald.
-    #[arg(long, global = true, default_value = "auto", value_name = "FORMAT")]
-    pub log_format: certsync_core::logging::LogFormat,
-
-    #[command(subcommand)]
-    pub command: Command,
+/// `--help`'s closing text: the examples, the one exit-code table
+/// (`certsync_core::exit::help_table`, the same for both binaries), and
+/// where output goes.
+fn after_help() -> String {
+    format!(
+        "{EXAMPLES}\n{}With several targets the exit code is the worst of them.\n\n\
+         Logs go to stderr (CERTSYNC_LOG=debug for more); results go to stdout.",
+        certsync_core::exit::help_table()
+    )
 }
 
 #[derive(Debug, Subcommand)]

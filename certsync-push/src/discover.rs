@@ -29,11 +29,14 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use certsync_core::bundle::{parse_chain, CertInfo};
+use certsync_core::config::PushConfig;
+use certsync_core::time::now_unix;
 use certsync_core::validate::san_matches;
-use certsync_core::Fingerprint;
+use certsync_core::{ExitCode, Fingerprint};
 use serde::Serialize;
 
-use crate::source::{read_consistent, SourceError, MAX_PEM_BYTES};
+use crate::error::PushError;
+use crate::source::{read_capped, read_consistent, Capped, SourceError, MAX_PEM_BYTES};
 
 /// One lineage found under the live root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -95,19 +98,14 @@ fn natural_key(name: &str) -> Vec<(u8, u64, String)> {
 /// file and read with a cap: the link may point anywhere (a FIFO,
 /// `/dev/zero`, swapped meanwhile).
 fn leaf_info_only(dir: &Path) -> Option<CertInfo> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
+    let mut file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(dir.join("fullchain.pem"))
         .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() > MAX_PEM_BYTES {
+    let Ok(Capped::Bytes(bytes)) = read_capped(&mut file, MAX_PEM_BYTES) else {
         return None;
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES).read_to_end(&mut bytes).ok()?;
+    };
     let certs = parse_chain(&bytes).ok()?;
     certs.first().map(CertInfo::of)
 }
@@ -265,6 +263,82 @@ pub fn discover_roots(roots: &[PathBuf], now: i64) -> Result<Vec<DiscoveredCert>
         all.extend(discover(root, now)?);
     }
     Ok(all)
+}
+
+/// Where Nginx Proxy Manager keeps certificates in its documented layout
+/// (`./letsencrypt:/etc/letsencrypt` and `./data:/data` under /opt/npm):
+/// certbot's live dir, and the dir of uploaded ("custom") certificates.
+pub const DEFAULT_LIVE_ROOTS: [&str; 2] = ["/opt/npm/letsencrypt/live", "/opt/npm/data/custom_ssl"];
+
+/// `certsync-push discover [--live-root DIR]… [--json]`: the lineages of
+/// `given` (or, when none is given, of [`live_roots_from`] the config), as
+/// JSON or as one table per root (`npm-3` may be in either), on `out`.
+pub fn run(
+    config: &Path,
+    given: Vec<PathBuf>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<ExitCode, PushError> {
+    let roots = if given.is_empty() {
+        live_roots_from(config)
+    } else {
+        given
+    };
+    let now = now_unix();
+    if json {
+        let certs = discover_roots(&roots, now).map_err(PushError::Discover)?;
+        let text = serde_json::to_string_pretty(&certs)
+            .map_err(|e| PushError::Output(io::Error::other(e)))?;
+        writeln!(out, "{text}")?;
+        out.flush()?;
+        return Ok(ExitCode::Success);
+    }
+    for (i, root) in roots.iter().enumerate() {
+        let certs = discover(root, now).map_err(PushError::Discover)?;
+        if roots.len() > 1 {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "{}:", root.display())?;
+        }
+        out.write_all(render_table(&certs).as_bytes())?;
+        out.flush()?;
+    }
+    Ok(ExitCode::Success)
+}
+
+/// The roots to list when none is given: every `live_root` of the config
+/// and the dir holding each `source`, or else NPM's default dirs (those
+/// that exist; both when neither does, so the error names them). A missing
+/// or broken config is not an error here: discover is how people write one.
+pub fn live_roots_from(config: &Path) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cfg) = PushConfig::load(config) {
+        for c in &cfg.certs {
+            let from_source = c
+                .source
+                .as_deref()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf);
+            let listed = c.live_root.iter().flat_map(|r| r.paths()).cloned();
+            for root in listed.chain(from_source) {
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
+        }
+    }
+    if roots.is_empty() {
+        roots = DEFAULT_LIVE_ROOTS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .collect();
+    }
+    if roots.is_empty() {
+        roots = DEFAULT_LIVE_ROOTS.iter().map(PathBuf::from).collect();
+    }
+    roots
 }
 
 /// The lineage under `live_root` whose leaf covers `domain`, newest notAfter
@@ -433,6 +507,37 @@ mod tests {
             err.to_string().contains("/nonexistent/live does not exist"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_inconsistent_dir_whose_fullchain_is_endless_or_a_fifo_is_listed_at_once() {
+        // The facts of an inconsistent dir come from fullchain.pem alone, and
+        // that may be anything: a link to /dev/zero (endless), a FIFO that
+        // nobody writes (a blocking read would hang discover forever).
+        let tmp = tempfile::tempdir().unwrap();
+        let zero = tmp.path().join("npm-1");
+        fs::create_dir(&zero).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", zero.join("fullchain.pem")).unwrap();
+        let fifo = tmp.path().join("npm-2");
+        fs::create_dir(&fifo).unwrap();
+        let path = std::ffi::CString::new(
+            fifo.join("fullchain.pem")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let started = std::time::Instant::now();
+        let found = discover(tmp.path(), 0).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let names: Vec<&str> = found.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["npm-1", "npm-2"]);
+        for c in &found {
+            assert!(
+                !c.consistent && c.subject.is_none() && c.problem.is_some(),
+                "{c:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The push side's errors as the binary reports them, and the one place
-//! that maps them to exit codes (DESIGN.md "Exit codes").
+//! that maps them to exit codes (docs/contract.md "Exit codes").
 //!
 //! Errors of one target or one certificate do not end a pass: they become
 //! that target's result line (see `transport::TransportError`,
@@ -49,8 +49,10 @@ pub enum PushError {
 }
 
 impl PushError {
-    /// The exit code for this error (contract: 1 runtime, 2 usage/config,
-    /// 3 refused, 4 installed but unverified).
+    /// The exit code for this error (docs/contract.md "Exit codes"): 2 for
+    /// a mistake in the config or the command line (a missing source dir
+    /// included), 1 for the rest. Refusals (3), failed reloads (4) and held
+    /// pairs (5) come from a receiver, in a target's result, never here.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             PushError::Config(_) | PushError::UnknownTarget { .. } => ExitCode::Usage,

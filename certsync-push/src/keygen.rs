@@ -21,14 +21,15 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use certsync_core::authorized_keys::{authorized_keys_line, AuthorizedKeyError};
+use certsync_core::contract::FORCED_COMMAND;
+use certsync_core::ExitCode;
 use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{HashAlg, PrivateKey};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-/// The forced command written into the `authorized_keys` line.
-pub const RECEIVE_COMMAND: &str = "certsync-receive serve";
+use crate::error::PushError;
 
 /// What `keygen` wrote.
 #[derive(Debug, Clone)]
@@ -92,7 +93,7 @@ pub fn keygen(out: &Path, comment: &str) -> Result<KeygenOutput, KeygenError> {
         .to_openssh()
         .map_err(|e| KeygenError::Generate(e.to_string()))?;
     let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
-    let authorized = authorized_keys_line(&public_line, None, RECEIVE_COMMAND)?;
+    let authorized = authorized_keys_line(&public_line, None, FORCED_COMMAND)?;
 
     write_new(out, private_pem.as_bytes(), 0o600)?;
     if let Err(e) = write_new(&public_path, format!("{public_line}\n").as_bytes(), 0o644) {
@@ -114,6 +115,24 @@ pub fn keygen(out: &Path, comment: &str) -> Result<KeygenOutput, KeygenError> {
         fingerprint,
         authorized_keys_line: authorized,
     })
+}
+
+/// `certsync-push keygen --out PATH`: make the pair, say on `err` what was
+/// written, and print the `authorized_keys` line alone on `out` (so that
+/// `keygen --out … > line` captures just the line).
+pub fn run(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCode, PushError> {
+    let made = keygen(path, "certsync-push")?;
+    writeln!(
+        err,
+        "wrote {} (0600) and {}; key fingerprint {}",
+        made.private_key.display(),
+        made.public_key.display(),
+        made.fingerprint
+    )?;
+    writeln!(err, "put this line in ~certsync/.ssh/authorized_keys on the receiving host (add --config … to the command if its receive.toml is elsewhere):")?;
+    writeln!(out, "{}", made.authorized_keys_line)?;
+    out.flush()?;
+    Ok(ExitCode::Success)
 }
 
 /// `PATH.pub`, as ssh-keygen names it.

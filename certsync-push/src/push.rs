@@ -25,33 +25,32 @@ use std::time::{Duration, Instant};
 
 use certsync_core::config::{PushCert, PushConfig, Target};
 use certsync_core::report::{CertReport, StepStatus};
+use certsync_core::time::now_unix;
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::discover::{choice_changed, pick_for_domain_in, Choice};
 use crate::error::{source_exit, PushError};
-use crate::session::{self, Offering, Options};
+use crate::session::{self, Mode, Offering, Options};
 use crate::source::{read_consistent_retry_async, Retry, SourceError, SourcePair};
 use crate::transport;
 
 /// What `push` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushOptions {
-    pub dry_run: bool,
+    /// Install, dry run, or offer only (`status`).
+    pub mode: Mode,
     pub force: bool,
     /// `--target` names; empty = every target.
     pub targets: Vec<String>,
     /// How long an inconsistent live dir is re-read before giving up.
     pub settle: Duration,
-    /// Compare fingerprints only; never send a pair (`status`).
-    pub offer_only: bool,
 }
 
 impl Default for PushOptions {
     fn default() -> Self {
         PushOptions {
-            dry_run: false,
+            mode: Mode::Install,
             force: false,
-            offer_only: false,
             targets: Vec::new(),
             settle: Retry::default().window,
         }
@@ -113,9 +112,9 @@ pub async fn run(
     let config = PushConfig::load(config_path)?;
     crate::units::warn_unwatched(&config);
     let results = pass(&config, config_path, opts).await?;
-    out.write_all(render(&results, opts.dry_run).as_bytes())?;
+    out.write_all(render(&results, opts.mode.dry_run()).as_bytes())?;
     out.flush()?;
-    crate::notify::pass(config.notify.as_ref(), &results, opts.dry_run).await;
+    crate::notify::pass(config.notify.as_ref(), &results, opts.mode.dry_run()).await;
     Ok(worst(&results))
 }
 
@@ -161,15 +160,74 @@ pub async fn pass(
     opts: &PushOptions,
 ) -> Result<Vec<TargetResult>, PushError> {
     let targets = select_targets(config, config_path, &opts.targets)?;
+    // 1. Read each needed cert once, concurrently.
+    let sources = read_sources(config, &targets, opts).await;
+
+    // 2. Every target concurrently, within this pass's future (not
+    //    spawned): dropping the pass (the watch daemon stopping, or
+    //    restarting a target) ends its sessions and kills local receivers.
+    let session_opts = Options {
+        mode: opts.mode,
+        force: opts.force,
+    };
+    let mut sessions = Vec::new();
+    for t in &targets {
+        let mut offerings = Vec::new();
+        let mut unread = Vec::new();
+        for c in config.certs_for(t) {
+            match sources.iter().find(|s| s.name == c.name) {
+                Some(Source { read: Ok(o), .. }) => offerings.push(o.clone()),
+                Some(Source {
+                    name,
+                    read: Err(msg),
+                    exit,
+                }) => unread.push(not_sent(name, format!("not sent: {msg}"), *exit)),
+                None => unread.push(not_sent(
+                    &c.name,
+                    "not sent: its source could not be read".into(),
+                    ExitCode::Runtime,
+                )),
+            }
+        }
+        let target = (*t).clone();
+        sessions.push(push_target(target, offerings, unread, session_opts));
+    }
+    Ok(futures_util::future::join_all(sessions).await)
+}
+
+/// One `[[cert]]` as read for a pass: what to offer, or why not.
+struct Source {
+    name: String,
+    /// The offering, or the error's message.
+    read: Result<Offering, String>,
+    /// The exit code of a failed read.
+    exit: ExitCode,
+}
+
+/// A cert that is not sent to a target because its source failed.
+fn not_sent(cert: &str, message: String, exit: ExitCode) -> CertResult {
+    CertResult {
+        cert: cert.to_string(),
+        local: None,
+        state: CertState::Failed,
+        exit,
+        message,
+        report: None,
+        installed: None,
+    }
+}
+
+/// Read every cert one of `targets` needs, each once, concurrently. A
+/// reader task that fails (it cannot panic on input) leaves its cert out;
+/// the pass says "its source could not be read" for it.
+async fn read_sources(config: &PushConfig, targets: &[&Target], opts: &PushOptions) -> Vec<Source> {
     let retry = Retry {
         window: opts.settle,
         ..Retry::default()
     };
     let state_dir = config.state_dir();
-
-    // 1. Read each needed cert once, concurrently.
     let mut needed: Vec<&PushCert> = Vec::new();
-    for t in &targets {
+    for t in targets {
         for c in config.certs_for(t) {
             if !needed.iter().any(|n| n.name == c.name) {
                 needed.push(c);
@@ -179,23 +237,22 @@ pub async fn pass(
     let reads = needed.iter().map(|cert| {
         let cert = (*cert).clone();
         let state_dir = state_dir.clone();
-        let record = !opts.dry_run;
+        let record = !opts.mode.dry_run();
         tokio::spawn(async move {
             let read = read_source(&cert, &state_dir, retry, record).await;
             (cert.name, read)
         })
     });
-    let mut sources: Vec<(String, Result<Offering, String>, ExitCode)> = Vec::new();
+    let mut sources = Vec::new();
     for handle in reads.collect::<Vec<_>>() {
         let (name, read) = match handle.await {
             Ok(done) => done,
             Err(e) => {
-                // A reader task cannot panic on input; keep going without it.
                 tracing::error!("a source reader task failed: {e}");
                 continue;
             }
         };
-        match read {
+        sources.push(match read {
             Ok(pair) => {
                 tracing::info!(
                     cert = %name, dir = %pair.dir.display(), generation = ?pair.generation,
@@ -206,55 +263,23 @@ pub async fn pass(
                     bundle: pair.bundle,
                     info: pair.info,
                 };
-                sources.push((name, Ok(offering), ExitCode::Success));
+                Source {
+                    name,
+                    read: Ok(offering),
+                    exit: ExitCode::Success,
+                }
             }
             Err(e) => {
                 tracing::error!(cert = %name, "{e}");
-                let exit = source_exit(&e);
-                sources.push((name, Err(e.to_string()), exit));
+                Source {
+                    exit: source_exit(&e),
+                    read: Err(e.to_string()),
+                    name,
+                }
             }
-        }
+        });
     }
-
-    // 2. Every target concurrently, within this pass's future (not
-    //    spawned): dropping the pass (the watch daemon stopping, or
-    //    restarting a target) ends its sessions and kills local receivers.
-    let session_opts = Options {
-        dry_run: opts.dry_run,
-        force: opts.force,
-        offer_only: opts.offer_only,
-    };
-    let mut sessions = Vec::new();
-    for t in &targets {
-        let mut offerings = Vec::new();
-        let mut unread = Vec::new();
-        for c in config.certs_for(t) {
-            match sources.iter().find(|(n, _, _)| *n == c.name) {
-                Some((_, Ok(o), _)) => offerings.push(o.clone()),
-                Some((name, Err(msg), exit)) => unread.push(CertResult {
-                    cert: name.clone(),
-                    local: None,
-                    state: CertState::Failed,
-                    exit: *exit,
-                    message: format!("not sent: {msg}"),
-                    report: None,
-                    installed: None,
-                }),
-                None => unread.push(CertResult {
-                    cert: c.name.clone(),
-                    local: None,
-                    state: CertState::Failed,
-                    exit: ExitCode::Runtime,
-                    message: "not sent: its source could not be read".into(),
-                    report: None,
-                    installed: None,
-                }),
-            }
-        }
-        let target = (*t).clone();
-        sessions.push(push_target(target, offerings, unread, session_opts));
-    }
-    Ok(futures_util::future::join_all(sessions).await)
+    sources
 }
 
 /// Read one `[[cert]]`'s pair: its `source`, or the live dir under
@@ -311,13 +336,6 @@ pub async fn read_source(
     read_consistent_retry_async(&dir, retry).await
 }
 
-pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Connect to one target and run the session.
 async fn push_target(
     target: Target,
@@ -359,7 +377,7 @@ async fn push_target(
     match session::run(conn, &name, &offerings, opts, target.session_timeout()).await {
         Ok(outcome) => {
             for o in &offerings {
-                certs.push(cert_result(o, &outcome, opts.dry_run));
+                certs.push(cert_result(o, &outcome, opts.mode.dry_run()));
             }
             result.exit = certs
                 .iter()

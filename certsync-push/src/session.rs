@@ -1,6 +1,6 @@
 //! The protocol client: one session with one receiver over a
 //! [`Connection`] (SSH or local), protocol v1 as `certsync_core::protocol`
-//! describes it.
+//! implements it (docs/contract.md "Protocol v1").
 //!
 //! ```text
 //! Hello{dry_run, force} → ← Hello
@@ -49,16 +49,36 @@ pub const AGENT: &str = concat!("certsync-push ", env!("CARGO_PKG_VERSION"));
 /// generous; a dead host is caught sooner by SSH keepalives.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// What a session may change. An offer-only session is always a dry run:
+/// there is no way to ask for one that is not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Send what the receiver wants; it installs it.
+    #[default]
+    Install,
+    /// Send what the receiver wants; it validates and says what it would
+    /// do, and changes nothing (`push --dry-run`).
+    DryRun,
+    /// Compare fingerprints only: never send key material, even when the
+    /// receiver's pair differs (`status`). The receiver is told it is a
+    /// dry run.
+    OfferOnly,
+}
+
+impl Mode {
+    /// Whether the receiver is told to change nothing (the hello's
+    /// `dry_run`).
+    pub fn dry_run(self) -> bool {
+        self != Mode::Install
+    }
+}
+
 /// What we send and with which flags.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Options {
-    /// The receiver validates and says what it would do; it changes nothing.
-    pub dry_run: bool,
+    pub mode: Mode,
     /// The receiver accepts a pair that expires before the installed one.
     pub force: bool,
-    /// Compare fingerprints only and never send key material, even when
-    /// the receiver's pair differs (`status`; needs `dry_run`).
-    pub offer_only: bool,
 }
 
 /// One certificate to offer: its name on the receiver, the pair's bytes
@@ -244,6 +264,9 @@ impl From<ProtocolError> for Flow {
     }
 }
 
+/// The session's frames, in the order of protocol v1 (docs/contract.md
+/// "Protocol v1"): hello both ways, offer, want, the wanted bundles, done,
+/// report.
 async fn exchange(
     conn: &mut Connection,
     target: &str,
@@ -255,25 +278,13 @@ async fn exchange(
         frame_timeout: FRAME_TIMEOUT,
         ..Limits::default()
     };
-    let hello = Message::Hello(Hello::new(AGENT, opts.dry_run, opts.force));
+    let writer = &mut conn.writer;
     let mut reader = Inbox {
         reader: Reader::new(&mut conn.reader, limits),
         target,
         budget: LogBudget::default(),
     };
-    // The receiver speaks first and may already have ended (a config
-    // error, a forced command that is not certsync-receive): what it said
-    // explains more than our broken pipe, so read before judging the write.
-    let wrote = protocol::write_message(&mut conn.writer, &hello).await;
-    let theirs = match reader.next("hello").await? {
-        Message::Hello(h) => h,
-        other => return Err(unexpected("hello", &other)),
-    };
-    theirs.check()?;
-    let agent = untrusted::clean(&theirs.agent);
-    if let Err(write_error) = wrote {
-        return Err(reason_or(&mut reader, write_error).await);
-    }
+    let agent = greet(writer, &mut reader, opts).await?;
     tracing::debug!(target = %target, "{peer} runs {agent}");
 
     let offer = Offer {
@@ -282,47 +293,15 @@ async fn exchange(
     for o in &offer.certs {
         tracing::info!(cert = %o.name, target = %target, leaf = %o.leaf, "offer");
     }
-    send(&mut conn.writer, &mut reader, &Message::Offer(offer)).await?;
+    send(writer, &mut reader, &Message::Offer(offer)).await?;
 
     let mut want: Want = match reader.next("want").await? {
         Message::Want(w) => w,
         other => return Err(unexpected("want", &other)),
     };
     untrusted::clean_want(&mut want);
-    let mut sent = Vec::new();
-    for decision in &want.certs {
-        let Some(cert) = certs.iter().find(|c| c.name == decision.name) else {
-            return Err(Flow::AskedUnoffered(decision.name.clone()));
-        };
-        let leaf = cert.info.fingerprint;
-        match decision.wanted {
-            Wanted::Have => {
-                tracing::info!(cert = %cert.name, target = %target, leaf = %leaf, "nothing to do: {target} already has this pair");
-            }
-            Wanted::Unknown => {
-                tracing::error!(cert = %cert.name, target = %target, "{}", decision.message);
-            }
-            // Never send key material for a comparison, whatever else is set.
-            Wanted::Send if opts.offer_only => {
-                tracing::info!(cert = %cert.name, target = %target, leaf = %leaf, "differs from what {target} has installed");
-            }
-            Wanted::Send => {
-                let msg = Message::Bundle {
-                    name: cert.name.clone(),
-                    bundle: cert.bundle.clone(),
-                };
-                send(&mut conn.writer, &mut reader, &msg).await?;
-                tracing::info!(
-                    cert = %cert.name, target = %target, leaf = %leaf,
-                    "sent {} bytes of chain and the key{}",
-                    cert.bundle.chain.len(),
-                    if opts.dry_run { " (dry run)" } else { "" }
-                );
-                sent.push(cert.name.clone());
-            }
-        }
-    }
-    send(&mut conn.writer, &mut reader, &Message::Done).await?;
+    let sent = send_wanted(writer, &mut reader, certs, &want, opts).await?;
+    send(writer, &mut reader, &Message::Done).await?;
 
     let mut report = match reader.next("report").await? {
         Message::Report(r) => r,
@@ -337,6 +316,85 @@ async fn exchange(
         report,
         exit_status: None,
     })
+}
+
+/// Send our hello, read theirs, check the version; returns the receiver's
+/// agent string (cleaned).
+async fn greet<W, R>(
+    writer: &mut W,
+    reader: &mut Inbox<'_, R>,
+    opts: Options,
+) -> Result<String, Flow>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let hello = Message::Hello(Hello::new(AGENT, opts.mode.dry_run(), opts.force));
+    // The receiver speaks first and may already have ended (a config
+    // error, a forced command that is not certsync-receive): what it said
+    // explains more than our broken pipe, so read before judging the write.
+    let wrote = protocol::write_message(writer, &hello).await;
+    let theirs = match reader.next("hello").await? {
+        Message::Hello(h) => h,
+        other => return Err(unexpected("hello", &other)),
+    };
+    theirs.check()?;
+    let agent = untrusted::clean(&theirs.agent);
+    if let Err(write_error) = wrote {
+        return Err(reason_or(reader, write_error).await);
+    }
+    Ok(agent)
+}
+
+/// Act on each of the receiver's decisions: send the pairs it wants
+/// (never in an offer-only session), log the rest. Returns the names sent.
+/// A decision about a cert we did not offer ends the session.
+async fn send_wanted<W, R>(
+    writer: &mut W,
+    reader: &mut Inbox<'_, R>,
+    certs: &[Offering],
+    want: &Want,
+    opts: Options,
+) -> Result<Vec<String>, Flow>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let target = reader.target;
+    let mut sent = Vec::new();
+    for decision in &want.certs {
+        let Some(cert) = certs.iter().find(|c| c.name == decision.name) else {
+            return Err(Flow::AskedUnoffered(decision.name.clone()));
+        };
+        let leaf = cert.info.fingerprint;
+        match decision.wanted {
+            Wanted::Have => {
+                tracing::info!(cert = %cert.name, target = %target, leaf = %leaf, "nothing to do: {target} already has this pair");
+            }
+            Wanted::Unknown => {
+                tracing::error!(cert = %cert.name, target = %target, "{}", decision.message);
+            }
+            // Never send key material for a comparison, whatever else is set.
+            Wanted::Send if opts.mode == Mode::OfferOnly => {
+                tracing::info!(cert = %cert.name, target = %target, leaf = %leaf, "differs from what {target} has installed");
+            }
+            Wanted::Send => {
+                let msg = Message::Bundle {
+                    name: cert.name.clone(),
+                    bundle: cert.bundle.clone(),
+                };
+                send(writer, reader, &msg).await?;
+                tracing::info!(
+                    cert = %cert.name, target = %target, leaf = %leaf,
+                    "sent {} bytes of chain and the key{}",
+                    cert.bundle.chain.len(),
+                    if opts.mode.dry_run() { " (dry run)" } else { "" }
+                );
+                sent.push(cert.name.clone());
+            }
+        }
+    }
+    Ok(sent)
 }
 
 /// How long to look for the receiver's reason after a write to it failed.
@@ -429,6 +487,25 @@ mod tests {
         }
     }
 
+    /// Run a session against `argv` (a scripted stand-in for the
+    /// receiver) and return its error: every test here expects one.
+    async fn fails_against(argv: &[&str]) -> SessionError {
+        let conn = connect(&LocalTarget {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+        })
+        .await
+        .unwrap();
+        run(
+            conn,
+            "t",
+            &[offering()],
+            Options::default(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err()
+    }
+
     #[test]
     fn the_offer_carries_digests_not_the_key() {
         let o = offering();
@@ -440,20 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_is_not_certsync_is_named_with_its_exit_status() {
-        let conn = connect(&LocalTarget {
-            argv: vec!["sh".into(), "-c".into(), "echo hello; exit 3".into()],
-        })
-        .await
-        .unwrap();
-        let err = run(
-            conn,
-            "t",
-            &[offering()],
-            Options::default(),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_err();
+        let err = fails_against(&["sh", "-c", "echo hello; exit 3"]).await;
         let msg = err.to_string();
         assert!(msg.contains("not the certsync protocol"), "{msg}");
         assert!(msg.contains("exited with status 3"), "{msg}");
@@ -482,20 +546,7 @@ mod tests {
             .unwrap(),
         );
         std::fs::write(&frames, bytes).unwrap();
-        let conn = connect(&LocalTarget {
-            argv: vec!["cat".into(), frames.display().to_string()],
-        })
-        .await
-        .unwrap();
-        let err = run(
-            conn,
-            "t",
-            &[offering()],
-            Options::default(),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_err();
+        let err = fails_against(&["cat", &frames.display().to_string()]).await;
         assert!(matches!(err, SessionError::Receiver { .. }), "{err}");
         assert!(err.to_string().contains("no [[cert]] section"), "{err}");
         assert_eq!(err.exit_code(), ExitCode::Usage);
@@ -503,20 +554,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_exits_at_once_is_a_closed_connection() {
-        let conn = connect(&LocalTarget {
-            argv: vec!["true".into()],
-        })
-        .await
-        .unwrap();
-        let err = run(
-            conn,
-            "t",
-            &[offering()],
-            Options::default(),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_err();
+        let err = fails_against(&["true"]).await;
         assert!(matches!(err, SessionError::Protocol { .. }), "{err}");
     }
 }

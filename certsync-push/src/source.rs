@@ -639,31 +639,55 @@ fn read_file(
     } else {
         MAX_PEM_BYTES
     };
-    let meta = file.metadata().map_err(io_err("inspect", path))?;
+    match read_capped(&mut file, limit).map_err(|(action, e)| io_err(action, path)(e))? {
+        Capped::Bytes(buf) => Ok(Some(buf)),
+        Capped::NotRegular => {
+            problems.push(Problem::NotRegularFile { file: name });
+            Ok(None)
+        }
+        Capped::TooLarge => Err(SourceError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        }),
+    }
+}
+
+/// What a capped read of an opened file found.
+pub(crate) enum Capped {
+    Bytes(Zeroizing<Vec<u8>>),
+    /// A FIFO, a device, a directory: never read (a FIFO would block, a
+    /// device could be endless).
+    NotRegular,
+    /// More than the limit, before reading or while reading (the file
+    /// grew).
+    TooLarge,
+}
+
+/// Read an opened file whole, only if it is a regular file of at most
+/// `limit` bytes; the one capped reader of the pusher (the live dir's
+/// files, and `discover`'s look at an inconsistent one). The buffer is
+/// sized up front, so key bytes are never reallocated (and left behind
+/// unzeroed) while reading. An error says which step failed (`inspect`,
+/// `read`).
+pub(crate) fn read_capped(
+    file: &mut File,
+    limit: u64,
+) -> Result<Capped, (&'static str, io::Error)> {
+    let meta = file.metadata().map_err(|e| ("inspect", e))?;
     if !meta.is_file() {
-        problems.push(Problem::NotRegularFile { file: name });
-        return Ok(None);
+        return Ok(Capped::NotRegular);
     }
     if meta.len() > limit {
-        return Err(SourceError::TooLarge {
-            path: path.to_path_buf(),
-            limit,
-        });
+        return Ok(Capped::TooLarge);
     }
-    // Capacity up front so the key bytes are not reallocated (and left
-    // behind unzeroed) while reading.
     let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
-    (&mut file)
-        .take(limit + 1)
+    file.take(limit + 1)
         .read_to_end(&mut buf)
-        .map_err(io_err("read", path))?;
+        .map_err(|e| ("read", e))?;
     if buf.len() as u64 > limit {
-        return Err(SourceError::TooLarge {
-            path: path.to_path_buf(),
-            limit,
-        });
+        return Ok(Capped::TooLarge);
     }
-    Ok(Some(buf))
+    Ok(Capped::Bytes(buf))
 }
 
 fn inconsistent(dir: &Path, problems: Vec<Problem>) -> SourceError {
@@ -685,6 +709,34 @@ fn read_consistent_inner(
     dir: &Path,
     after_read: &mut dyn FnMut(),
 ) -> Result<SourcePair, SourceError> {
+    check_live_dir(dir)?;
+    let mut problems = Vec::new();
+    // 1. Resolve.
+    let (entries, layout) = resolve(dir, &mut problems)?;
+    // 2. Links only into this lineage's archive; then read the real bytes.
+    let contents = read_contents(dir, &entries, &layout, &mut problems)?;
+    after_read();
+    // 3. Resolve again: the same links (or the same files), still no
+    //    previous_*. A renewal that started or finished meanwhile shows here.
+    if !previous_links(dir)?.is_empty() {
+        problems.push(Problem::PreviousPresent {
+            files: previous_links(dir)?,
+        });
+    }
+    for (i, name) in LIVE_FILES.iter().enumerate() {
+        if stat_entry(dir, name)? != entries[i] {
+            problems.push(Problem::Changed { file: name });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(inconsistent(dir, problems));
+    }
+    // 4. The contents agree with each other.
+    pair_from(dir, contents, layout.generation)
+}
+
+/// The live dir is there and is a directory; the errors say where to look.
+fn check_live_dir(dir: &Path) -> Result<(), SourceError> {
     let meta = match fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -707,9 +759,12 @@ fn read_consistent_inner(
             path: dir.to_path_buf(),
         });
     }
+    Ok(())
+}
 
-    // 1. Resolve.
-    let mut problems = Vec::new();
+/// Step 1: what each of the four names is now, and the layout they make
+/// (no `previous_*.pem`, one generation, one archive dir).
+fn resolve(dir: &Path, problems: &mut Vec<Problem>) -> Result<([Entry; 4], Layout), SourceError> {
     let previous = previous_links(dir)?;
     if !previous.is_empty() {
         problems.push(Problem::PreviousPresent { files: previous });
@@ -723,45 +778,47 @@ fn read_consistent_inner(
     for (i, name) in LIVE_FILES.iter().enumerate() {
         entries[i] = stat_entry(dir, name)?;
     }
-    let layout = match check_layout(&entries, dir, &mut problems) {
-        Some(layout) if problems.is_empty() => layout,
-        _ => return Err(inconsistent(dir, problems)),
-    };
+    match check_layout(&entries, dir, problems) {
+        Some(layout) if problems.is_empty() => Ok((entries, layout)),
+        _ => Err(inconsistent(dir, std::mem::take(problems))),
+    }
+}
 
-    // 2. Links only into this lineage's archive; then read the real bytes.
+/// The real bytes of each file, in [`LIVE_FILES`] order.
+type Contents = [Option<Zeroizing<Vec<u8>>>; 4];
+
+/// Step 2: read the real bytes of each file the layout names, a link's
+/// target relative to its lineage's archive dir.
+fn read_contents(
+    dir: &Path,
+    entries: &[Entry; 4],
+    layout: &Layout,
+    problems: &mut Vec<Problem>,
+) -> Result<Contents, SourceError> {
     let archive = match layout.generation {
-        Some(_) => Some(open_archive(dir, &entries)?),
+        Some(_) => Some(open_archive(dir, entries)?),
         None => None,
     };
-    let mut contents: [Option<Zeroizing<Vec<u8>>>; 4] = [None, None, None, None];
+    let mut contents: Contents = [None, None, None, None];
     for (i, path) in layout.paths.iter().enumerate() {
         if let Some(path) = path {
-            contents[i] = read_file(path, archive.as_ref(), LIVE_FILES[i], &mut problems)?;
+            contents[i] = read_file(path, archive.as_ref(), LIVE_FILES[i], problems)?;
         }
     }
     if !problems.is_empty() {
-        return Err(inconsistent(dir, problems));
+        return Err(inconsistent(dir, std::mem::take(problems)));
     }
+    Ok(contents)
+}
 
-    after_read();
-
-    // 3. Resolve again: the same links (or the same files), still no
-    //    previous_*. A renewal that started or finished meanwhile shows here.
-    if !previous_links(dir)?.is_empty() {
-        problems.push(Problem::PreviousPresent {
-            files: previous_links(dir)?,
-        });
-    }
-    for (i, name) in LIVE_FILES.iter().enumerate() {
-        if stat_entry(dir, name)? != entries[i] {
-            problems.push(Problem::Changed { file: name });
-        }
-    }
-    if !problems.is_empty() {
-        return Err(inconsistent(dir, problems));
-    }
-
-    // 4. The contents agree with each other.
+/// Step 4: the files agree with each other (the key is the leaf's,
+/// cert.pem is the leaf, chain.pem the rest), and make the pair.
+fn pair_from(
+    dir: &Path,
+    contents: Contents,
+    generation: Option<u32>,
+) -> Result<SourcePair, SourceError> {
+    let mut problems = Vec::new();
     let [cert, key, chain, fullchain] = contents;
     let (Some(key), Some(fullchain)) = (key, fullchain) else {
         // check_layout guarantees both paths; keep a defined error anyway.
@@ -814,11 +871,10 @@ fn read_consistent_inner(
     if !problems.is_empty() {
         return Err(inconsistent(dir, problems));
     }
-
     Ok(SourcePair {
         dir: dir.to_path_buf(),
         bundle: Bundle::new(fullchain.to_vec(), SecretBytes::from(key)),
-        generation: layout.generation,
+        generation,
         info,
     })
 }

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::error::PushError;
 use crate::push::{self, CertState, PushOptions, TargetResult};
+use crate::session::Mode;
 
 /// One cert on one target.
 #[derive(Debug, Clone, Serialize)]
@@ -112,8 +113,7 @@ pub async fn run(
     let config = PushConfig::load(config_path)?;
     crate::units::warn_unwatched(&config);
     let opts = PushOptions {
-        dry_run: true,
-        offer_only: true,
+        mode: Mode::OfferOnly,
         ..PushOptions::default()
     };
     let results = push::pass(&config, config_path, &opts).await?;

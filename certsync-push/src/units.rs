@@ -15,12 +15,15 @@
 //! when `certsync-push.path` is enabled but misses a source, or when only
 //! the timer is enabled.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use certsync_core::config::PushConfig;
 use certsync_core::units::{self, DropIn, PathUse, UnitsError};
+use certsync_core::ExitCode;
 
 use crate::discover::pick_for_domain_in;
+use crate::error::PushError;
 
 pub const PATH_UNIT: &str = "certsync-push.path";
 pub const TIMER_UNIT: &str = "certsync-push.timer";
@@ -28,11 +31,33 @@ pub const WATCH_UNIT: &str = "certsync-push-watch.service";
 /// The drop-in file this writes in `certsync-push.path.d/`.
 pub const DROP_IN_FILE: &str = "certsync-sources.conf";
 
+/// `certsync-push units [--dir DIR]`: write the drop-in into `dir`, print
+/// `watch DIR` per watched dir on `out`, and say on `err` what to reload.
+pub fn run(
+    config: &Path,
+    dir: &Path,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<ExitCode, PushError> {
+    let cfg = PushConfig::load(config)?;
+    let path = drop_in(&cfg, config)?.write(dir)?;
+    for d in watched_dirs(&cfg) {
+        writeln!(out, "watch {}", d.display())?;
+    }
+    out.flush()?;
+    writeln!(
+        err,
+        "wrote {}; now run: systemctl daemon-reload && systemctl restart {PATH_UNIT}",
+        path.display(),
+    )?;
+    Ok(ExitCode::Success)
+}
+
 /// The dirs `certsync-push.path` must watch: each `source`; for
 /// `live_root` + `domain`, each live root (NPM makes a new npm-N there when
 /// a certificate is recreated) and the dir that covers the domain now.
 pub fn watched_dirs(cfg: &PushConfig) -> Vec<PathBuf> {
-    let now = crate::push::now_unix();
+    let now = certsync_core::time::now_unix();
     let mut dirs = Vec::new();
     for c in &cfg.certs {
         if let Some(src) = &c.source {

@@ -52,7 +52,7 @@ use std::time::Duration;
 use certsync_core::config::{parse_duration, PushConfig, Target};
 use certsync_core::ExitCode;
 use notify::{RecursiveMode, Watcher};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
@@ -380,10 +380,23 @@ where
 }
 
 /// What the loop is told to do next.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Wake {
+    /// The recheck interval is up: every target gets a pass.
+    Recheck,
     Changed,
     Terminate,
+    Reload,
+}
+
+/// What ended the wait for a changed live dir to settle.
+#[derive(Debug)]
+enum Settled {
+    /// Quiet for [`DEBOUNCE`] with no renewal half done (or
+    /// [`RENEWAL_WAIT`] is up).
+    Quiet,
+    Terminate,
+    /// SIGHUP: the reload after it kicks every target.
     Reload,
 }
 
@@ -411,6 +424,155 @@ fn watch(
     Ok(watcher)
 }
 
+/// Everything the loop waits on: the signals, inotify's events (and the
+/// watches that send them), and the watchdog's timer.
+struct Events {
+    term: Signal,
+    hup: Signal,
+    /// SIGINT, when its handler could be installed.
+    int: Option<Signal>,
+    tx: mpsc::UnboundedSender<()>,
+    rx: mpsc::UnboundedReceiver<()>,
+    /// `None` only between dropping the old watches and setting up new
+    /// ones.
+    watcher: Option<notify::RecommendedWatcher>,
+    /// One timer for the whole run (not one per loop turn), so a stream of
+    /// events cannot starve the watchdog.
+    watchdog: Option<tokio::time::Interval>,
+}
+
+impl Events {
+    /// Install the signal handlers and watch `cfg`'s dirs.
+    fn start(cfg: &PushConfig) -> Result<Events, ExitCode> {
+        let (term, hup) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(t), Ok(h)) => (t, h),
+            _ => {
+                tracing::error!("cannot install the SIGTERM/SIGHUP handlers");
+                return Err(ExitCode::Runtime);
+            }
+        };
+        let int = signal(SignalKind::interrupt()).ok();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let watcher = match watch(cfg, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!("{e}");
+                return Err(ExitCode::Runtime);
+            }
+        };
+        let watchdog = watchdog_interval().map(|iv| {
+            let mut t = tokio::time::interval(iv);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        Ok(Events {
+            term,
+            hup,
+            int,
+            tx,
+            rx,
+            watcher,
+            watchdog,
+        })
+    }
+
+    /// Wait for the next thing to do; feed the watchdog meanwhile.
+    async fn next<P, F>(&mut self, workers: &mut Workers<P>, recheck_at: Instant) -> Wake
+    where
+        P: Fn(Arc<PushConfig>, String) -> F + Clone + Send + 'static,
+        F: Future<Output = ExitCode> + Send + 'static,
+    {
+        loop {
+            return tokio::select! {
+                _ = sleep_until(recheck_at) => Wake::Recheck,
+                Some(()) = self.rx.recv() => Wake::Changed,
+                _ = self.term.recv() => Wake::Terminate,
+                _ = recv_opt(&mut self.int) => Wake::Terminate,
+                _ = self.hup.recv() => Wake::Reload,
+                _ = tick(&mut self.watchdog) => {
+                    if workers.healthy(Instant::now()) {
+                        sd_notify("WATCHDOG=1");
+                    }
+                    continue;
+                }
+            };
+        }
+    }
+
+    /// Debounce: wait until the dir is quiet and no renewal is half done. A
+    /// renewal's remaining steps are events, so this waits on inotify, not
+    /// on a poll.
+    async fn settle<P, F>(&mut self, cfg: &PushConfig, workers: &mut Workers<P>) -> Settled
+    where
+        P: Fn(Arc<PushConfig>, String) -> F + Clone + Send + 'static,
+        F: Future<Output = ExitCode> + Send + 'static,
+    {
+        let mut quiet_until = Instant::now() + DEBOUNCE;
+        let give_up = Instant::now() + RENEWAL_WAIT;
+        let mut waiting_for_renewal = false;
+        let mut said = false;
+        loop {
+            tokio::select! {
+                _ = sleep_until(quiet_until), if !waiting_for_renewal => {
+                    if Instant::now() >= give_up || !renewal_in_progress(cfg) {
+                        return Settled::Quiet;
+                    }
+                    if !said {
+                        tracing::info!("certbot is renewing (previous_*.pem present); waiting for it to finish");
+                        said = true;
+                    }
+                    waiting_for_renewal = true;
+                }
+                // A stray previous_*.pem can hold this loop for
+                // RENEWAL_WAIT: SIGTERM must not wait for it.
+                _ = self.term.recv() => return Settled::Terminate,
+                _ = recv_opt(&mut self.int) => return Settled::Terminate,
+                // Nor SIGHUP: the reload after it kicks every target.
+                _ = self.hup.recv() => return Settled::Reload,
+                _ = sleep_until(give_up), if waiting_for_renewal => return Settled::Quiet,
+                Some(()) = self.rx.recv() => {
+                    quiet_until = Instant::now() + DEBOUNCE;
+                    waiting_for_renewal = false;
+                }
+                _ = tick(&mut self.watchdog) => {
+                    if workers.healthy(Instant::now()) {
+                        sd_notify("WATCHDOG=1");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drop the old watches and watch `cfg`'s dirs again (recreated dirs
+    /// need their watches again). A failure stops every target: the daemon
+    /// exits 1 and systemd restarts it.
+    async fn rewatch<P, F>(
+        &mut self,
+        cfg: &PushConfig,
+        workers: &mut Workers<P>,
+    ) -> Result<(), ExitCode>
+    where
+        P: Fn(Arc<PushConfig>, String) -> F + Clone + Send + 'static,
+        F: Future<Output = ExitCode> + Send + 'static,
+    {
+        self.watcher = None;
+        match watch(cfg, self.tx.clone()) {
+            Ok(w) => {
+                self.watcher = Some(w);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                workers.stop().await;
+                Err(ExitCode::Runtime)
+            }
+        }
+    }
+}
+
 /// Run the watch loop. `pass(config, target)` is one push pass for one
 /// target; each target runs its own ([`Worker`]). `load` (re)reads the
 /// config (at start and on SIGHUP).
@@ -427,32 +589,10 @@ where
             return ExitCode::Usage;
         }
     };
-    let (mut term, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(h)) => (t, h),
-        _ => {
-            tracing::error!("cannot install the SIGTERM/SIGHUP handlers");
-            return ExitCode::Runtime;
-        }
+    let mut events = match Events::start(&cfg) {
+        Ok(e) => e,
+        Err(code) => return code,
     };
-    let mut int = signal(SignalKind::interrupt()).ok();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = match watch(&cfg, tx.clone()) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::Runtime;
-        }
-    };
-    // One timer for the whole run (not one per loop turn), so a stream of
-    // events cannot starve the watchdog.
-    let mut watchdog = watchdog_interval().map(|iv| {
-        let mut t = tokio::time::interval(iv);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
     let mut recheck = recheck_interval(&cfg);
     let mut workers = Workers::new(cfg, pass);
     sd_notify("READY=1\nSTATUS=watching");
@@ -463,102 +603,39 @@ where
     workers.kick_all();
     let mut next_recheck = Instant::now() + recheck;
     loop {
-        let wake = tokio::select! {
-            _ = sleep_until(next_recheck) => {
-                tracing::info!("recheck: reconciling every target");
-                workers.kick_all();
-                next_recheck = Instant::now() + recheck;
-                continue;
-            }
-            Some(()) = rx.recv() => Wake::Changed,
-            _ = term.recv() => Wake::Terminate,
-            _ = recv_opt(&mut int) => Wake::Terminate,
-            _ = hup.recv() => Wake::Reload,
-            _ = tick(&mut watchdog) => {
-                if workers.healthy(Instant::now()) {
-                    sd_notify("WATCHDOG=1");
-                }
-                continue;
-            }
-        };
+        let wake = events.next(&mut workers, next_recheck).await;
         let mut reload = matches!(wake, Wake::Reload);
         match wake {
+            Wake::Recheck => tracing::info!("recheck: reconciling every target"),
             Wake::Changed => {
-                // Debounce: the pass starts once the dir is quiet and no
-                // renewal is half done. A renewal's remaining steps are
-                // events, so this waits on inotify, not on a poll.
                 let cfg = workers.config();
-                let mut quiet_until = Instant::now() + DEBOUNCE;
-                let give_up = Instant::now() + RENEWAL_WAIT;
-                let mut waiting_for_renewal = false;
-                let mut said = false;
-                let mut stop = false;
-                loop {
-                    tokio::select! {
-                        _ = sleep_until(quiet_until), if !waiting_for_renewal => {
-                            if Instant::now() >= give_up || !renewal_in_progress(&cfg) {
-                                break;
-                            }
-                            if !said {
-                                tracing::info!("certbot is renewing (previous_*.pem present); waiting for it to finish");
-                                said = true;
-                            }
-                            waiting_for_renewal = true;
-                        }
-                        // A stray previous_*.pem can hold this loop for
-                        // RENEWAL_WAIT: SIGTERM must not wait for it.
-                        _ = term.recv() => { stop = true; break; }
-                        _ = recv_opt(&mut int) => { stop = true; break; }
-                        // Nor SIGHUP: the reload below kicks every target.
-                        _ = hup.recv() => { reload = true; break; }
-                        _ = sleep_until(give_up), if waiting_for_renewal => break,
-                        Some(()) = rx.recv() => {
-                            quiet_until = Instant::now() + DEBOUNCE;
-                            waiting_for_renewal = false;
-                        }
-                        _ = tick(&mut watchdog) => {
-                            if workers.healthy(Instant::now()) {
-                                sd_notify("WATCHDOG=1");
-                            }
-                        }
-                    }
-                }
-                if stop {
-                    return stopping(&mut workers).await;
+                match events.settle(&cfg, &mut workers).await {
+                    Settled::Terminate => return stopping(&mut workers).await,
+                    Settled::Reload => reload = true,
+                    Settled::Quiet => {}
                 }
                 tracing::info!("the live dir changed");
-                // Recreated dirs need their watches again.
-                drop(watcher);
-                watcher = match watch(&cfg, tx.clone()) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        workers.stop().await;
-                        return ExitCode::Runtime;
-                    }
-                };
+                if let Err(code) = events.rewatch(&cfg, &mut workers).await {
+                    return code;
+                }
                 // (After a SIGHUP here the reload below kicks again: at
                 // most one more pass, which finds nothing to do.)
-                workers.kick_all();
-                next_recheck = Instant::now() + recheck;
             }
             Wake::Terminate => return stopping(&mut workers).await,
             Wake::Reload => {}
+        }
+        if !matches!(wake, Wake::Reload) {
+            workers.kick_all();
+            next_recheck = Instant::now() + recheck;
         }
         if reload {
             sd_notify("RELOADING=1");
             match load() {
                 Ok(new) => {
                     tracing::info!("config re-read");
-                    drop(watcher);
-                    watcher = match watch(&new, tx.clone()) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            tracing::error!("{e}");
-                            workers.stop().await;
-                            return ExitCode::Runtime;
-                        }
-                    };
+                    if let Err(code) = events.rewatch(&new, &mut workers).await {
+                        return code;
+                    }
                     recheck = recheck_interval(&new);
                     workers.replace_config(new);
                     workers.kick_all();
@@ -607,13 +684,8 @@ async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
 pub async fn run(config_path: &Path) -> ExitCode {
     let path = config_path.to_path_buf();
     let load = || PushConfig::load(&path).map_err(|e| e.to_string());
-    let opts = crate::push::PushOptions {
-        dry_run: false,
-        force: false,
-        targets: Vec::new(),
-        settle: crate::source::Retry::default().window,
-        ..crate::push::PushOptions::default()
-    };
+    // Install mode, no force, every target; `settle` as `push`'s default.
+    let opts = crate::push::PushOptions::default();
     let config_path = config_path.to_path_buf();
     run_with(load, move |cfg: Arc<PushConfig>, target: String| {
         let opts = crate::push::PushOptions {

@@ -63,12 +63,11 @@ use certsync_core::Fingerprint;
 use certsync_receive::systems::probe::{served_leaf, served_leaf_with, Endpoint};
 use certsync_tests::bins;
 use certsync_tests::docker::{wait_until, Dockerd};
-use certsync_tests::e2e::{pem_leaf_fingerprint, Process};
+use certsync_tests::e2e::{context_switches, pem_leaf_fingerprint, serve_installed, Process};
 use certsync_tests::mailcow::{Conf, Mailcow};
 use certsync_tests::npmhost::{receiver_command, NpmHost};
 use certsync_tests::receiver::Mailhost;
 use certsync_tests::sshd::{self, ClientKey, KeyType, Sshd};
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 
 const HOST: &str = "mail.example.com";
 /// Push cycles and nothing-to-do runs per side.
@@ -97,7 +96,7 @@ fn main() {
         eprintln!("bench: needs root, sshd, ssh, rsync and openssl (Debian: openssh-server openssh-client rsync openssl)");
         std::process::exit(2);
     }
-    build_binaries();
+    bins::build(release()).unwrap();
     let mut b = Bench::new(quick);
     b.run(only_mailcow);
 }
@@ -108,27 +107,6 @@ fn have(program: &str) -> bool {
 
 fn release() -> bool {
     !cfg!(debug_assertions)
-}
-
-fn build_binaries() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "certsync-push",
-        "-p",
-        "certsync-receive",
-    ]);
-    if release() {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo");
-    assert!(
-        status.success(),
-        "cargo build of the certsync binaries failed"
-    );
 }
 
 // ---------------------------------------------------------------- figures
@@ -197,6 +175,40 @@ fn ssh_target(name: &str, server: &Sshd, identity: &Path, known_hosts: &Path) ->
         "[[target]]\nname = {name:?}\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nidentity = {identity:?}\nknown_hosts = {known_hosts:?}\nconnect_timeout = 30\n",
         server.port()
     )
+}
+
+/// `certsync-push watch` on `npm`, pushing over SSH to `server`, once its
+/// first pass has ended (within `first_pass`).
+fn start_watch(npm: &NpmHost, server: &Sshd, first_pass: Duration) -> Process {
+    let known = server.write_known_hosts("known_hosts", &[server.known_hosts_line()]);
+    npm.write_config(
+        &npm.cert_source(),
+        &[ssh_target("mailcow", server, &npm.key.private, &known)],
+    );
+    let mut cmd = Command::new(bins::push());
+    cmd.arg("--config")
+        .arg(&npm.config)
+        .arg("watch")
+        .env("CERTSYNC_LOG", "info");
+    let watch = Process::spawn(
+        "certsync-push watch",
+        cmd,
+        &npm.root.path().join("watch.log"),
+    );
+    wait_until(first_pass, || watch_passes(&watch) >= 1).unwrap_or_else(|| {
+        panic!(
+            "the watch daemon's first pass did not end:\n{}",
+            watch.log()
+        )
+    });
+    watch
+}
+
+/// The passes the watch daemon has ended: each prints one result line for
+/// the target.
+fn watch_passes(watch: &Process) -> usize {
+    let log = watch.log();
+    log.matches("mailcow: ok").count() + log.matches("mailcow: FAILED").count()
 }
 
 /// The `rsync --server …` command line the rsync client asks the remote
@@ -463,38 +475,14 @@ impl Bench {
             drop(mail);
             return self.propagation_mailcow(d, npm);
         }
-        let port = serve_installed(mail.cert_path(), mail.key_path());
+        let port = serve_installed(mail.cert_path(), mail.key_path()).unwrap();
         let server_kind = "in-process TLS server that loads the installed pair per connection (no dockerd, postfix, dovecot or nginx here)";
         let text = std::fs::read_to_string(&mail.config).unwrap();
         let text = text.replace("verify = []", &format!("verify = [\"127.0.0.1:{port}\"]"));
         std::fs::write(&mail.config, text).unwrap();
 
         let server = certsync_tests::npmhost::sshd_for(&mail, &npm.key);
-        let known = server.write_known_hosts("known_hosts", &[server.known_hosts_line()]);
-        npm.write_config(
-            &npm.cert_source(),
-            &[ssh_target("mailcow", &server, &npm.key.private, &known)],
-        );
-        let mut cmd = Command::new(bins::push());
-        cmd.arg("--config")
-            .arg(&npm.config)
-            .arg("watch")
-            .env("CERTSYNC_LOG", "info");
-        let watch = Process::spawn(
-            "certsync-push watch",
-            cmd,
-            &npm.root.path().join("watch.log"),
-        );
-        let passes = |w: &Process| {
-            let log = w.log();
-            log.matches("mailcow: ok").count() + log.matches("mailcow: FAILED").count()
-        };
-        wait_until(Duration::from_secs(60), || passes(&watch) >= 1).unwrap_or_else(|| {
-            panic!(
-                "the watch daemon's first pass did not end:\n{}",
-                watch.log()
-            )
-        });
+        let watch = start_watch(&npm, &server, Duration::from_secs(60));
 
         let endpoint = Endpoint::parse(&format!("127.0.0.1:{port}")).unwrap();
         let renewals = if self.quick { 5 } else { RENEWALS };
@@ -512,26 +500,11 @@ impl Bench {
             }
             // Let the pass finish (verify, report) so each renewal is a
             // pass of its own, as in production.
-            wait_until(Duration::from_secs(60), || passes(&watch) >= i + 2);
+            wait_until(Duration::from_secs(60), || watch_passes(&watch) >= i + 2);
         }
         let log = watch.log();
         let failures = log.matches("mailcow: FAILED").count();
-        let (p50, p95) = (percentile(&lat, 50.0), percentile(&lat, 95.0));
-        let ratio = p95.as_secs_f64() / TIMER_WORST.as_secs_f64();
-        self.rows.push(Row {
-            figure: format!("3. propagation, p50 / p95 of {} renewals", lat.len()),
-            certsync: format!("{} / {}", ms(p50), ms(p95)),
-            baseline: "12 h 15 min (timer chain, worst case)".into(),
-            ratio: format!("{ratio:.1e}×"),
-            target: "p95 ≤ 3 s".into(),
-            verdict: verdict(
-                p95 <= Duration::from_secs(3) && failed == 0,
-                format!(
-                    "p95 over by {}",
-                    ms(p95.saturating_sub(Duration::from_secs(3)))
-                ),
-            ),
-        });
+        self.propagation_row(&lat, failed);
         self.notes.push(format!(
             "propagation: TLS server: {server_kind}; debounce {} ms; {failed} renewals not seen within 60 s, {failures} passes FAILED; min {} max {}",
             certsync_push::watch::DEBOUNCE.as_millis(),
@@ -560,10 +533,10 @@ impl Bench {
         );
         std::thread::sleep(Duration::from_secs(15));
         let pid = w.watch.pid();
-        let before = switches(pid);
+        let before = context_switches(pid);
         let rss_before = status_kb(pid, "VmRSS");
         std::thread::sleep(window);
-        let after = switches(pid);
+        let after = context_switches(pid);
         let rss = status_kb(pid, "VmRSS");
         let hwm = status_kb(pid, "VmHWM");
         let (anon, file) = (status_kb(pid, "RssAnon"), status_kb(pid, "RssFile"));
@@ -577,7 +550,7 @@ impl Bench {
         // counters with it).
         let mut delta = 0u64;
         for (tid, a) in &after {
-            if let Some((_, b)) = before.iter().find(|(t, _)| t == tid) {
+            if let Some(b) = before.get(tid) {
                 delta += a - b;
             }
         }
@@ -745,6 +718,27 @@ impl Bench {
 }
 
 impl Bench {
+    /// Figure 3's row from the latencies of the renewals seen served and
+    /// the number not seen in time.
+    fn propagation_row(&mut self, lat: &[Duration], failed: usize) {
+        let (p50, p95) = (percentile(lat, 50.0), percentile(lat, 95.0));
+        let ratio = p95.as_secs_f64() / TIMER_WORST.as_secs_f64();
+        self.rows.push(Row {
+            figure: format!("3. propagation, p50 / p95 of {} renewals", lat.len()),
+            certsync: format!("{} / {}", ms(p50), ms(p95)),
+            baseline: "12 h 15 min (timer chain, worst case)".into(),
+            ratio: format!("{ratio:.1e}×"),
+            target: "p95 ≤ 3 s".into(),
+            verdict: verdict(
+                p95 <= Duration::from_secs(3) && failed == 0,
+                format!(
+                    "p95 over by {}",
+                    ms(p95.saturating_sub(Duration::from_secs(3)))
+                ),
+            ),
+        });
+    }
+
     /// Figure 3 on the mailcow-faithful environment, then 3b and 6 on it.
     fn propagation_mailcow<'d>(&mut self, d: &'d Dockerd, mut npm: NpmHost) -> Watched<'d> {
         eprintln!("bench: propagation on the mailcow-faithful environment …");
@@ -791,31 +785,7 @@ impl Bench {
         let server = Sshd::builder()
             .authorized_key(&sshd::forced_line(&forced, &npm.key.public_line))
             .start();
-        let known = server.write_known_hosts("known_hosts", &[server.known_hosts_line()]);
-        npm.write_config(
-            &npm.cert_source(),
-            &[ssh_target("mailcow", &server, &npm.key.private, &known)],
-        );
-        let mut cmd = Command::new(bins::push());
-        cmd.arg("--config")
-            .arg(&npm.config)
-            .arg("watch")
-            .env("CERTSYNC_LOG", "info");
-        let watch = Process::spawn(
-            "certsync-push watch",
-            cmd,
-            &npm.root.path().join("watch.log"),
-        );
-        let passes = |w: &Process| {
-            let log = w.log();
-            log.matches("mailcow: ok").count() + log.matches("mailcow: FAILED").count()
-        };
-        wait_until(Duration::from_secs(120), || passes(&watch) >= 1).unwrap_or_else(|| {
-            panic!(
-                "the watch daemon's first pass did not end:\n{}",
-                watch.log()
-            )
-        });
+        let watch = start_watch(&npm, &server, Duration::from_secs(120));
 
         let probes: Vec<(Endpoint, Option<&str>)> = m
             .default_endpoints()
@@ -837,27 +807,12 @@ impl Bench {
                 Some(()) => lat.push(t0.elapsed()),
                 None => failed += 1,
             }
-            wait_until(Duration::from_secs(120), || passes(&watch) >= i + 2);
+            wait_until(Duration::from_secs(120), || watch_passes(&watch) >= i + 2);
         }
         let log = watch.log();
         let failures = log.matches("mailcow: FAILED").count();
         let restarts = log.matches("-mailcow restarted:").count();
-        let (p50, p95) = (percentile(&lat, 50.0), percentile(&lat, 95.0));
-        let ratio = p95.as_secs_f64() / TIMER_WORST.as_secs_f64();
-        self.rows.push(Row {
-            figure: format!("3. propagation, p50 / p95 of {} renewals", lat.len()),
-            certsync: format!("{} / {}", ms(p50), ms(p95)),
-            baseline: "12 h 15 min (timer chain, worst case)".into(),
-            ratio: format!("{ratio:.1e}×"),
-            target: "p95 ≤ 3 s".into(),
-            verdict: verdict(
-                p95 <= Duration::from_secs(3) && failed == 0,
-                format!(
-                    "p95 over by {}",
-                    ms(p95.saturating_sub(Duration::from_secs(3)))
-                ),
-            ),
-        });
+        self.propagation_row(&lat, failed);
         let c = &m.conf;
         self.notes.push(format!(
             "propagation: the mailcow-faithful environment (Debian's postfix, dovecot and nginx started as mailcow's images start them; SMTP_PORT={}, SUBMISSION_PORT={}, SMTPS_PORT={}, IMAPS_PORT={}, HTTPS_BIND={} HTTPS_PORT={}; an acme-left data/assets/ssl/{HOST}/), the `[mailcow]` preset, reloads through the Docker API (postfix: rebuilt SNI map + reload), served = every default endpoint with and without SNI ({} probes, each polling every 10 ms from its own thread); debounce {} ms; {failed} renewals not seen within 60 s, {failures} passes FAILED, {restarts} container restarts; min {} max {}",
@@ -874,7 +829,7 @@ impl Bench {
         ));
 
         let done = renewals + 1;
-        self.unnoticed(&m, &mut npm, &watch, done, passes);
+        self.unnoticed(&m, &mut npm, &watch, done);
         self.reload_vs_restart(&m);
         Watched {
             watch,
@@ -894,7 +849,6 @@ impl Bench {
         npm: &mut NpmHost,
         watch: &Process,
         passes_so_far: usize,
-        passes: impl Fn(&Process) -> usize,
     ) {
         eprintln!("bench: a renewal nobody notices …");
         let targets: Vec<(String, Endpoint)> = m
@@ -910,7 +864,7 @@ impl Bench {
         for i in 0..n {
             npm.live.renew(&self.leaf());
             wait_until(Duration::from_secs(120), || {
-                passes(watch) > passes_so_far + i
+                watch_passes(watch) > passes_so_far + i
             });
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -1181,27 +1135,6 @@ fn wait_for_served(endpoint: &Endpoint, want: Fingerprint, limit: Duration) -> O
     None
 }
 
-/// Per thread of `pid`: voluntary + nonvoluntary context switches.
-fn switches(pid: u32) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in tasks.flatten() {
-        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        let n: u64 = status
-            .lines()
-            .filter(|l| {
-                l.starts_with("voluntary_ctxt_switches")
-                    || l.starts_with("nonvoluntary_ctxt_switches")
-            })
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum();
-        out.push((t.file_name().to_string_lossy().to_string(), n));
-    }
-    out
-}
-
 /// CPU time (user + system) of this process's reaped children so far.
 fn children_cpu() -> Duration {
     // SAFETY: getrusage fills the struct we pass; no other preconditions.
@@ -1256,25 +1189,4 @@ fn chrono_now() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     out
-}
-
-/// A TLS server that loads the installed pair for every connection, as a
-/// mail daemon does after a reload (fallback when there is no dockerd).
-fn serve_installed(cert: PathBuf, key: PathBuf) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let acceptor = (|| {
-                let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).ok()?;
-                b.set_certificate_chain_file(&cert).ok()?;
-                b.set_private_key_file(&key, SslFiletype::PEM).ok()?;
-                Some(Arc::new(b.build()))
-            })();
-            if let Some(a) = acceptor {
-                let _ = a.accept(stream);
-            }
-        }
-    });
-    port
 }

@@ -15,19 +15,17 @@
 //!    certbot does, pushes, and prints the three SHA-256 fingerprints an
 //!    operator compares: the source, the installed file, the one served.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certsync_core::bundle::parse_chain;
 use certsync_core::testutil::{KeyKind, TestCa};
 use certsync_core::Fingerprint;
 use certsync_receive::systems::probe::{served_leaf, Endpoint};
+use certsync_tests::e2e::serve_installed;
 use certsync_tests::livedir::LiveDir;
 use certsync_tests::{bins, sshd};
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 
 const HOST: &str = "mail.example.test";
 
@@ -38,50 +36,10 @@ fn main() {
     }
 }
 
-fn build_binaries() -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "certsync-push",
-            "-p",
-            "certsync-receive",
-        ])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("cargo build of the certsync binaries failed".into());
-    }
-    Ok(())
-}
-
 fn leaf_fp_of_file(path: &Path) -> Result<Fingerprint, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let certs = parse_chain(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(certsync_core::bundle::leaf_fingerprint(&certs[0]))
-}
-
-/// A TLS server that loads the installed pair for every connection, as a
-/// mail daemon does after a reload.
-fn serve_installed(cert: PathBuf, key: PathBuf) -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let acceptor = (|| {
-                let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).ok()?;
-                b.set_certificate_chain_file(&cert).ok()?;
-                b.set_private_key_file(&key, SslFiletype::PEM).ok()?;
-                Some(Arc::new(b.build()))
-            })();
-            if let Some(a) = acceptor {
-                let _ = a.accept(stream);
-            }
-        }
-    });
-    Ok(port)
 }
 
 fn run_push(config: &Path, what: &str) -> Result<(), String> {
@@ -137,7 +95,7 @@ fn fingerprints(live: &LiveDir, installed: &Path, port: u16) -> Result<bool, Str
 
 fn run() -> Result<(), String> {
     println!("certsync demo: NPM host -> mailcow host, in a temp dir\n");
-    build_binaries()?;
+    bins::build(false)?;
     let root = tempfile::Builder::new()
         .prefix("certsync-demo-")
         .tempdir()
@@ -157,7 +115,7 @@ fn run() -> Result<(), String> {
 
     let cert = ssl.join("cert.pem");
     let key = ssl.join("key.pem");
-    let port = serve_installed(cert.clone(), key.clone())?;
+    let port = serve_installed(cert.clone(), key.clone()).map_err(|e| e.to_string())?;
     let receive_toml = mailcow.join("receive.toml");
     std::fs::write(
         &receive_toml,
@@ -197,11 +155,7 @@ fn run() -> Result<(), String> {
     } else {
         println!("transport:    local (sshd is not installed: apt-get install openssh-server for the SSH path)");
         _sshd = None;
-        format!(
-            "[[target]]\nname = \"mailcow\"\ntransport = \"local\"\ncommand = [\"{}\", \"--config\", \"{}\", \"serve\"]\n",
-            bins::receive().display(),
-            receive_toml.display()
-        )
+        certsync_tests::npmhost::local_target_for("mailcow", &receive_toml)
     };
     std::fs::write(
         &push_toml,

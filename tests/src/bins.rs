@@ -29,3 +29,27 @@ pub fn receive() -> PathBuf {
 pub fn push() -> PathBuf {
     bin("certsync-push")
 }
+
+/// `cargo build -q -p certsync-push -p certsync-receive` (`--release` for
+/// a release run), as the examples do before they spawn the binaries:
+/// `cargo run --example` builds only the example.
+pub fn build(release: bool) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "certsync-push",
+        "-p",
+        "certsync-receive",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build of the certsync binaries failed".into());
+    }
+    Ok(())
+}

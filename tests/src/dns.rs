@@ -37,7 +37,7 @@ pub struct DnsLab {
     pub resolver: SocketAddr,
 }
 
-/// Whether knot and unbound are installed (see `crate::require`).
+/// Whether knot and unbound are installed (tests say `needs!(need::dns())`).
 pub fn available() -> bool {
     [KNOTD, KNOTC, KEYMGR, UNBOUND]
         .iter()

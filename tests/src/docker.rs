@@ -54,6 +54,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::mailcow::{DOVECOT_BASE, DOVECOT_PAIR_AND_AUTH, POSTFIX_MAIN_BASE, POSTFIX_SERVICES};
+use crate::need::{self, Need};
+
 /// The image every test container runs.
 pub const IMAGE: &str = "certsync-test/busybox:latest";
 /// The compose labels certsync matches on.
@@ -62,6 +65,18 @@ pub const LABEL_SERVICE: &str = "com.docker.compose.service";
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A private engine, once [`need::dockerd`] holds:
+/// `needs!(let d = docker::engine())`.
+pub fn engine() -> Need<Dockerd> {
+    need::dockerd()?;
+    let d = Dockerd::start();
+    eprintln!(
+        "dockerd started in {:?}, image imported in {:?}",
+        d.started_in, d.imported_in
+    );
+    Ok(d)
+}
 
 /// An executable named `name` on `PATH`.
 pub fn find_program(name: &str) -> Option<PathBuf> {
@@ -111,9 +126,8 @@ impl Dockerd {
     /// Can this machine run a private engine? (root, `dockerd`, `docker`,
     /// a static busybox).
     pub fn available() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        root && find_program("dockerd").is_some()
+        crate::need::is_root()
+            && find_program("dockerd").is_some()
             && find_program("docker").is_some()
             && busybox().is_some()
     }
@@ -367,12 +381,11 @@ http {{
             ),
         )
         .unwrap();
-        let mut run = Run::new(name)
-            .compose(project, "nginx-mailcow")
-            .network_host()
-            .host_usr()
-            .mount(ssl_dir, "/etc/ssl/mail", true)
-            .mount(conf.path(), "/etc/nginx", true);
+        let mut run = Run::mailcow_service(name, project, "nginx-mailcow", ssl_dir).mount(
+            conf.path(),
+            "/etc/nginx",
+            true,
+        );
         run.cmd = vec!["nginx".into(), "-g".into(), "daemon off;".into()];
         let container = self.run(&run);
         let up = wait_until(Duration::from_secs(20), || {
@@ -411,24 +424,16 @@ http {{
         let conf = tempfile::tempdir().unwrap();
         std::fs::write(
             conf.path().join("main.cf"),
-            "# certsync test stand-in for postfix-mailcow
-compatibility_level = 3.7
-meta_directory = /etc/postfix-meta
-queue_directory = /var/spool/postfix
-data_directory = /var/lib/postfix
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = mail.example.com
-mydestination =
-alias_maps =
-alias_database =
-inet_interfaces = 127.0.0.1
+            format!(
+                "# certsync test stand-in for postfix-mailcow
+{POSTFIX_MAIN_BASE}inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 maillog_file = /dev/stdout
 smtpd_tls_cert_file = /etc/ssl/mail/cert.pem
 smtpd_tls_key_file = /etc/ssl/mail/key.pem
 smtpd_tls_security_level = may
-",
+"
+            ),
         )
         .unwrap();
         // Only the services smtpd needs, none chrooted.
@@ -436,41 +441,14 @@ smtpd_tls_security_level = may
             conf.path().join("master.cf"),
             format!(
                 "127.0.0.1:{smtp} inet n - n - - smtpd
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-tlsmgr unix - - n 1000? 1 tlsmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-proxywrite unix - - n - 1 proxymap
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-"
+{POSTFIX_SERVICES}"
             ),
         )
         .unwrap();
-        let mut run = Run::new(name)
-            .compose(project, "postfix-mailcow")
-            .network_host()
-            .host_usr()
-            .host_users()
-            .mount(ssl_dir, "/etc/ssl/mail", true)
+        let run = Run::mailcow_service(name, project, "postfix-mailcow", ssl_dir)
             .mount(conf.path(), "/etc/postfix", true)
-            .mount(Path::new("/etc/postfix"), "/etc/postfix-meta", true);
-        run.cmd = vec![
-            "sh".into(),
-            "-c".into(),
-            "mkdir -p /var/lib/postfix /var/spool/postfix && chown postfix /var/lib/postfix && exec postfix start-fg".into(),
-        ];
+            .mount(Path::new("/etc/postfix"), "/etc/postfix-meta", true)
+            .sh("mkdir -p /var/lib/postfix /var/spool/postfix && chown postfix /var/lib/postfix && exec postfix start-fg");
         self.mail_daemon(run, conf, vec![("smtp", smtp)])
     }
 
@@ -509,23 +487,9 @@ postlog unix-dgram n - n - 1 postlogd
             conf.path().join("dovecot.conf"),
             format!(
                 "# certsync test stand-in for dovecot-mailcow
-base_dir = /run/dovecot
-state_dir = /var/lib/dovecot
-log_path = /dev/stderr
-protocols = imap pop3 sieve
-listen = 127.0.0.1
+{DOVECOT_BASE}listen = 127.0.0.1
 ssl = yes
-ssl_cert = </etc/ssl/mail/cert.pem
-ssl_key = </etc/ssl/mail/key.pem
-passdb {{
-  driver = static
-  args = password=unused
-}}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home=/tmp
-}}
-service imap-login {{
+{DOVECOT_PAIR_AND_AUTH}service imap-login {{
   inet_listener imap {{
     port = {imap}
   }}
@@ -554,18 +518,9 @@ service managesieve-login {{
             ),
         )
         .unwrap();
-        let mut run = Run::new(name)
-            .compose(project, "dovecot-mailcow")
-            .network_host()
-            .host_usr()
-            .host_users()
-            .mount(ssl_dir, "/etc/ssl/mail", true)
-            .mount(conf.path(), "/etc/dovecot", true);
-        run.cmd = vec![
-            "sh".into(),
-            "-c".into(),
-            "mkdir -p /run/dovecot /var/lib/dovecot && exec dovecot -F".into(),
-        ];
+        let run = Run::mailcow_service(name, project, "dovecot-mailcow", ssl_dir)
+            .mount(conf.path(), "/etc/dovecot", true)
+            .sh("mkdir -p /run/dovecot /var/lib/dovecot && exec dovecot -F");
         self.mail_daemon(run, conf, ports)
     }
 
@@ -741,6 +696,25 @@ impl Run {
                 self = self.mount(p, lib, true);
             }
         }
+        self
+    }
+
+    /// A mailcow daemon's container: compose service `service` of
+    /// `project`, the host's network, Debian's binaries and system users,
+    /// and `ssl_dir` at `/etc/ssl/mail:ro`, as mailcow mounts
+    /// `data/assets/ssl`.
+    pub fn mailcow_service(name: &str, project: &str, service: &str, ssl_dir: &Path) -> Run {
+        Run::new(name)
+            .compose(project, service)
+            .network_host()
+            .host_usr()
+            .host_users()
+            .mount(ssl_dir, "/etc/ssl/mail", true)
+    }
+
+    /// Run `script` with `sh -c` as the container's command.
+    pub fn sh(mut self, script: &str) -> Run {
+        self.cmd = vec!["sh".into(), "-c".into(), script.into()];
         self
     }
 }

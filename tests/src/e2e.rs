@@ -145,6 +145,15 @@ impl Deployer {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Stop watching, wait for a deploy that is running, and return the
+    /// exit codes of all of them.
+    pub fn finish(self) -> Vec<Option<i32>> {
+        let runs = self.runs.clone();
+        drop(self);
+        let runs = runs.lock().unwrap().clone();
+        runs
+    }
 }
 
 impl Drop for Deployer {
@@ -206,4 +215,53 @@ pub fn s_client_fingerprint(
                 String::from_utf8_lossy(&out.stderr)
             )
         })
+}
+
+/// A TLS server on 127.0.0.1 that loads the installed pair for every
+/// connection, as a mail daemon does after a reload: the served
+/// certificate for `verify` where there is no dockerd. Returns its port;
+/// the server thread lives as long as the process.
+pub fn serve_installed(cert: PathBuf, key: PathBuf) -> std::io::Result<u16> {
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let acceptor = (|| {
+                let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).ok()?;
+                b.set_certificate_chain_file(&cert).ok()?;
+                b.set_private_key_file(&key, SslFiletype::PEM).ok()?;
+                Some(b.build())
+            })();
+            if let Some(a) = acceptor {
+                let _ = a.accept(stream);
+            }
+        }
+    });
+    Ok(port)
+}
+
+/// Context switches (voluntary and not) of every thread of `pid`, per
+/// thread id: a process that wakes up periodically shows them growing.
+/// A thread that exits while this reads is left out.
+pub fn context_switches(pid: impl std::fmt::Display) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let n: u64 = status
+            .lines()
+            .filter(|l| {
+                l.starts_with("voluntary_ctxt_switches")
+                    || l.starts_with("nonvoluntary_ctxt_switches")
+            })
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        out.insert(task.file_name().to_string_lossy().into_owned(), n);
+    }
+    out
 }

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::need::{self, Missing, Need};
+
 /// Where the tests find the rootfs (a dir or a link to one).
 pub const ROOTFS_ENV: &str = "CERTSYNC_SYSTEMD_ROOTFS";
 /// `.ci/rootfs.sh systemd` links its newest build here.
@@ -94,42 +96,49 @@ impl Debs {
     }
 }
 
-/// What is missing to boot a machine and install the packages, if anything.
-pub fn missing() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("root (to mount an overlay and boot a container)".into());
-    }
-    for tool in [NSPAWN, NSENTER] {
-        if !Path::new(tool).exists() {
-            return Some(format!(
-                "{tool} (apt-get install systemd-container util-linux)"
-            ));
-        }
-    }
-    if !rootfs().join("lib/systemd/systemd").exists() {
-        return Some(format!(
-            "a Debian rootfs with systemd at {} (run .ci/rootfs.sh systemd, or set {ROOTFS_ENV})",
-            rootfs().display()
-        ));
-    }
-    if Debs::find(&Debs::dir()).is_none() {
-        return Some(format!(
-            "the packages in {} (cargo deb -p certsync-push; cargo deb -p certsync-receive)",
-            Debs::dir().display()
-        ));
-    }
-    None
+/// Everything a machine test needs: root, nspawn, the rootfs and the
+/// packages (`needs!(let debs = machine::debs())`).
+pub fn debs() -> Need<Debs> {
+    debs_on(&rootfs(), ".ci/rootfs.sh systemd", ROOTFS_ENV)
+        .map_err(|part| Missing(format!("a systemd machine: {part}")))
 }
 
-/// The packages, or `None` after [`crate::require`] decided to skip.
-pub fn require() -> Option<Debs> {
-    let gap = missing();
-    let what = gap.clone().unwrap_or_default();
-    if !crate::require(&format!("a systemd machine: {what}"), gap.is_none()) {
-        return None;
+/// [`debs`] for another rootfs flavour: `build` makes it, `env` names it.
+pub fn debs_on(rootfs: &Path, build: &str, env: &str) -> Need<Debs> {
+    machine_parts(rootfs, build, env)
+}
+
+fn machine_parts(rootfs: &Path, build: &str, env: &str) -> Need<Debs> {
+    need::root("to mount an overlay and boot a container")?;
+    for tool in [NSPAWN, NSENTER] {
+        need::part(
+            format!("{tool} (apt-get install systemd-container util-linux)"),
+            Path::new(tool).exists(),
+        )?;
     }
-    Debs::find(&Debs::dir())
+    need::part(
+        format!(
+            "a Debian rootfs with systemd at {} (run {build}, or set {env})",
+            rootfs.display()
+        ),
+        rootfs.join("lib/systemd/systemd").exists(),
+    )?;
+    Debs::find(&Debs::dir()).ok_or_else(|| {
+        Missing(format!(
+            "the packages in {} (cargo deb -p certsync-push; cargo deb -p certsync-receive)",
+            Debs::dir().display()
+        ))
+    })
+}
+
+/// The upgrade packages `.ci/run` builds (`needs!(let new = machine::upgrade_debs())`).
+pub fn upgrade_debs() -> Need<Debs> {
+    Debs::find(&Debs::upgrade_dir()).ok_or_else(|| {
+        Missing(format!(
+            "the upgrade packages in {} (cargo deb --deb-version …; see .ci/run)",
+            Debs::upgrade_dir().display()
+        ))
+    })
 }
 
 /// A booted machine; see the module docs.
@@ -195,6 +204,11 @@ impl Machine {
     /// Boot a fresh overlay of [`rootfs`] and wait until systemd says the
     /// boot is over; panics with the console log if it does not.
     pub fn boot() -> Machine {
+        Machine::boot_from(&rootfs())
+    }
+
+    /// [`Machine::boot`] from another rootfs flavour (`.ci/rootfs.sh`).
+    pub fn boot_from(rootfs: &Path) -> Machine {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("certsync-{}-{n}", std::process::id());
         let dir = tempfile::Builder::new()
@@ -209,7 +223,7 @@ impl Machine {
         for d in [&upper, &work, &merged] {
             std::fs::create_dir(d).unwrap();
         }
-        let lower = std::fs::canonicalize(rootfs()).unwrap();
+        let lower = std::fs::canonicalize(rootfs).unwrap();
         let out = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
             .arg(format!(

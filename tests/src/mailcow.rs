@@ -58,6 +58,7 @@ use certsync_core::testutil::TestLeaf;
 use tempfile::TempDir;
 
 use crate::docker::{free_port, wait_until, Container, Dockerd, Run};
+use crate::need::{self, Need};
 
 /// What `generate_config.sh` would have written, as the test wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +249,15 @@ impl Endpoint {
     }
 }
 
+/// An engine for a mailcow host, once mailcow's three daemons and openssl
+/// are installed: `needs!(let d = mailcow::engine())`.
+pub fn engine() -> Need<Dockerd> {
+    need::dockerd()?;
+    need::mailcow_daemons()?;
+    need::openssl()?;
+    crate::docker::engine()
+}
+
 /// A running mailcow host: its checkout dir and its three containers.
 pub struct Mailcow<'d> {
     pub conf: Conf,
@@ -294,7 +304,7 @@ impl<'d> Mailcow<'d> {
             // obtain-certificate.sh: `echo -n ${CERT_DOMAINS[*]} > domains`.
             std::fs::write(folder.join("domains"), &conf.hostname).unwrap();
         }
-        std::fs::write(postfix_conf.join("main.cf"), POSTFIX_MAIN_CF).unwrap();
+        std::fs::write(postfix_conf.join("main.cf"), postfix_main_cf()).unwrap();
         std::fs::write(postfix_conf.join("master.cf"), postfix_master_cf(&conf)).unwrap();
         let dovecot_conf = dir.join("data/conf/dovecot");
         std::fs::create_dir_all(&dovecot_conf).unwrap();
@@ -304,31 +314,27 @@ impl<'d> Mailcow<'d> {
 
         let name = |service: &str| format!("{}-{service}-1", conf.project);
         let base = |service: &str| {
-            Run::new(&name(service))
-                .compose(&conf.project, service)
-                .network_host()
-                .host_usr()
-                .host_users()
+            Run::mailcow_service(&name(service), &conf.project, service, &ssl)
                 .env("MAILCOW_HOSTNAME", &conf.hostname)
-                .mount(&ssl, "/etc/ssl/mail", true)
         };
-        let mut postfix = base("postfix-mailcow")
+        let postfix = base("postfix-mailcow")
             .mount(&postfix_conf, "/opt/postfix/conf", false)
             // `postfix reload` and `postmap` without -c, as mailcow's
             // dockerapi runs them, read the same configuration.
             .mount(&postfix_conf, "/etc/postfix", true)
-            .mount(Path::new("/etc/postfix"), "/etc/postfix-meta", true);
-        postfix.cmd = vec!["sh".into(), "-c".into(), POSTFIX_START.into()];
-        let mut dovecot = base("dovecot-mailcow").mount(&dovecot_conf, "/etc/dovecot", false);
-        dovecot.cmd = vec!["sh".into(), "-c".into(), DOVECOT_START.into()];
-        let mut nginx = base("nginx-mailcow")
+            .mount(Path::new("/etc/postfix"), "/etc/postfix-meta", true)
+            .sh(POSTFIX_START);
+        let dovecot = base("dovecot-mailcow")
+            .mount(&dovecot_conf, "/etc/dovecot", false)
+            .sh(DOVECOT_START);
+        let nginx = base("nginx-mailcow")
             .env("HTTPS_PORT", &conf.https_port)
             // Compose publishes on HTTPS_BIND; with the host's network the
             // daemon binds there itself.
             .env("CERTSYNC_TEST_HTTPS_LISTEN", &conf.https())
             .env("NGINX_USE_PROXY_PROTOCOL", &conf.proxy_protocol)
-            .mount(&nginx_conf, "/etc/nginx", false);
-        nginx.cmd = vec!["sh".into(), "-c".into(), NGINX_START.into()];
+            .mount(&nginx_conf, "/etc/nginx", false)
+            .sh(NGINX_START);
 
         let m = Mailcow {
             postfix: dockerd.run(&postfix),
@@ -439,10 +445,9 @@ pub fn write_pair(dir: &Path, leaf: &TestLeaf) {
     std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-/// main.cf: mailcow's TLS and postscreen settings that matter here, and
-/// what Debian's postfix needs to run in the busybox container.
-const POSTFIX_MAIN_CF: &str = "# certsync test: postfix-mailcow's main.cf, the parts that matter
-compatibility_level = 3.7
+/// What Debian's postfix needs to run in the busybox container (the top
+/// of every stand-in's main.cf; the listeners and TLS follow).
+pub(crate) const POSTFIX_MAIN_BASE: &str = "compatibility_level = 3.7
 meta_directory = /etc/postfix-meta
 queue_directory = /var/spool/postfix
 data_directory = /var/lib/postfix
@@ -452,33 +457,11 @@ myhostname = mail.example.com
 mydestination =
 alias_maps =
 alias_database =
-inet_interfaces = all
-inet_protocols = ipv4
-maillog_file = /dev/stdout
-mynetworks = 127.0.0.0/8
-smtpd_tls_cert_file = /etc/ssl/mail/cert.pem
-smtpd_tls_key_file = /etc/ssl/mail/key.pem
-tls_server_sni_maps = hash:/opt/postfix/conf/sni.map
-smtpd_tls_security_level = may
-postscreen_access_list = permit_mynetworks
-postscreen_cache_map = proxy:btree:$data_directory/postscreen_cache
-postscreen_greet_action = enforce
-postscreen_greet_wait = 3s
 ";
 
-/// master.cf: 25 is postscreen handing over to smtpd, 465 wrapper-mode
-/// TLS, 587 STARTTLS required; published where mailcow.conf says.
-fn postfix_master_cf(conf: &Conf) -> String {
-    format!(
-        "{smtp} inet n - n - 1 postscreen
-smtpd pass - - n - - smtpd
-{smtps} inet n - n - - smtpd
-  -o smtpd_tls_wrappermode=yes
-  -o syslog_name=postfix/smtps
-{submission} inet n - n - - smtpd
-  -o smtpd_tls_security_level=encrypt
-  -o syslog_name=postfix/submission
-pickup unix n - n 60 1 pickup
+/// postfix's internal services (the end of every stand-in's master.cf),
+/// as Debian's master.cf lists them, none chrooted.
+pub(crate) const POSTFIX_SERVICES: &str = "pickup unix n - n 60 1 pickup
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 300 1 qmgr
 tlsmgr unix - - n 1000? 1 tlsmgr
@@ -496,7 +479,62 @@ discard unix - - n - - discard
 anvil unix - - n - 1 anvil
 scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
-",
+";
+
+/// dovecot's dirs and log (the top of every stand-in's dovecot.conf).
+pub(crate) const DOVECOT_BASE: &str = "base_dir = /run/dovecot
+state_dir = /var/lib/dovecot
+log_path = /dev/stderr
+protocols = imap pop3 sieve
+";
+
+/// dovecot's pair from the mounted ssl dir, and a static login that
+/// never opens a mailbox (the stand-ins only do TLS).
+pub(crate) const DOVECOT_PAIR_AND_AUTH: &str = "ssl_cert = </etc/ssl/mail/cert.pem
+ssl_key = </etc/ssl/mail/key.pem
+passdb {
+  driver = static
+  args = password=unused
+}
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home=/tmp
+}
+";
+
+/// main.cf: mailcow's TLS and postscreen settings that matter here.
+fn postfix_main_cf() -> String {
+    format!(
+        "# certsync test: postfix-mailcow's main.cf, the parts that matter
+{POSTFIX_MAIN_BASE}inet_interfaces = all
+inet_protocols = ipv4
+maillog_file = /dev/stdout
+mynetworks = 127.0.0.0/8
+smtpd_tls_cert_file = /etc/ssl/mail/cert.pem
+smtpd_tls_key_file = /etc/ssl/mail/key.pem
+tls_server_sni_maps = hash:/opt/postfix/conf/sni.map
+smtpd_tls_security_level = may
+postscreen_access_list = permit_mynetworks
+postscreen_cache_map = proxy:btree:$data_directory/postscreen_cache
+postscreen_greet_action = enforce
+postscreen_greet_wait = 3s
+"
+    )
+}
+
+/// master.cf: 25 is postscreen handing over to smtpd, 465 wrapper-mode
+/// TLS, 587 STARTTLS required; published where mailcow.conf says.
+fn postfix_master_cf(conf: &Conf) -> String {
+    format!(
+        "{smtp} inet n - n - 1 postscreen
+smtpd pass - - n - - smtpd
+{smtps} inet n - n - - smtpd
+  -o smtpd_tls_wrappermode=yes
+  -o syslog_name=postfix/smtps
+{submission} inet n - n - - smtpd
+  -o smtpd_tls_security_level=encrypt
+  -o syslog_name=postfix/submission
+{POSTFIX_SERVICES}",
         smtp = conf.smtp_port,
         smtps = conf.smtps_port,
         submission = conf.submission_port,
@@ -534,24 +572,10 @@ fn dovecot_conf_text(conf: &Conf) -> String {
     };
     format!(
         "# certsync test: dovecot-mailcow's dovecot.conf, the parts that matter
-base_dir = /run/dovecot
-state_dir = /var/lib/dovecot
-log_path = /dev/stderr
-protocols = imap pop3 sieve
-listen = *
+{DOVECOT_BASE}listen = *
 ssl = yes
 ssl_min_protocol = TLSv1.2
-ssl_cert = </etc/ssl/mail/cert.pem
-ssl_key = </etc/ssl/mail/key.pem
-passdb {{
-  driver = static
-  args = password=unused
-}}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home=/tmp
-}}
-service imap-login {{
+{DOVECOT_PAIR_AND_AUTH}service imap-login {{
 {imap}{imaps}}}
 service pop3-login {{
 {pop}{pops}}}

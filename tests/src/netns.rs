@@ -10,10 +10,9 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Can this machine make network namespaces (root, `ip`)?
 pub fn available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && (std::path::Path::new("/usr/sbin/ip").exists()
-        || std::path::Path::new("/sbin/ip").exists())
+    crate::need::is_root()
+        && (std::path::Path::new("/usr/sbin/ip").exists()
+            || std::path::Path::new("/sbin/ip").exists())
 }
 
 fn ip(args: &[&str]) {

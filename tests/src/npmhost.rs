@@ -62,6 +62,35 @@ impl Run {
             self.code, self.stdout, self.stderr
         )
     }
+
+    /// Panics, showing both streams, unless the run exited with `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Run {
+        assert_eq!(self.code, Some(code), "{}", self.both());
+        self
+    }
+
+    /// Panics, showing both streams, unless stdout holds `needle`.
+    #[track_caller]
+    pub fn assert_stdout(&self, needle: &str) -> &Run {
+        self.assert_holds("stdout", &self.stdout, needle)
+    }
+
+    /// Panics, showing both streams, unless stderr (the log) holds `needle`.
+    #[track_caller]
+    pub fn assert_stderr(&self, needle: &str) -> &Run {
+        self.assert_holds("stderr", &self.stderr, needle)
+    }
+
+    #[track_caller]
+    fn assert_holds(&self, stream: &str, text: &str, needle: &str) -> &Run {
+        assert!(
+            text.contains(needle),
+            "{stream} lacks {needle:?}:\n{}",
+            self.both()
+        );
+        self
+    }
 }
 
 impl NpmHost {
@@ -118,6 +147,26 @@ impl NpmHost {
         }
     }
 
+    /// Push to `mail` over real OpenSSH: an sshd whose only key is this
+    /// host's, forced to `mail`'s receiver ([`sshd_for`]), and push.toml
+    /// naming it as target `mailcow` with a correct known_hosts file.
+    /// Keep the returned sshd for as long as the test pushes.
+    pub fn push_over_ssh_to(&self, mail: &Mailhost) -> Sshd {
+        let sshd = sshd_for(mail, &self.key);
+        let kh = self.known_hosts("known_hosts", &[sshd.known_hosts_line()]);
+        self.write_config(
+            &self.cert_source(),
+            &[ssh_target(
+                "mailcow",
+                sshd.host(),
+                sshd.port(),
+                &self.key.private,
+                &kh,
+            )],
+        );
+        sshd
+    }
+
     /// A known_hosts file in this host's dir with `lines`.
     pub fn known_hosts(&self, name: &str, lines: &[String]) -> PathBuf {
         let path = self.root.path().join(name);
@@ -164,10 +213,16 @@ pub fn ssh_target(
 
 /// A `[[target]]` with `transport = "local"` running the real receiver.
 pub fn local_target(name: &str, mail: &Mailhost) -> String {
+    local_target_for(name, &mail.config)
+}
+
+/// A `[[target]]` with `transport = "local"` running the real receiver
+/// with the receive.toml at `config`.
+pub fn local_target_for(name: &str, config: &Path) -> String {
     format!(
         "[[target]]\nname = {name:?}\ntransport = \"local\"\ncommand = [{:?}, \"--config\", {:?}, \"serve\"]\n",
         crate::bins::receive().display().to_string(),
-        mail.config.display().to_string(),
+        config.display().to_string(),
     )
 }
 

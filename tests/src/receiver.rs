@@ -14,6 +14,9 @@ use certsync_core::testutil::TestLeaf;
 use certsync_core::Fingerprint;
 use tempfile::TempDir;
 
+/// The uid (and gid) that stands in for the `certsync` user: nobody.
+pub const NOBODY: u32 = 65534;
+
 /// A receiving host.
 pub struct Mailhost {
     pub root: TempDir,
@@ -84,6 +87,58 @@ impl Mailhost {
         );
         std::fs::write(&host.config, text).expect("write receive.toml");
         host
+    }
+
+    /// As [`Mailhost::new`], with `leaf` installed (by `install`).
+    pub fn with_installed(hostnames: &[&str], leaf: &TestLeaf) -> Mailhost {
+        let host = Mailhost::new(hostnames);
+        let out = host.install_leaf(leaf, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", crate::shown(&out));
+        host
+    }
+
+    /// A `deploy = "handoff"` host laid out as the package lays it out:
+    /// everything root's, only the staging dir (0700) the unprivileged
+    /// user's ([`NOBODY`] stands in for `certsync`); `extra` as in
+    /// [`Mailhost::with_extra`].
+    pub fn handoff(hostnames: &[&str], extra: &str) -> Mailhost {
+        use std::os::unix::fs::PermissionsExt;
+        let host = Mailhost::with_extra(
+            hostnames,
+            &format!("deploy = \"handoff\"\nhandoff_timeout = 30\n{extra}"),
+        );
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        std::fs::create_dir_all(&host.staging).unwrap();
+        std::os::unix::fs::chown(&host.staging, Some(NOBODY), Some(NOBODY)).unwrap();
+        mode(&host.staging, 0o700);
+        mode(host.root.path(), 0o755);
+        mode(&host.config, 0o644);
+        host
+    }
+
+    /// `serve` as [`NOBODY`] (through setpriv), as the forced command runs
+    /// it in handoff mode.
+    pub fn serve_as_nobody(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("/usr/bin/setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(crate::bins::receive())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve");
+        cmd
+    }
+
+    /// Root's `certsync-deploy.path`, stood in for: `deploy` whenever a
+    /// request appears in the staging dir.
+    pub fn deployer(&self) -> crate::e2e::Deployer {
+        let config = self.config.clone();
+        crate::e2e::Deployer::start(&self.staging, move || {
+            let mut c = Command::new(crate::bins::receive());
+            c.arg("--config").arg(&config).arg("deploy");
+            c
+        })
     }
 
     pub fn cert_path(&self) -> PathBuf {
@@ -246,6 +301,17 @@ pub struct SessionResult {
     pub bundles_sent: usize,
     pub exit: Option<i32>,
     pub stderr: String,
+}
+
+/// The usual push: one leaf as `mail`, no dry run, no force.
+pub async fn push_leaf(cmd: tokio::process::Command, leaf: &TestLeaf) -> SessionResult {
+    push_session(
+        cmd,
+        &[("mail", leaf.bundle(), leaf.fingerprint())],
+        false,
+        false,
+    )
+    .await
 }
 
 /// Spawn `cmd` (a `serve`), speak protocol v1 as a pusher would: offer

@@ -34,17 +34,9 @@ pub const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
 /// How long `start` waits for sshd to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Are sshd and ssh-keygen installed? Pass to [`crate::require`].
+/// Are sshd and ssh-keygen installed? (Tests say `needs!(need::sshd())`.)
 pub fn available() -> bool {
     Path::new(SSHD).exists() && Path::new(SSH_KEYGEN).exists()
-}
-
-/// [`crate::require`] for sshd: the one "skip unless OpenSSH" check.
-pub fn require() -> bool {
-    crate::require(
-        "OpenSSH's sshd and ssh-keygen (apt-get install openssh-server)",
-        available(),
-    )
 }
 
 /// Key types `ssh-keygen -t` understands that we test with.

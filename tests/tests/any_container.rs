@@ -8,15 +8,12 @@ use std::collections::BTreeMap;
 
 use certsync_core::config::DockerConfig;
 use certsync_receive::systems::docker::{reload, ReloadPlan, ReloadStatus};
-use certsync_tests::docker::Dockerd;
-use certsync_tests::require;
+use certsync_tests::docker;
+use certsync_tests::needs;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn any_compose_project_by_label_and_a_container_by_name() {
-    if !require("dockerd", Dockerd::available()) {
-        return;
-    }
-    let d = Dockerd::start();
+    needs!(let d = docker::engine());
     // A shop's compose project with an SMTP relay service, and another
     // project on the same host with a service of the same name.
     let shop = d.stand_in("shop-smtp-1", "shop", "smtp", 0);
@@ -130,7 +127,7 @@ fn the_debian_host_example_loads() {
     let settings =
         certsync_receive::settings::Settings::resolve(raw, &path).unwrap_or_else(|e| panic!("{e}"));
     let cert = &settings.certs[0];
-    assert_eq!(cert.reload_units, ["postfix.service", "dovecot.service"]);
+    assert_eq!(cert.reload_units, ["postfix@-.service", "dovecot.service"]);
     assert!(cert.reload.is_empty());
     assert_eq!(cert.verify.len(), 3);
 }

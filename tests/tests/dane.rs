@@ -7,12 +7,12 @@
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_receive::systems::dane::{Tlsa, UDP_PAYLOAD};
-use certsync_tests::dns::{self, DnsLab, SIGNED};
+use certsync_tests::dns::{DnsLab, SIGNED};
 use certsync_tests::e2e::Deployer;
 use certsync_tests::httpsink::HttpSink;
 use certsync_tests::npmhost::{ssh_target, sshd_for, NpmHost};
 use certsync_tests::receiver::{push_session, Mailhost};
-use certsync_tests::sshd;
+use certsync_tests::{need, needs};
 use openssl::hash::MessageDigest;
 
 fn ee(leaf: &TestLeaf) -> String {
@@ -60,12 +60,7 @@ fn text(out: &std::process::Output) -> String {
 
 #[test]
 fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
-    if !certsync_tests::require(
-        "knot and unbound (apt-get install knot unbound)",
-        dns::available(),
-    ) {
-        return;
-    }
+    needs!(need::dns());
     let ca = TestCa::new();
     let mail_old = ca.leaf(KeyKind::P256, &["mail.example.test"]);
     let mail_new = ca.leaf(KeyKind::P256, &["mail.example.test"]);
@@ -246,13 +241,6 @@ fn the_dane_guard_against_a_real_signed_zone_and_a_validating_unbound() {
     }
 }
 
-fn dns_required() -> bool {
-    certsync_tests::require(
-        "knot and unbound (apt-get install knot unbound)",
-        dns::available(),
-    )
-}
-
 /// The `3 1 1` zone line for `leaf` at `_<port>._tcp.<host>.`.
 fn publish_line(host: &str, port: u16, leaf: &TestLeaf) -> String {
     format!("_{port}._tcp.{host}. IN TLSA {}", ee(leaf))
@@ -269,9 +257,7 @@ fn staged_chain(h: &Mailhost) -> Option<Vec<u8>> {
 
 #[test]
 fn a_held_push_says_held_with_the_record_and_installs_by_deploy_or_the_next_push() {
-    if !dns_required() || !sshd::require() {
-        return;
-    }
+    needs!(need::dns(), need::sshd());
     const HOST: &str = "mail.example.test";
     let ca = TestCa::new();
     let k1 = ca.leaf(KeyKind::P256, &[HOST]);
@@ -443,9 +429,7 @@ fn a_held_push_says_held_with_the_record_and_installs_by_deploy_or_the_next_push
 
 #[test]
 fn dane_ports_and_an_rrset_too_big_for_udp_against_real_dns() {
-    if !dns_required() {
-        return;
-    }
+    needs!(need::dns());
     let ca = TestCa::new();
     let mx7_old = ca.leaf(KeyKind::P256, &["mx7.example.test"]);
     let mx7_new = ca.leaf(KeyKind::P256, &["mx7.example.test"]);
@@ -550,11 +534,7 @@ fn dane_ports_and_an_rrset_too_big_for_udp_against_real_dns() {
 #[tokio::test]
 async fn in_handoff_mode_a_held_pair_waits_in_the_staging_dir_for_roots_deploy() {
     use std::os::unix::fs::PermissionsExt;
-    if !dns_required()
-        || !certsync_tests::require("setpriv", std::path::Path::new("/usr/bin/setpriv").exists())
-    {
-        return;
-    }
+    needs!(need::dns(), need::setpriv());
     const HOST: &str = "mail.example.test";
     const NOBODY: u32 = 65534;
     let ca = TestCa::new();

@@ -6,24 +6,18 @@
 //! are printed; run with `--nocapture` to see them.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_core::Fingerprint;
-use certsync_tests::docker::{find_program, wait_until, Dockerd};
+use certsync_tests::docker::{self, find_program, wait_until};
 use certsync_tests::receiver::Mailhost;
-use certsync_tests::require;
+use certsync_tests::shown;
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
 const MAILCOW: [&str; 3] = ["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"];
-
-fn engine() -> Option<Dockerd> {
-    if !require("dockerd", Dockerd::available()) {
-        return None;
-    }
-    Some(Dockerd::start())
-}
 
 /// A mailhost whose receive.toml talks to `socket` for compose project
 /// `project`, reloading `reload` and verifying `verify`.
@@ -42,15 +36,6 @@ fn marker(host: &Mailhost) -> std::path::PathBuf {
     host.staging.join("mail.reload-owed")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn assert_installed(host: &Mailhost, leaf: &TestLeaf) {
     let (cert, key) = host.installed().expect("a pair is installed");
     assert_eq!(cert, leaf.chain_pem, "the new chain is installed");
@@ -59,7 +44,7 @@ fn assert_installed(host: &Mailhost, leaf: &TestLeaf) {
 
 #[test]
 fn install_reloads_mailcows_containers_and_leaves_a_decoy_project_alone() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let postfix = d.stand_in("mc-postfix-mailcow-1", "mc", "postfix-mailcow", 0);
     let dovecot = d.stand_in("mc_dovecot-mailcow_1", "mc", "dovecot-mailcow", 0);
     let nginx = d.stand_in("mc-nginx-mailcow-1", "mc", "nginx-mailcow", 0);
@@ -68,7 +53,7 @@ fn install_reloads_mailcows_containers_and_leaves_a_decoy_project_alone() {
     let leaf = TestCa::new().leaf(KeyKind::P384, &[HOST]);
 
     let out = host.install_leaf(&leaf, &[]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert_installed(&host, &leaf);
     assert_eq!(postfix.calls(), ["postfix reload"], "{all}");
@@ -96,7 +81,7 @@ fn install_reloads_mailcows_containers_and_leaves_a_decoy_project_alone() {
 
 #[test]
 fn a_stopped_container_is_exit_4_and_the_owed_reload_is_retried_by_deploy() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let postfix = d.stand_in("mc-postfix-mailcow-1", "mc", "postfix-mailcow", 0);
     let dovecot = d.stand_in("mc-dovecot-mailcow-1", "mc", "dovecot-mailcow", 0);
     postfix.container.stop();
@@ -109,7 +94,7 @@ fn a_stopped_container_is_exit_4_and_the_owed_reload_is_retried_by_deploy() {
     let leaf = TestCa::new().leaf(KeyKind::Rsa2048, &[HOST]);
 
     let out = host.install_leaf(&leaf, &[]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
     assert!(
         all.contains("reload failed: postfix-mailcow stopped"),
@@ -123,13 +108,13 @@ fn a_stopped_container_is_exit_4_and_the_owed_reload_is_retried_by_deploy() {
     // A second install of the same pair says nothing to do but still
     // retries; the container is still stopped, so it stays owed.
     let again = host.install_leaf(&leaf, &[]);
-    assert_eq!(again.status.code(), Some(4), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(4), "{}", shown(&again));
     assert!(marker(&host).exists());
 
     d.docker_ok(&["start", "mc-postfix-mailcow-1"]);
     wait_until(Duration::from_secs(20), || postfix.starts() >= 2).expect("postfix restarted");
     let out = host.cmd().arg("deploy").output().unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("a reload is owed"), "{all}");
     assert!(!marker(&host).exists(), "the marker is gone: {all}");
@@ -138,19 +123,19 @@ fn a_stopped_container_is_exit_4_and_the_owed_reload_is_retried_by_deploy() {
 
     // Nothing owed any more: deploy has nothing to do.
     let out = host.cmd().arg("deploy").output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     assert_eq!(postfix.calls(), ["postfix reload"]);
 }
 
 #[test]
 fn a_failing_reload_restarts_the_container_and_says_so() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let dovecot = d.stand_in("mc-dovecot-mailcow-1", "mc", "dovecot-mailcow", 1);
     let host = mailhost(d.socket(), "mc", &["dovecot-mailcow"], &[]);
     let leaf = TestCa::new().leaf(KeyKind::P256, &[HOST]);
 
     let out = host.install_leaf(&leaf, &[]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -169,7 +154,7 @@ fn a_failing_reload_restarts_the_container_and_says_so() {
 
 #[test]
 fn dry_run_lists_the_containers_it_would_reload_and_changes_nothing() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let postfix = d.stand_in("mc-postfix-mailcow-1", "mc", "postfix-mailcow", 0);
     let nginx = d.stand_in("mc-nginx-mailcow-1", "mc", "nginx-mailcow", 0);
     let host = mailhost(d.socket(), "mc", &["postfix-mailcow", "nginx-mailcow"], &[]);
@@ -177,7 +162,7 @@ fn dry_run_lists_the_containers_it_would_reload_and_changes_nothing() {
     let before = host.snapshot();
 
     let out = host.install_leaf(&leaf, &["--dry-run"]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
         all.contains("postfix reload` in mc-postfix-mailcow-1"),
@@ -202,7 +187,7 @@ fn an_unreachable_docker_socket_is_exit_4_after_the_install() {
     let leaf = TestCa::new().leaf(KeyKind::P384, &[HOST]);
 
     let out = host.install_leaf(&leaf, &[]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
     assert!(
         all.contains(&format!(
@@ -217,7 +202,7 @@ fn an_unreachable_docker_socket_is_exit_4_after_the_install() {
 
     // `check` retries it too, and still reports it owed.
     let out = host.cmd().args(["check", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", shown(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["certs"][0]["reload_owed"], true, "{v}");
     assert_eq!(v["certs"][0]["valid"], true, "{v}");
@@ -253,12 +238,8 @@ fn s_client_fingerprint(port: u16) -> Fingerprint {
 
 #[test]
 fn real_nginx_serves_the_installed_certificate_and_check_sees_when_it_does_not() {
-    let Some(d) = engine() else { return };
-    if !require("nginx", Path::new("/usr/sbin/nginx").exists())
-        || !require("openssl", find_program("openssl").is_some())
-    {
-        return;
-    }
+    needs!(let d = docker::engine());
+    needs!(need::nginx(), need::openssl());
     let ca = TestCa::new();
     let first = ca.leaf(KeyKind::P384, &[HOST]);
     // nginx needs a pair to start with: what was there before certsync.
@@ -286,7 +267,7 @@ fn real_nginx_serves_the_installed_certificate_and_check_sees_when_it_does_not()
     let out = host.install(&chain, &key, &[]);
     let took = t.elapsed();
     eprintln!("install + reload + verify against real nginx took {took:?}");
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
         all.contains(&format!(
@@ -304,7 +285,7 @@ fn real_nginx_serves_the_installed_certificate_and_check_sees_when_it_does_not()
         .arg(&metrics)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let c = &v["certs"][0];
     assert_eq!(c["valid"], true, "{v}");
@@ -338,7 +319,7 @@ fn real_nginx_serves_the_installed_certificate_and_check_sees_when_it_does_not()
         .arg(&metrics)
         .output()
         .unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
     assert!(
         all.contains(&format!(
@@ -368,18 +349,8 @@ fn put_pair(host: &Mailhost, leaf: &TestLeaf) {
 
 #[test]
 fn real_postfix_dovecot_and_nginx_all_serve_the_pair_after_install() {
-    let Some(d) = engine() else { return };
-    let installed = Path::new("/usr/sbin/nginx").exists()
-        && Path::new("/usr/sbin/postfix").exists()
-        && Path::new("/usr/sbin/dovecot").exists()
-        && Path::new("/usr/lib/dovecot/managesieve-login").exists()
-        && Path::new("/usr/lib/dovecot/pop3-login").exists();
-    if !require(
-        "nginx-light, postfix and dovecot (apt-get install nginx-light postfix dovecot-imapd dovecot-pop3d dovecot-managesieved)",
-        installed,
-    ) {
-        return;
-    }
+    needs!(let d = docker::engine());
+    needs!(need::mailcow_daemons());
     let ca = TestCa::new();
     let host = mailhost(d.socket(), "mc", &MAILCOW, &[]);
     put_pair(&host, &ca.leaf(KeyKind::P384, &[HOST]));
@@ -406,7 +377,7 @@ fn real_postfix_dovecot_and_nginx_all_serve_the_pair_after_install() {
         endpoints.len(),
         t.elapsed()
     );
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     for e in &endpoints {
         assert!(
@@ -419,7 +390,7 @@ fn real_postfix_dovecot_and_nginx_all_serve_the_pair_after_install() {
     }
 
     let out = host.cmd().args(["check", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let served = v["certs"][0]["endpoints"].as_array().unwrap();
     assert_eq!(served.len(), 6, "{v}");
@@ -431,7 +402,7 @@ fn check_warns_before_expiry_and_refuses_a_broken_pair() {
     // No Docker needed: nothing to reload or verify.
     let host = Mailhost::new(&[HOST]);
     let out = host.cmd().arg("check").output().unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(3), "nothing installed: {all}");
     assert!(all.contains("no pair installed at"), "{all}");
 
@@ -445,10 +416,10 @@ fn check_warns_before_expiry_and_refuses_a_broken_pair() {
         },
     );
     let out = host.install_leaf(&short, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
 
     let out = host.cmd().arg("check").output().unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(3), "10 days < 14: {all}");
     assert!(
         all.contains("expires in 10 days (warning below 14)"),
@@ -460,7 +431,7 @@ fn check_warns_before_expiry_and_refuses_a_broken_pair() {
         .args(["check", "--json", "--warn-days", "7"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["certs"][0]["days_left"], 10, "{v}");
     assert_eq!(v["certs"][0]["valid"], true, "{v}");
@@ -473,7 +444,7 @@ fn check_warns_before_expiry_and_refuses_a_broken_pair() {
         .args(["check", "--warn-days", "7"])
         .output()
         .unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(3), "{all}");
     assert!(all.contains("is not valid"), "{all}");
 }

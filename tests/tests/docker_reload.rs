@@ -11,26 +11,14 @@ use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_core::Fingerprint;
+use certsync_receive::systems::probe::{self, Endpoint, ProbeError};
 use certsync_receive::systems::docker::{
     outcomes_ok, reload, ReloadError, ReloadPlan, ReloadStatus, ServiceOutcome, ServiceReload,
 };
-use certsync_receive::systems::probe::{self, Endpoint, ProbeError};
-use certsync_tests::docker::{find_program, Dockerd};
-use certsync_tests::require;
+use certsync_tests::docker::{self, Dockerd};
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
-
-fn engine() -> Option<Dockerd> {
-    if !require("dockerd", Dockerd::available()) {
-        return None;
-    }
-    let d = Dockerd::start();
-    eprintln!(
-        "dockerd started in {:?}, image imported in {:?}",
-        d.started_in, d.imported_in
-    );
-    Some(d)
-}
 
 fn plan(d: &Dockerd, project: Option<&str>, services: &[&str]) -> ReloadPlan {
     ReloadPlan {
@@ -56,7 +44,7 @@ fn outcome<'a>(outcomes: &'a [ServiceOutcome], service: &str) -> &'a ServiceOutc
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mailcow_services_are_reloaded_inside_their_containers_and_a_decoy_is_untouched() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     // compose v2 and v1 names: certsync goes by labels only.
     let postfix = d.stand_in("mc-postfix-mailcow-1", "mc", "postfix-mailcow", 0);
     let dovecot = d.stand_in("mc_dovecot-mailcow_1", "mc", "dovecot-mailcow", 0);
@@ -97,17 +85,15 @@ async fn mailcow_services_are_reloaded_inside_their_containers_and_a_decoy_is_un
 /// a v1-started mailcow are not found.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unset_compose_project_is_found_under_either_spelling() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let postfix = d.stand_in(
         "mailcowdockerized_postfix-mailcow_1",
         "mailcowdockerized",
         "postfix-mailcow",
         0,
     );
-    let names = certsync_receive::systems::mailcow::project_names(
-        None,
-        Path::new("/opt/mailcow-dockerized"),
-    );
+    let names =
+        certsync_receive::systems::mailcow::project_names(None, Path::new("/opt/mailcow-dockerized"));
     assert_eq!(names, ["mailcow-dockerized", "mailcowdockerized"]);
 
     let mut p = plan(&d, Some(&names[0]), &["postfix-mailcow"]);
@@ -129,7 +115,7 @@ async fn an_unset_compose_project_is_found_under_either_spelling() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_names_containers_and_commands_and_changes_nothing() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let postfix = d.stand_in("mc-postfix-mailcow-1", "mc", "postfix-mailcow", 0);
 
     let outcomes = reload(&plan(&d, Some("mc"), &["postfix-mailcow"]), true)
@@ -154,7 +140,7 @@ async fn a_dry_run_names_containers_and_commands_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_project_one_project_is_used_and_several_are_refused() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let a = d.stand_in("a-postfix-mailcow-1", "a", "postfix-mailcow", 0);
     let b = d.stand_in("b_postfix-mailcow_1", "b", "postfix-mailcow", 0);
     let only_a = d.stand_in("a-dovecot-mailcow-1", "a", "dovecot-mailcow", 0);
@@ -182,7 +168,7 @@ async fn without_a_project_one_project_is_used_and_several_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stopped_and_missing_containers_are_reported_naming_the_service() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let postfix = d.stand_in("mc-postfix-mailcow-1", "mc", "postfix-mailcow", 0);
     postfix.container.stop();
     // nginx-mailcow exists only in another project.
@@ -223,7 +209,7 @@ async fn stopped_and_missing_containers_are_reported_naming_the_service() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_reload_restarts_the_container_and_says_so() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let postfix = d.stand_in("mc-postfix-mailcow-1", "mc", "postfix-mailcow", 1);
     let started_at = postfix.container.inspect("{{.State.StartedAt}}");
 
@@ -287,7 +273,7 @@ async fn an_unreachable_socket_is_a_clear_error() {
 
 #[test]
 fn a_forbidden_socket_says_to_join_the_docker_group() {
-    let Some(d) = engine() else { return };
+    needs!(let d = docker::engine());
     let plan = plan(&d, Some("mc"), &["postfix-mailcow"]);
     // An unprivileged user's view of the engine's socket: setfsuid changes
     // the file-system identity of this thread only (and drops its
@@ -369,12 +355,8 @@ fn s_client_fingerprint(port: u16) -> Fingerprint {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_serves_the_new_certificate_after_reload_through_the_docker_api() {
-    let Some(d) = engine() else { return };
-    if !require("nginx", Path::new("/usr/sbin/nginx").exists())
-        || !require("openssl", find_program("openssl").is_some())
-    {
-        return;
-    }
+    needs!(let d = docker::engine());
+    needs!(need::nginx(), need::openssl());
     let ca = TestCa::new();
     let a = ca.leaf(KeyKind::P384, &[HOST]);
     let b = ca.leaf(KeyKind::Rsa2048, &[HOST]);
@@ -469,14 +451,8 @@ async fn all_serve(endpoints: &[String], expected: Fingerprint, retry_for: Durat
 
 #[tokio::test(flavor = "multi_thread")]
 async fn real_postfix_and_dovecot_serve_the_new_certificate_after_reload() {
-    let Some(d) = engine() else { return };
-    let installed = Path::new("/usr/sbin/postfix").exists()
-        && Path::new("/usr/sbin/dovecot").exists()
-        && Path::new("/usr/lib/dovecot/managesieve-login").exists()
-        && Path::new("/usr/lib/dovecot/pop3-login").exists();
-    if !require("postfix and dovecot (apt-get install postfix dovecot-imapd dovecot-pop3d dovecot-managesieved)", installed) {
-        return;
-    }
+    needs!(let d = docker::engine());
+    needs!(need::mail_daemons());
     let ca = TestCa::new();
     let a = ca.leaf(KeyKind::P384, &[HOST]);
     let b = ca.leaf(KeyKind::P256, &[HOST]);

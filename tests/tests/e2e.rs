@@ -43,13 +43,14 @@ use std::time::Duration;
 use certsync_core::testutil::{KeyKind, TestCa, Validity};
 use certsync_core::Fingerprint;
 use certsync_receive::systems::probe::{served_leaf_with, sni_label, Endpoint};
-use certsync_tests::docker::{find_program, wait_until, Dockerd};
+use certsync_tests::docker::{wait_until, Dockerd};
 use certsync_tests::e2e::{pem_leaf_fingerprint, s_client_fingerprint, Deployer, Process};
 use certsync_tests::mailcow::{self, Conf, Mailcow};
-use certsync_tests::netns::{self, TwoHosts};
+use certsync_tests::need::{self, Need};
+use certsync_tests::netns::TwoHosts;
 use certsync_tests::npmhost::NpmHost;
 use certsync_tests::sshd::{self, Sshd};
-use certsync_tests::{bins, require};
+use certsync_tests::{bins, needs};
 
 const HOST: &str = "mail.example.com";
 /// The unprivileged user of the forced command.
@@ -60,16 +61,14 @@ const PUSH_LIMIT: Duration = Duration::from_secs(120);
 /// What a client sends: SNI = MAILCOW_HOSTNAME, or no SNI.
 const SNIS: [Option<&str>; 2] = [Some(HOST), None];
 
-fn all_parts_present() -> bool {
-    let program = |p: &str| find_program(p).is_some() || Path::new("/usr/sbin").join(p).exists();
-    require("network namespaces (root, iproute2)", netns::available())
-        && sshd::require()
-        && require("dockerd", Dockerd::available())
-        && require("postfix", program("postfix"))
-        && require("dovecot", program("dovecot"))
-        && require("nginx", program("nginx"))
-        && require("openssl", program("openssl"))
-        && require("a `certsync` login user", sshd::ensure_user(USER))
+/// Both hosts' parts; the login user last, as making it needs the rest.
+fn all_parts() -> Need {
+    need::netns()?;
+    need::sshd()?;
+    need::dockerd()?;
+    need::mailcow_daemons()?;
+    need::openssl()?;
+    need::user(USER)
 }
 
 /// Who owns the key.pem that mailcow had before the first push (the new
@@ -100,9 +99,7 @@ fn handoff_with_a_root_owned_key_pem() {
 }
 
 fn run_on_mailcow_thread(owner: KeyOwner) {
-    if !all_parts_present() {
-        return;
-    }
+    needs!(all_parts());
     // The test body runs on a thread of its own that moves into the
     // mailcow host's namespace: what it starts (sshd, dockerd and so the
     // containers) and the probes it makes are on that host. dockerd dies

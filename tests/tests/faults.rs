@@ -27,9 +27,10 @@ use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_push::transport::ssh::{connect, HostKeyPolicy, SshTarget};
 use certsync_receive::pipeline::install::FAULT_POINTS;
 use certsync_receive::pipeline::stage::StagingDir;
+use certsync_tests::need::{self, Missing};
 use certsync_tests::receiver::{offered, push_session, Mailhost};
-use certsync_tests::sshd::{self, client_key, forced_line, ClientKey, KeyType, Sshd};
-use certsync_tests::{bins, require};
+use certsync_tests::sshd::{client_key, forced_line, ClientKey, KeyType, Sshd};
+use certsync_tests::{bins, needs};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 const HOST: &str = "mail.example.com";
@@ -153,17 +154,12 @@ fn leftovers(host: &Mailhost) -> Vec<String> {
 }
 
 fn host_with_old(ca: &TestCa) -> (Mailhost, TestLeaf) {
-    let host = Mailhost::new(&[HOST]);
     let old = ca.leaf(KeyKind::P384, &[HOST]);
-    let out = host.install_leaf(&old, &[]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    (host, old)
+    (Mailhost::with_installed(&[HOST], &old), old)
 }
 
 fn serve_cmd(host: &Mailhost, fault: Option<&str>) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(bins::receive());
-    c.arg("--config").arg(&host.config).arg("serve");
-    c.env_remove("CERTSYNC_FAULT_KILL_AT");
+    let mut c = host.serve_cmd();
     if let Some(point) = fault {
         c.env("CERTSYNC_FAULT_KILL_AT", point);
     }
@@ -252,7 +248,8 @@ enum Via {
 /// what a run finds, and a retried push completes.
 #[tokio::test]
 async fn sigkill_at_every_install_point_locally_and_over_ssh() {
-    let ssh = sshd::require();
+    // Local always; over SSH too where sshd is (a SKIP line otherwise).
+    let ssh = need::found(need::sshd()).is_some();
     let ca = TestCa::new();
     let server = if ssh { Some(start_sshd()) } else { None };
     let mut vias = vec![Via::Local];
@@ -384,9 +381,7 @@ fn children_of(parent: u32) -> Vec<(u32, String)> {
 /// staged.
 #[tokio::test]
 async fn ssh_connection_cut_or_stalled_mid_bundle_installs_nothing() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let (sshd, key, _k) = start_sshd();
     for how in [
@@ -506,18 +501,11 @@ impl Drop for Tmpfs<'_> {
 /// partial file is left; once there is room the same push succeeds.
 #[tokio::test]
 async fn staging_filesystem_full_is_a_clear_error() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !require("root (to mount a tmpfs)", root) {
-        return;
-    }
+    needs!(need::root("to mount a tmpfs"));
     let ca = TestCa::new();
     let (host, old) = host_with_old(&ca);
     let new = ca.leaf(KeyKind::Rsa2048, &[HOST]);
-    let Some(_mount) = Tmpfs::mount(&host.staging, "64k") else {
-        require("mount -t tmpfs", false);
-        return;
-    };
+    needs!(let _mount = Tmpfs::mount(&host.staging, "64k").ok_or(Missing("mount -t tmpfs".into())));
     // The lock file and the cert's dir first (no data blocks), then fill.
     StagingDir::open(&host.staging).unwrap().try_lock().unwrap();
     let filler = host.staging.join("filler");
@@ -644,9 +632,7 @@ async fn two_pushers_at_once_one_waits_and_says_so() {
 #[tokio::test]
 async fn docker_stopped_mid_reload_is_exit_4_with_the_pair_installed() {
     use certsync_tests::docker::{Dockerd, Run};
-    if !require("dockerd", Dockerd::available()) {
-        return;
-    }
+    needs!(need::dockerd());
     let ca = TestCa::new();
     let (host, old) = host_with_old(&ca);
     let new = ca.leaf(KeyKind::P384, &[HOST]);
@@ -718,9 +704,7 @@ async fn docker_stopped_mid_reload_is_exit_4_with_the_pair_installed() {
 async fn docker_stopped_mid_reload_at_the_reload_step() {
     use certsync_receive::systems::docker::{reload, ReloadPlan, ServiceReload};
     use certsync_tests::docker::{Dockerd, Run};
-    if !require("dockerd", Dockerd::available()) {
-        return;
-    }
+    needs!(need::dockerd());
     let d = Dockerd::start();
     let observe = tempfile::tempdir().unwrap();
     let _c = d.run(

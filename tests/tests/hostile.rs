@@ -22,7 +22,7 @@ use certsync_core::protocol::{
     self, Hello, Limits, Message, Offer, ProtocolError, Reader, MAX_FRAMES,
 };
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
-use certsync_tests::receiver::{offered, push_session, Mailhost};
+use certsync_tests::receiver::{offered, push_leaf, push_session, Mailhost};
 
 const HOST: &str = "mail.example.com";
 
@@ -178,11 +178,20 @@ fn write_counted(stdin: &mut ChildStdin, bytes: &[u8]) -> u64 {
 
 /// A host with `old` installed, and its snapshot.
 fn host_with_old(ca: &TestCa) -> (Mailhost, TestLeaf) {
-    let host = Mailhost::new(&[HOST]);
     let old = ca.leaf(KeyKind::P384, &[HOST]);
-    let out = host.install_leaf(&old, &[]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    (host, old)
+    (Mailhost::with_installed(&[HOST], &old), old)
+}
+
+/// `serve` fed `input` ends with exit 1 and "invalid certificate name".
+fn refused_as_an_invalid_name(host: &Mailhost, how: &str, name: &str, input: Vec<u8>) {
+    let r = raw_serve(host, move |s, _| write_counted(s, &input));
+    eprintln!("RESULT {how} {name:?}: exit {:?}: {}", r.exit, r.error());
+    assert_eq!(r.exit, Some(1), "{how} {name:?}: {r:?}");
+    assert!(
+        r.error().contains("invalid certificate name"),
+        "{how} {name:?}: {}",
+        r.error()
+    );
 }
 
 fn assert_old_pair(host: &Mailhost, old: &TestLeaf, what: &str) {
@@ -232,18 +241,7 @@ fn path_names_on_the_wire_are_refused_and_nothing_is_written() {
         input.extend_from_slice(&offer);
         input.extend(raw_bundle(name.as_bytes(), &chain, &key));
         input.extend(enc(&Message::Done));
-        let r = raw_serve(&host, move |s, _| write_counted(s, &input));
-        eprintln!(
-            "RESULT path-in-offer {name:?}: exit {:?}: {}",
-            r.exit,
-            r.error()
-        );
-        assert_eq!(r.exit, Some(1), "{name:?}: {r:?}");
-        assert!(
-            r.error().contains("invalid certificate name"),
-            "{name:?}: {}",
-            r.error()
-        );
+        refused_as_an_invalid_name(&host, "path-in-offer", name, input);
 
         // 2. A proper offer for "mail", then a bundle whose name is the path.
         let mut input = hello();
@@ -254,18 +252,7 @@ fn path_names_on_the_wire_are_refused_and_nothing_is_written() {
             new.key_pem.expose(),
         ));
         input.extend(enc(&Message::Done));
-        let r = raw_serve(&host, move |s, _| write_counted(s, &input));
-        eprintln!(
-            "RESULT path-in-bundle {name:?}: exit {:?}: {}",
-            r.exit,
-            r.error()
-        );
-        assert_eq!(r.exit, Some(1), "{name:?}: {r:?}");
-        assert!(
-            r.error().contains("invalid certificate name"),
-            "{name:?}: {}",
-            r.error()
-        );
+        refused_as_an_invalid_name(&host, "path-in-bundle", name, input);
         assert_eq!(host.snapshot(), before, "{name:?}: something was written");
         assert_old_pair(&host, &old, name);
         assert_nothing_staged(&host, name);
@@ -291,13 +278,7 @@ async fn symlinks_planted_in_the_staging_dir_are_never_followed() {
     // A refused pair (another hostname): staging must not write through
     // the links, and the refusal must leave everything as it was.
     let other = ca.leaf(KeyKind::P256, &["other.example.net"]);
-    let r = push_session(
-        serve_cmd(&host),
-        &[("mail", other.bundle(), other.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(host.serve_cmd(), &other).await;
     eprintln!("RESULT symlinks+refused pair: exit {:?}", r.exit);
     assert_eq!(r.exit, Some(3), "{r:?}");
     assert_eq!(std::fs::read(&victim).unwrap(), victim_before);
@@ -310,13 +291,7 @@ async fn symlinks_planted_in_the_staging_dir_are_never_followed() {
     symlink(host.key_path(), cert_dir.join("privkey.pem")).unwrap();
     symlink(&victim, cert_dir.join("fullchain.pem")).unwrap();
     let new = ca.leaf(KeyKind::P384, &[HOST]);
-    let r = push_session(
-        serve_cmd(&host),
-        &[("mail", new.bundle(), new.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(host.serve_cmd(), &new).await;
     eprintln!("RESULT symlinks+good pair: exit {:?}", r.exit);
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(std::fs::read(&victim).unwrap(), victim_before);
@@ -334,13 +309,7 @@ async fn symlinks_planted_in_the_staging_dir_are_never_followed() {
     symlink(&host.ssl, &cert_dir).unwrap();
     let before = host.snapshot();
     let newer = ca.leaf(KeyKind::P384, &[HOST]);
-    let r = push_session(
-        serve_cmd(&host),
-        &[("mail", newer.bundle(), newer.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(host.serve_cmd(), &newer).await;
     let msg = format!("{:?}", r.report);
     eprintln!("RESULT symlinked cert staging dir: exit {:?}", r.exit);
     assert_eq!(r.exit, Some(1), "{r:?}");
@@ -349,25 +318,13 @@ async fn symlinks_planted_in_the_staging_dir_are_never_followed() {
     assert_eq!(host.installed().unwrap().0, new.chain_pem);
 }
 
-fn serve_cmd(host: &Mailhost) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(certsync_tests::bins::receive());
-    c.arg("--config").arg(&host.config).arg("serve");
-    c
-}
-
 #[tokio::test]
 async fn a_pair_for_another_hostname_is_refused_and_the_old_pair_kept() {
     let ca = TestCa::new();
     let (host, old) = host_with_old(&ca);
     let before = host.snapshot();
     let other = ca.leaf(KeyKind::Ed25519, &["mail.attacker.example"]);
-    let r = push_session(
-        serve_cmd(&host),
-        &[("mail", other.bundle(), other.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(host.serve_cmd(), &other).await;
     let report = r.report.as_ref().expect("a report");
     let text = report.certs[0].to_string();
     eprintln!(
@@ -386,7 +343,7 @@ async fn a_pair_for_another_hostname_is_refused_and_the_old_pair_kept() {
     let ours = ca.leaf(KeyKind::Ed25519, &[HOST]);
     let mixed = Bundle::new(ours.chain_pem.clone(), other.key_pem.clone());
     let r = push_session(
-        serve_cmd(&host),
+        host.serve_cmd(),
         &[("mail", mixed, ours.fingerprint())],
         false,
         false,

@@ -18,8 +18,8 @@ use certsync_tests::fakerecv::{
     encode_all, hello, raw_frame, report_nothing_to_do, want_have, FakeReceiver, Then,
 };
 use certsync_tests::npmhost::{ssh_target, NpmHost};
-use certsync_tests::require;
 use certsync_tests::sshd::{self, Sshd};
+use certsync_tests::{need, needs};
 use std::time::Duration;
 
 /// Escapes a terminal acts on (colour, clear screen, window title, C1 CSI,
@@ -144,9 +144,7 @@ fn receiver_words_are_cleaned_and_capped_in_the_pushers_output() {
 /// target's `session_timeout`, and `push` says so and exits 1.
 #[test]
 fn a_receiver_that_stalls_over_ssh_is_disconnected_at_the_session_deadline() {
-    if !require("sshd", sshd::available()) {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &["mail.example.com"]);
     let npm = NpmHost::new(&leaf);

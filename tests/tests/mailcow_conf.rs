@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
-use certsync_tests::receiver::{push_session, Mailhost};
+use certsync_tests::receiver::{push_leaf, Mailhost};
+use certsync_tests::shown;
 
 const HOST: &str = "mail.example.com";
 
@@ -16,15 +17,6 @@ const HOST: &str = "mail.example.com";
 fn mailcow_conf(additional_san: &str) -> String {
     format!(
         "MAILCOW_HOSTNAME={HOST}\nCOMPOSE_PROJECT_NAME=mailcowdockerized\nADDITIONAL_SAN={additional_san}\nSKIP_LETS_ENCRYPT=y\nENABLE_SSL_SNI=n\n"
-    )
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
     )
 }
 
@@ -99,7 +91,7 @@ fn per_domain_folders_get_the_pair_only_when_every_listed_name_is_covered() {
 
     let leaf = ca.leaf(KeyKind::P384, &[HOST]);
     let out = host.install_leaf(&leaf, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let report = stdout(&out);
 
     assert_eq!(
@@ -152,8 +144,8 @@ fn per_domain_folders_get_the_pair_only_when_every_listed_name_is_covered() {
     // The same pair again: nothing to do, nothing written anywhere.
     let before = host.snapshot();
     let again = host.install_leaf(&leaf, &[]);
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
-    assert!(text(&again).contains("nothing to do"), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(0), "{}", shown(&again));
+    assert!(shown(&again).contains("nothing to do"), "{}", shown(&again));
     assert_eq!(host.snapshot(), before);
 }
 
@@ -173,7 +165,7 @@ fn a_dry_run_names_the_folders_and_writes_nothing() {
     );
     let before = host.snapshot();
     let out = host.install_leaf(&ca.leaf(KeyKind::P256, &[HOST]), &["--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let report = stdout(&out);
     assert!(
         report.contains(&format!("would install {}", host.cert_path().display()))
@@ -197,9 +189,9 @@ fn check_flags_a_stale_per_domain_folder() {
     let host = Mailhost::mailcow(&mailcow_conf(""));
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let out = host.install_leaf(&leaf, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let clean = check(&host, &[]);
-    assert_eq!(clean.status.code(), Some(0), "{}", text(&clean));
+    assert_eq!(clean.status.code(), Some(0), "{}", shown(&clean));
 
     let soon = ca.leaf_with(
         KeyKind::Rsa2048,
@@ -234,7 +226,7 @@ fn check_flags_a_stale_per_domain_folder() {
     let metrics = host.root.path().join("certsync.prom");
     let metrics_arg = metrics.display().to_string();
     let out = check(&host, &["--warn-days", "14", "--metrics", &metrics_arg]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", shown(&out));
     let report = stdout(&out);
     let line = |dir: &Path| {
         report
@@ -301,7 +293,7 @@ fn check_flags_a_stale_per_domain_folder() {
         std::fs::rename(dir, archive.join("2026-11-30_10_00_00")).unwrap();
     }
     let after = check(&host, &["--warn-days", "14"]);
-    assert_eq!(after.status.code(), Some(0), "{}", text(&after));
+    assert_eq!(after.status.code(), Some(0), "{}", shown(&after));
 }
 
 /// An install whose leaf drops names says so in its result, naming each:
@@ -318,8 +310,8 @@ async fn an_install_that_drops_a_name_says_so() {
         &[HOST, "imap.example.com", "srv1.example.net"],
     );
     let first = host.install_leaf(&wide, &[]);
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
-    assert!(!stdout(&first).contains("WARNING"), "{}", text(&first));
+    assert_eq!(first.status.code(), Some(0), "{}", shown(&first));
+    assert!(!stdout(&first).contains("WARNING"), "{}", shown(&first));
 
     let narrow = ca.leaf_with(
         KeyKind::P256,
@@ -330,7 +322,7 @@ async fn an_install_that_drops_a_name_says_so() {
         },
     );
     let out = host.install_leaf(&narrow, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let report = stdout(&out);
     assert!(
         report.contains("mail: WARNING: the new certificate no longer covers imap.example.com, srv1.example.net, which the installed one covers"),
@@ -348,7 +340,7 @@ async fn an_install_that_drops_a_name_says_so() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no longer covers imap.example.com"),
         "the log says it too: {}",
-        text(&out)
+        shown(&out)
     );
 
     let c = check(&host, &[]);
@@ -356,7 +348,7 @@ async fn an_install_that_drops_a_name_says_so() {
         c.status.code(),
         Some(0),
         "a warning is not a failure: {}",
-        text(&c)
+        shown(&c)
     );
     let report = stdout(&c);
     assert!(
@@ -382,13 +374,7 @@ async fn an_install_that_drops_a_name_says_so() {
     );
     let mut cmd = tokio::process::Command::from(host.cmd());
     cmd.arg("serve");
-    let res = push_session(
-        cmd,
-        &[("mail", narrower.bundle(), narrower.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let res = push_leaf(cmd, &narrower).await;
     let r = res
         .report
         .as_ref()

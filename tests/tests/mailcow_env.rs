@@ -18,23 +18,11 @@ use std::time::{Duration, Instant};
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_core::Fingerprint;
 use certsync_receive::systems::probe::{served_leaf_with, Endpoint};
-use certsync_tests::docker::{wait_until, Dockerd};
+use certsync_tests::docker::wait_until;
 use certsync_tests::mailcow::{self, Conf, Mailcow};
-use certsync_tests::require;
+use certsync_tests::needs;
 
 const HOST: &str = "mail.example.com";
-
-fn engine() -> Option<Dockerd> {
-    let program = |p: &str| std::path::Path::new("/usr/sbin").join(p).exists();
-    if !(require("dockerd", Dockerd::available())
-        && require("postfix", program("postfix"))
-        && require("dovecot", program("dovecot"))
-        && require("nginx", program("nginx")))
-    {
-        return None;
-    }
-    Some(Dockerd::start())
-}
 
 /// What `e` serves to a client sending `sni` (or none).
 fn served(e: &mailcow::Endpoint, sni: Option<&str>) -> Result<Fingerprint, String> {
@@ -76,7 +64,7 @@ fn name(leaves: &[(&str, &TestLeaf)], fp: &Result<Fingerprint, String>) -> Strin
 
 #[test]
 fn postfix_and_dovecot_serve_the_acme_folder_to_sni_clients_and_nginx_does_not() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
     let top = ca.leaf(KeyKind::P256, &[HOST]);
     let acme = ca.leaf(KeyKind::P256, &[HOST]);
@@ -131,7 +119,7 @@ fn postfix_and_dovecot_serve_the_acme_folder_to_sni_clients_and_nginx_does_not()
 
 #[test]
 fn a_bare_postfix_reload_leaves_sni_clients_on_the_old_certificate() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
     let old = ca.leaf(KeyKind::P256, &[HOST]);
     let new = ca.leaf(KeyKind::P384, &[HOST]);
@@ -201,7 +189,7 @@ fn a_bare_postfix_reload_leaves_sni_clients_on_the_old_certificate() {
 
 #[test]
 fn dovecot_reload_rereads_the_files_sni_conf_names() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
     let old = ca.leaf(KeyKind::P256, &[HOST]);
     let new = ca.leaf(KeyKind::P384, &[HOST]);

@@ -26,23 +26,11 @@ use certsync_receive::systems::probe::{served_leaf_with, Endpoint};
 use certsync_tests::docker::{wait_until, Dockerd};
 use certsync_tests::e2e::Process;
 use certsync_tests::mailcow::{self, Conf, Mailcow};
-use certsync_tests::npmhost::NpmHost;
-use certsync_tests::{bins, require};
+use certsync_tests::npmhost::{local_target_for, NpmHost};
+use certsync_tests::shown;
+use certsync_tests::{bins, need, needs};
 
 const HOST: &str = "mail.example.com";
-
-fn engine() -> Option<Dockerd> {
-    let program = |p: &str| Path::new("/usr/sbin").join(p).exists();
-    if !(require("dockerd", Dockerd::available())
-        && require("postfix", program("postfix"))
-        && require("dovecot", program("dovecot"))
-        && require("nginx", program("nginx"))
-        && require("openssl", Path::new("/usr/bin/openssl").exists()))
-    {
-        return None;
-    }
-    Some(Dockerd::start())
-}
 
 /// The pair mailcow had before certsync: older, so a newer one is no
 /// rollback.
@@ -55,6 +43,13 @@ fn mailcows_own(ca: &TestCa) -> TestLeaf {
             not_after: 30 * 86_400,
         },
     )
+}
+
+/// A mailcow host whose own pair (top level and acme-left folder)
+/// predates certsync.
+fn mailcow_host<'d>(d: &'d Dockerd, conf: Conf, ca: &TestCa) -> Mailcow<'d> {
+    let own = mailcows_own(ca);
+    Mailcow::start(d, conf, &own, Some(&own))
 }
 
 /// receive.toml with the `[mailcow]` preset and this engine's socket;
@@ -100,15 +95,6 @@ fn install(config: &Path, leaf: &TestLeaf) -> (Output, Duration) {
     (out, started.elapsed())
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn served(e: &mailcow::Endpoint, sni: Option<&str>, proxy: bool) -> Result<Fingerprint, String> {
     let suffix = if proxy { " proxy" } else { "" };
     let endpoint =
@@ -133,25 +119,25 @@ fn assert_served_everywhere(m: &Mailcow<'_>, leaf: &TestLeaf, proxy: bool) {
     }
 }
 
-fn started_at(m: &Mailcow<'_>, service: &str) -> String {
-    m.container(service).inspect("{{.State.StartedAt}}")
+/// When each service's container last started.
+fn started_at(m: &Mailcow<'_>, services: &[&str]) -> Vec<String> {
+    services
+        .iter()
+        .map(|s| m.container(s).inspect("{{.State.StartedAt}}"))
+        .collect()
 }
 
 #[test]
 fn an_install_is_served_on_every_default_endpoint_with_and_without_sni_by_reloads_alone() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
-    let own = mailcows_own(&ca);
-    let m = Mailcow::start(&d, Conf::loopback(HOST), &own, Some(&own));
+    let m = mailcow_host(&d, Conf::loopback(HOST), &ca);
     let config = receive_toml(&m, &d, "", "");
-    let before: Vec<String> = ["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"]
-        .iter()
-        .map(|s| started_at(&m, s))
-        .collect();
+    let before = started_at(&m, &["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"]);
     let new = ca.leaf(KeyKind::P384, &[HOST]);
 
     let (out, took) = install(&config, &new);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     println!("install + reloads + verify of 5 endpoints: {took:?}");
     for e in m.default_endpoints() {
@@ -166,10 +152,7 @@ fn an_install_is_served_on_every_default_endpoint_with_and_without_sni_by_reload
         );
     }
     assert!(!all.contains("restarted"), "reloads were enough: {all}");
-    let after: Vec<String> = ["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"]
-        .iter()
-        .map(|s| started_at(&m, s))
-        .collect();
+    let after = started_at(&m, &["postfix-mailcow", "dovecot-mailcow", "nginx-mailcow"]);
     assert_eq!(before, after, "no container was restarted");
     // The acme-left folder (named after MAILCOW_HOSTNAME) got the pair too.
     assert_eq!(
@@ -181,10 +164,9 @@ fn an_install_is_served_on_every_default_endpoint_with_and_without_sni_by_reload
 
 #[test]
 fn a_bare_postfix_reload_is_followed_by_one_restart_of_postfix_and_then_verified() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
-    let own = mailcows_own(&ca);
-    let m = Mailcow::start(&d, Conf::loopback(HOST), &own, Some(&own));
+    let m = mailcow_host(&d, Conf::loopback(HOST), &ca);
     // What certsync did before: `postfix reload` alone.
     let config = receive_toml(
         &m,
@@ -192,15 +174,12 @@ fn a_bare_postfix_reload_is_followed_by_one_restart_of_postfix_and_then_verified
         "",
         "[docker.reload]\n\"postfix-mailcow\" = [\"postfix\", \"reload\"]\n",
     );
-    let postfix_started = started_at(&m, "postfix-mailcow");
-    let others: Vec<String> = ["dovecot-mailcow", "nginx-mailcow"]
-        .iter()
-        .map(|s| started_at(&m, s))
-        .collect();
+    let postfix_started = started_at(&m, &["postfix-mailcow"]);
+    let others = started_at(&m, &["dovecot-mailcow", "nginx-mailcow"]);
     let new = ca.leaf(KeyKind::P384, &[HOST]);
 
     let (out, took) = install(&config, &new);
-    let all = text(&out);
+    let all = shown(&out);
     println!("install with a bare postfix reload, then a restart: {took:?}");
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
@@ -208,23 +187,19 @@ fn a_bare_postfix_reload_is_followed_by_one_restart_of_postfix_and_then_verified
             && all.contains("postfix-mailcow restarted"),
         "postfix was restarted because verify saw the old leaf: {all}"
     );
-    assert_ne!(started_at(&m, "postfix-mailcow"), postfix_started);
-    let after: Vec<String> = ["dovecot-mailcow", "nginx-mailcow"]
-        .iter()
-        .map(|s| started_at(&m, s))
-        .collect();
+    assert_ne!(started_at(&m, &["postfix-mailcow"]), postfix_started);
+    let after = started_at(&m, &["dovecot-mailcow", "nginx-mailcow"]);
     assert_eq!(after, others, "only postfix was restarted");
     assert_served_everywhere(&m, &new, false);
 }
 
 #[test]
 fn with_the_proxy_protocol_the_https_probe_sends_a_proxy_header() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
-    let own = mailcows_own(&ca);
     let mut conf = Conf::loopback(HOST);
     conf.proxy_protocol = "YES".into();
-    let m = Mailcow::start(&d, conf, &own, Some(&own));
+    let m = mailcow_host(&d, conf, &ca);
     let https = m
         .default_endpoints()
         .into_iter()
@@ -235,7 +210,7 @@ fn with_the_proxy_protocol_the_https_probe_sends_a_proxy_header() {
     let config = receive_toml(&m, &d, "", "");
     let new = ca.leaf(KeyKind::P384, &[HOST]);
     let (out, _) = install(&config, &new);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
         all.contains(&format!("{} proxy serves", https.verify())),
@@ -246,10 +221,9 @@ fn with_the_proxy_protocol_the_https_probe_sends_a_proxy_header() {
 
 #[test]
 fn a_failed_verify_is_retried_by_the_next_push_instead_of_nothing_to_do() {
-    let Some(d) = engine() else { return };
+    needs!(let d = mailcow::engine());
     let ca = TestCa::new();
-    let own = mailcows_own(&ca);
-    let m = Mailcow::start(&d, Conf::loopback(HOST), &own, Some(&own));
+    let m = mailcow_host(&d, Conf::loopback(HOST), &ca);
     // One more endpoint, not up at the first push (a service that was
     // down while certsync verified).
     let late = certsync_tests::docker::free_port();
@@ -261,17 +235,10 @@ fn a_failed_verify_is_retried_by_the_next_push_instead_of_nothing_to_do() {
 
     let new = ca.leaf(KeyKind::P384, &[HOST]);
     let npm = NpmHost::new(&new);
-    npm.write_config(
-        &npm.cert_source(),
-        &[format!(
-            "[[target]]\nname = \"mailcow\"\ntransport = \"local\"\ncommand = [{:?}, \"--config\", {:?}, \"serve\"]\n",
-            bins::receive().display().to_string(),
-            config.display().to_string()
-        )],
-    );
+    npm.write_config(&npm.cert_source(), &[local_target_for("mailcow", &config)]);
 
     let first = npm.run(&["push"]);
-    assert_eq!(first.code, Some(4), "{}", first.both());
+    first.assert_code(4);
     assert!(
         first.both().contains(&format!("127.0.0.1:{late}")),
         "{}",
@@ -313,7 +280,7 @@ fn a_failed_verify_is_retried_by_the_next_push_instead_of_nothing_to_do() {
     assert!(!marker.exists(), "nothing owed any more: {all}");
 
     let third = npm.run(&["push"]);
-    assert_eq!(third.code, Some(0), "{}", third.both());
+    third.assert_code(0);
     assert!(third.both().contains("nothing to do"), "{}", third.both());
     assert_served_everywhere(&m, &new, false);
 }
@@ -324,9 +291,7 @@ fn a_failed_verify_is_retried_by_the_next_push_instead_of_nothing_to_do() {
 /// clients without SNI. Before, both probed with SNI only and passed.
 #[test]
 fn a_stale_certificate_for_clients_without_sni_is_caught_by_verify_and_check() {
-    if !require("openssl", Path::new("/usr/bin/openssl").exists()) {
-        return;
-    }
+    needs!(need::openssl());
     let ca = TestCa::new();
     let installed = ca.leaf(KeyKind::P256, &[HOST]);
     let stale = mailcows_own(&ca);
@@ -361,12 +326,12 @@ fn a_stale_certificate_for_clients_without_sni_is_caught_by_verify_and_check() {
     );
     std::fs::write(&host.config, toml).unwrap();
     let out = host.install_leaf(&installed, &[]);
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
     assert!(all.contains("(no SNI) serves"), "{all}");
 
     let out = host.cmd().arg("check").output().unwrap();
-    let all = text(&out);
+    let all = shown(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
     assert!(
         all.contains(&format!(

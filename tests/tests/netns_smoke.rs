@@ -1,18 +1,12 @@
 //! The two-host harness itself: the hosts reach each other over the veth
 //! link and nothing else.
 
-use certsync_tests::netns::{self, TwoHosts};
+use certsync_tests::netns::TwoHosts;
+use certsync_tests::{need, needs};
 
 #[test]
 fn two_hosts_talk_over_their_link_only() {
-    if !certsync_tests::require("network namespaces (root, iproute2)", netns::available())
-        || !certsync_tests::require(
-            "busybox (apt-get install busybox-static)",
-            certsync_tests::docker::find_program("busybox").is_some(),
-        )
-    {
-        return;
-    }
+    needs!(need::netns(), need::busybox());
     let hosts = TwoHosts::create();
     let listener = hosts
         .mailcow

@@ -172,7 +172,7 @@ fn the_pusher_posts_install_failure_and_status_problems() {
 
     // A push that installs.
     let run = npm.run(&["push"]);
-    assert_eq!(run.code, Some(0), "{}", run.both());
+    run.assert_code(0);
     let reqs = sink.wait_for(1);
     assert_eq!(reqs.len(), 1, "{}", run.both());
     let n = reqs[0].json();
@@ -189,7 +189,7 @@ fn the_pusher_posts_install_failure_and_status_problems() {
 
     // status, all up to date: nothing told.
     let run = npm.run(&["status"]);
-    assert_eq!(run.code, Some(0), "{}", run.both());
+    run.assert_code(0);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sink.requests().len(), 1);
 
@@ -208,7 +208,7 @@ fn the_pusher_posts_install_failure_and_status_problems() {
     );
 
     let run = npm.run(&["push"]);
-    assert_eq!(run.code, Some(3), "{}", run.both());
+    run.assert_code(3);
     let reqs = sink.wait_for(3);
     let n = reqs[2].json();
     assert_eq!(n["event"], "failure", "{n}");

@@ -24,24 +24,10 @@ use certsync_core::ExitCode;
 use certsync_receive::pipeline::handoff::{self, Request};
 use certsync_receive::pipeline::stage::{Entry, StagingDir};
 use certsync_tests::receiver::{push_session, Mailhost};
+use certsync_tests::shown;
 use openssl::nid::Nid;
 
 const HOST: &str = "mail.example.com";
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn serve_cmd(host: &Mailhost) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(certsync_tests::bins::receive());
-    c.arg("--config").arg(&host.config).arg("serve");
-    c
-}
 
 /// A leaf valid for 30 days: older than [`TestCa::leaf`]'s 90, so
 /// installing it over one of those is a rollback.
@@ -94,14 +80,14 @@ fn a_forged_deploy_request_cannot_force_a_rollback_but_roots_deploy_force_can() 
     stage_request(&host, &short.chain_pem, short.key_pem.expose(), Some(true));
     let before = host.snapshot();
     let out = deploy(&host, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", shown(&out));
     for needle in [
         "rollback refused",
         "does not allow a remote force",
         "allow_remote_force = true",
         "deploy --force",
     ] {
-        assert!(text(&out).contains(needle), "{needle}: {}", text(&out));
+        assert!(shown(&out).contains(needle), "{needle}: {}", shown(&out));
     }
     let result = deploy_result(&host).expect("deploy.result answers serve");
     assert!(
@@ -119,11 +105,11 @@ fn a_forged_deploy_request_cannot_force_a_rollback_but_roots_deploy_force_can() 
     // --force, installed with it.
     stage_request(&host, &short.chain_pem, short.key_pem.expose(), None);
     let out = deploy(&host, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", shown(&out));
     assert_eq!(host.installed().unwrap().0, long.chain_pem);
     stage_request(&host, &short.chain_pem, short.key_pem.expose(), None);
     let out = deploy(&host, &["--force"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     assert_eq!(host.installed().unwrap().0, short.chain_pem);
     assert_eq!(host.installed().unwrap().1, short.key_pem.expose());
 }
@@ -137,7 +123,7 @@ fn allow_remote_force_lets_a_requested_rollback_install() {
     assert_eq!(host.install_leaf(&long, &[]).status.code(), Some(0));
     stage_request(&host, &short.chain_pem, short.key_pem.expose(), Some(true));
     let out = deploy(&host, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     assert_eq!(host.installed().unwrap().0, short.chain_pem);
 }
 
@@ -156,7 +142,7 @@ async fn a_pushers_force_on_the_wire_counts_only_with_allow_remote_force() {
         let host = Mailhost::with_extra(&[HOST], extra);
         assert_eq!(host.install_leaf(&long, &[]).status.code(), Some(0));
         let before = host.snapshot();
-        let r = push_session(serve_cmd(&host), &pairs, false, true).await;
+        let r = push_session(host.serve_cmd(), &pairs, false, true).await;
         let report = r.report.clone().expect("a report");
         if allowed {
             assert_eq!(r.exit, Some(0), "{r:?}");
@@ -245,15 +231,15 @@ async fn certificates_no_client_would_accept_are_refused_with_their_reason() {
         let host = Mailhost::new(&[HOST]);
         let before = host.snapshot();
         let out = host.install_leaf(&leaf, &[]);
-        assert_eq!(out.status.code(), Some(3), "{what}: {}", text(&out));
-        assert_refused_for_reason(what, &leaf, needle, &text(&out));
+        assert_eq!(out.status.code(), Some(3), "{what}: {}", shown(&out));
+        assert_refused_for_reason(what, &leaf, needle, &shown(&out));
         assert!(host.nothing_installed(), "{what}: installed something");
         assert_eq!(host.snapshot(), before, "{what}: files written");
 
         // A push to `serve`.
         let host = Mailhost::new(&[HOST]);
         let pairs = [("mail", leaf.bundle(), leaf.fingerprint())];
-        let r = push_session(serve_cmd(&host), &pairs, false, false).await;
+        let r = push_session(host.serve_cmd(), &pairs, false, false).await;
         assert_eq!(r.exit, Some(3), "{what}: {r:?}");
         let report = r.report.expect("a report");
         let json = serde_json::to_string(&report).unwrap();
@@ -275,16 +261,16 @@ fn a_private_ca_in_ca_file_is_trusted_and_only_it() {
     let host = Mailhost::with_extra(&[HOST], &format!("ca_file = {ca_file:?}\n"));
     let leaf = private.leaf(KeyKind::P384, &[HOST]);
     let out = host.install_leaf(&leaf, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     assert_eq!(host.installed().unwrap().0, leaf.chain_pem);
     // The harness's test root is not in this ca_file: its leaves are refused.
     let other = TestCa::new().leaf(KeyKind::P384, &[HOST]);
     let out = host.install_leaf(&other, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", shown(&out));
     assert!(
-        text(&out).contains(&ca_file.display().to_string()),
+        shown(&out).contains(&ca_file.display().to_string()),
         "the refusal names the ca_file: {}",
-        text(&out)
+        shown(&out)
     );
 }
 
@@ -296,8 +282,8 @@ fn without_ca_file_the_system_store_decides() {
     let leaf = TestCa::new().leaf(KeyKind::P256, &[HOST]);
     let (chain, key) = host.files_for(&leaf);
     let out = host.install(&chain, &key, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("set ca_file"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", shown(&out));
+    assert!(shown(&out).contains("set ca_file"), "{}", shown(&out));
     let store = host.root.path().join("system-store.pem");
     std::fs::write(&store, certsync_core::testutil::test_root_pem()).unwrap();
     let out = host
@@ -309,7 +295,7 @@ fn without_ca_file_the_system_store_decides() {
         .arg(&key)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
 }
 
 #[test]
@@ -321,8 +307,8 @@ fn a_ca_file_that_is_not_certificates_is_a_config_error_that_shows_no_bytes() {
     std::fs::write(&ca_file, leaf.key_pem.expose()).unwrap();
     let host = Mailhost::with_extra(&[HOST], &format!("ca_file = {ca_file:?}\n"));
     let out = host.install_leaf(&leaf, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    let shown = shown(&out);
     assert!(
         shown.contains("oops.pem") && shown.contains("PRIVATE KEY"),
         "{shown}"
@@ -341,14 +327,14 @@ fn check_holds_the_installed_pair_to_the_same_rules() {
     std::fs::write(host.cert_path(), &snakeoil.chain_pem).unwrap();
     std::fs::write(host.key_path(), snakeoil.key_pem.expose()).unwrap();
     let out = host.cmd().arg("check").output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("is self-signed"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", shown(&out));
+    assert!(shown(&out).contains("is self-signed"), "{}", shown(&out));
     // A trusted pair, installed by root: all well.
     let good = TestCa::new().leaf(KeyKind::P256, &[HOST]);
     let out = host.install_leaf(&good, &["--force"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let out = host.cmd().arg("check").output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
 }
 
 // ------------------------------------------------------------------ item 7
@@ -451,14 +437,14 @@ async fn no_secret_bytes_reach_stderr_the_report_or_deploy_result() {
         std::fs::write(&c, &chain).unwrap();
         std::fs::write(&k, &key).unwrap();
         let out = host.install(&c, &k, &[]);
-        assert_eq!(out.status.code(), Some(3), "{what}: {}", text(&out));
-        assert_no_secret(&secret, what, "install's output", text(&out).as_bytes());
+        assert_eq!(out.status.code(), Some(3), "{what}: {}", shown(&out));
+        assert_no_secret(&secret, what, "install's output", shown(&out).as_bytes());
         assert!(host.nothing_installed(), "{what}");
 
         // 2. A push to `serve`: its stderr (the log) and the report.
         let bundle = Bundle::new(chain.clone(), SecretBytes::new(key.clone()));
         let pairs = [("mail", bundle, leaf.fingerprint())];
-        let r = push_session(serve_cmd(&host), &pairs, false, false).await;
+        let r = push_session(host.serve_cmd(), &pairs, false, false).await;
         assert_eq!(r.exit, Some(3), "{what}: {r:?}");
         assert_no_secret(&secret, what, "serve's log", r.stderr.as_bytes());
         let report: Report = r.report.expect("a report");
@@ -476,8 +462,8 @@ async fn no_secret_bytes_reach_stderr_the_report_or_deploy_result() {
         let handoff = Mailhost::with_extra(&[HOST], "deploy = \"handoff\"\n");
         stage_request(&handoff, &chain, &key, Some(false));
         let out = deploy(&handoff, &[]);
-        assert_eq!(out.status.code(), Some(3), "{what}: {}", text(&out));
-        assert_no_secret(&secret, what, "deploy's output", text(&out).as_bytes());
+        assert_eq!(out.status.code(), Some(3), "{what}: {}", shown(&out));
+        assert_no_secret(&secret, what, "deploy's output", shown(&out).as_bytes());
         let result = deploy_result(&handoff).expect("deploy.result");
         assert_no_secret(&secret, what, "deploy.result", result.as_bytes());
         assert!(handoff.nothing_installed(), "{what}");

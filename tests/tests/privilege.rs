@@ -23,19 +23,13 @@ use std::time::{Duration, Instant};
 use certsync_core::bundle::Bundle;
 use certsync_core::protocol::{self, Hello, Limits, Message, Offer, Reader};
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
-use certsync_tests::e2e::Deployer;
-use certsync_tests::receiver::{offered, push_session, Mailhost};
+use certsync_tests::receiver::{offered, push_leaf, push_session, Mailhost, NOBODY};
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
-/// Stands in for the `certsync` user.
-const NOBODY: u32 = 65534;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn have_setpriv() -> bool {
-    certsync_tests::require("setpriv", Path::new("/usr/bin/setpriv").exists())
 }
 
 fn chown(path: &Path, uid: u32) {
@@ -46,19 +40,8 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// A handoff host laid out as the package lays it out: everything root's,
-/// only the staging dir (0700) the unprivileged user's.
 fn handoff_host(extra: &str) -> Mailhost {
-    let host = Mailhost::with_extra(
-        &[HOST],
-        &format!("deploy = \"handoff\"\nhandoff_timeout = 30\n{extra}"),
-    );
-    std::fs::create_dir_all(&host.staging).unwrap();
-    chown(&host.staging, NOBODY);
-    chmod(&host.staging, 0o700);
-    chmod(host.root.path(), 0o755);
-    chmod(&host.config, 0o644);
-    host
+    Mailhost::handoff(&[HOST], extra)
 }
 
 /// Run a shell script as the unprivileged user (the attacker's moves).
@@ -80,27 +63,6 @@ fn as_certsync(script: &str) -> Output {
         stderr(&out)
     );
     out
-}
-
-/// `serve` as the unprivileged user.
-fn serve_as_certsync(host: &Mailhost) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("/usr/bin/setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(certsync_tests::bins::receive())
-        .arg("--config")
-        .arg(&host.config)
-        .arg("serve");
-    cmd
-}
-
-/// Root's path unit, stood in for.
-fn deployer(host: &Mailhost) -> Deployer {
-    let config = host.config.clone();
-    Deployer::start(&host.staging, move || {
-        let mut c = Command::new(certsync_tests::bins::receive());
-        c.arg("--config").arg(&config).arg("deploy");
-        c
-    })
 }
 
 /// Run `cmd` to its end, or kill it after `limit` (then `None`).
@@ -172,9 +134,7 @@ fn write_request(host: &Mailhost, id: &str) {
 /// read or delete what it points at.
 #[test]
 fn root_deploy_never_follows_a_link_in_place_of_the_cert_dir() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     let victim = root_only_pair(&host, "victim", &ca.leaf(KeyKind::P256, &[HOST]));
@@ -199,9 +159,7 @@ fn root_deploy_never_follows_a_link_in_place_of_the_cert_dir() {
 /// can) never makes root read, install or delete the root-only pair.
 #[test]
 fn root_deploy_never_acts_through_a_cert_dir_swapped_mid_run() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     let secret = ca.leaf(KeyKind::P256, &[HOST]);
@@ -318,9 +276,7 @@ fn root_deploy_never_acts_through_a_cert_dir_swapped_mid_run() {
 /// With the package's layout (the parent root's) the swap is impossible.
 #[test]
 fn root_never_writes_its_result_into_a_swapped_staging_dir() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     // The old layout: the staging dir's parent belongs to certsync.
@@ -426,9 +382,7 @@ fn root_never_writes_its_result_into_a_swapped_staging_dir() {
 /// unprivileged `serve` out.
 #[tokio::test]
 async fn root_runs_never_lock_the_pusher_out() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     // The timer's deploy never creates a missing staging dir (it would be
@@ -461,14 +415,8 @@ async fn root_runs_never_lock_the_pusher_out() {
     }
 
     let next = ca.leaf(KeyKind::P384, &[HOST]);
-    let deploy = deployer(&host);
-    let r = push_session(
-        serve_as_certsync(&host),
-        &[("mail", next.bundle(), next.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let deploy = host.deployer();
+    let r = push_leaf(host.serve_as_nobody(), &next).await;
     eprintln!("{}", deploy.log());
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(host.installed().unwrap().0, next.chain_pem);
@@ -478,9 +426,7 @@ async fn root_runs_never_lock_the_pusher_out() {
 /// `deploy` nor `check`; each refuses it at once and says why.
 #[test]
 fn a_fifo_as_a_lock_file_hangs_neither_deploy_nor_check() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let host = handoff_host("");
     let ssl_before = tree(&host.ssl);
     // A reload owed makes `check` take the session lock too.
@@ -569,9 +515,7 @@ fn run_measured(mut cmd: Command, limit: Duration) -> Option<(Output, i64)> {
 /// machine.
 #[test]
 fn installed_at_as_dev_zero_or_a_fifo_is_not_read() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
@@ -735,9 +679,8 @@ async fn a_trickling_pusher_is_dropped_at_the_session_limit() {
 #[test]
 fn a_new_key_is_roots_even_when_the_old_one_was_not() {
     let ca = TestCa::new();
-    let host = Mailhost::new(&[HOST]);
     let first = ca.leaf(KeyKind::P256, &[HOST]);
-    assert_eq!(host.install_leaf(&first, &[]).status.code(), Some(0));
+    let host = Mailhost::with_installed(&[HOST], &first);
     chown(&host.key_path(), NOBODY);
     chown(&host.cert_path(), NOBODY);
     let next = ca.leaf(KeyKind::P256, &[HOST]);
@@ -770,9 +713,8 @@ fn break_pair(host: &Mailhost, other: &TestLeaf) {
 #[tokio::test]
 async fn a_broken_pair_without_backup_is_repaired_by_the_next_install_or_push() {
     let ca = TestCa::new();
-    let host = Mailhost::new(&[HOST]);
     let first = ca.leaf(KeyKind::P256, &[HOST]);
-    assert_eq!(host.install_leaf(&first, &[]).status.code(), Some(0));
+    let host = Mailhost::with_installed(&[HOST], &first);
     break_pair(&host, &ca.leaf(KeyKind::P256, &[HOST]));
     // The same certificate again, by `install`.
     let out = host.install_leaf(&first, &[]);
@@ -787,13 +729,7 @@ async fn a_broken_pair_without_backup_is_repaired_by_the_next_install_or_push() 
     break_pair(&host, &ca.leaf(KeyKind::P256, &[HOST]));
     let mut cmd = tokio::process::Command::new(certsync_tests::bins::receive());
     cmd.arg("--config").arg(&host.config).arg("serve");
-    let r = push_session(
-        cmd,
-        &[("mail", first.bundle(), first.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(cmd, &first).await;
     assert_eq!(r.exit, Some(0), "{r:?}");
     let (chain, key) = host.installed().unwrap();
     assert_eq!(
@@ -808,9 +744,7 @@ async fn a_broken_pair_without_backup_is_repaired_by_the_next_install_or_push() 
 /// next push then delivers the pair and root's deploy installs it.
 #[tokio::test]
 async fn handoff_a_damaged_key_is_repaired_by_the_next_push() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = handoff_host("");
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
@@ -823,14 +757,8 @@ async fn handoff_a_damaged_key_is_repaired_by_the_next_push() {
     assert_ne!(out.status.code(), Some(0));
     assert!(text.contains("next push"), "{text}");
 
-    let deploy = deployer(&host);
-    let r = push_session(
-        serve_as_certsync(&host),
-        &[("mail", leaf.bundle(), leaf.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let deploy = host.deployer();
+    let r = push_leaf(host.serve_as_nobody(), &leaf).await;
     eprintln!("{}", deploy.log());
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(r.bundles_sent, 1, "the pair was not asked for");
@@ -843,13 +771,7 @@ async fn handoff_a_damaged_key_is_repaired_by_the_next_push() {
     );
     // Repaired: the next push is "nothing to do" without key material.
     drop(deploy);
-    let r = push_session(
-        serve_as_certsync(&host),
-        &[("mail", leaf.bundle(), leaf.fingerprint())],
-        false,
-        false,
-    )
-    .await;
+    let r = push_leaf(host.serve_as_nobody(), &leaf).await;
     assert_eq!(r.exit, Some(0), "{r:?}");
     assert_eq!(r.bundles_sent, 0);
 }
@@ -922,9 +844,7 @@ fn core_state(mut cmd: Command, exe: &Path) -> (String, u32, u32) {
 /// /proc/<pid> turn root's), checked on the running binaries as the unprivileged user.
 #[test]
 fn both_binaries_disable_core_dumps() {
-    if !have_setpriv() {
-        return;
-    }
+    needs!(need::setpriv());
     let ca = TestCa::new();
     let host = Mailhost::new(&[HOST]);
     chmod(host.root.path(), 0o755);

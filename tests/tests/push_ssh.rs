@@ -14,6 +14,7 @@ use certsync_tests::livedir::Renewal;
 use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, ClosedPort, NpmHost};
 use certsync_tests::receiver::Mailhost;
 use certsync_tests::sshd::{self, client_key, KeyType, Sshd};
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
 
@@ -28,18 +29,7 @@ struct Scene {
 fn scene(leaf: &TestLeaf) -> Scene {
     let npm = NpmHost::new(leaf);
     let mail = Mailhost::new(&[HOST]);
-    let sshd = sshd_for(&mail, &npm.key);
-    let kh = npm.known_hosts("known_hosts", &[sshd.known_hosts_line()]);
-    npm.write_config(
-        &npm.cert_source(),
-        &[ssh_target(
-            "mailcow",
-            sshd.host(),
-            sshd.port(),
-            &npm.key.private,
-            &kh,
-        )],
-    );
+    let sshd = npm.push_over_ssh_to(&mail);
     Scene { npm, mail, sshd }
 }
 
@@ -65,9 +55,7 @@ fn identity(mail: &Mailhost) -> Vec<(u64, i64, i64)> {
 
 #[test]
 fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P384, &[HOST]);
     let Scene { npm, mail, sshd } = scene(&leaf);
@@ -78,7 +66,7 @@ fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
         first.elapsed.as_secs_f64()
     );
     eprintln!("{}", first.both());
-    assert_eq!(first.code, Some(0), "{}", first.both());
+    first.assert_code(0);
     assert!(installed_is_generation(&npm, &mail, 1), "{}", first.both());
     // The installed files are real files with the archive's bytes, not links.
     assert!(!std::fs::symlink_metadata(mail.cert_path())
@@ -93,11 +81,7 @@ fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
         "{}",
         first.both()
     );
-    assert!(
-        first.stdout.contains("  mail: install done"),
-        "{}",
-        first.both()
-    );
+    first.assert_stdout("  mail: install done");
     assert!(first.stderr.contains("sent "), "{}", first.both());
     assert!(
         sshd.log().contains("Accepted publickey for root"),
@@ -113,12 +97,8 @@ fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
         again.elapsed.as_secs_f64()
     );
     eprintln!("{}", again.both());
-    assert_eq!(again.code, Some(0), "{}", again.both());
-    assert!(
-        again.stdout.contains("mailcow: ok: mail: nothing to do"),
-        "{}",
-        again.both()
-    );
+    again.assert_code(0);
+    again.assert_stdout("mailcow: ok: mail: nothing to do");
     // Both sides say it: the pusher's own line and the receiver's (relayed
     // from its stderr over the SSH channel).
     let pusher_says = again
@@ -151,7 +131,7 @@ fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
 
     // status agrees: the installed leaf is the local one.
     let status = npm.run(&["status", "--json"]);
-    assert_eq!(status.code, Some(0), "{}", status.both());
+    status.assert_code(0);
     let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(v[0]["state"], "up_to_date", "{}", status.both());
     assert_eq!(v[0]["local"], leaf.fingerprint().to_string());
@@ -160,9 +140,7 @@ fn first_push_installs_the_archive_bytes_and_a_repeat_is_nothing_to_do() {
 
 #[test]
 fn a_renewal_is_pushed_only_once_it_is_consistent() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let old = ca.leaf(KeyKind::P384, &[HOST]);
     let new = ca.leaf(KeyKind::P384, &[HOST]);
@@ -172,7 +150,7 @@ fn a_renewal_is_pushed_only_once_it_is_consistent() {
         sshd: _sshd,
     } = scene(&old);
     let first = npm.run(&["push"]);
-    assert_eq!(first.code, Some(0), "{}", first.both());
+    first.assert_code(0);
     let snapshot = mail.snapshot();
 
     // certbot stopped after relinking cert.pem and unlinking privkey.pem:
@@ -186,7 +164,7 @@ fn a_renewal_is_pushed_only_once_it_is_consistent() {
     );
     let halfway = npm.run(&["push", "--settle", "1"]);
     eprintln!("{}", halfway.both());
-    assert_eq!(halfway.code, Some(1), "{}", halfway.both());
+    halfway.assert_code(1);
     assert!(
         halfway.stdout.contains("mailcow: FAILED (exit 1)")
             && halfway.stdout.contains("stayed inconsistent")
@@ -202,7 +180,7 @@ fn a_renewal_is_pushed_only_once_it_is_consistent() {
     npm.live.renew_with(&new, Renewal::default());
     assert_eq!(npm.live.generation(), 2);
     let done = npm.run(&["push"]);
-    assert_eq!(done.code, Some(0), "{}", done.both());
+    done.assert_code(0);
     assert!(installed_is_generation(&npm, &mail, 2), "{}", done.both());
     assert!(
         done.stdout
@@ -214,9 +192,7 @@ fn a_renewal_is_pushed_only_once_it_is_consistent() {
 
 #[test]
 fn unknown_and_changed_host_keys_are_refused_before_anything_runs() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let Scene { npm, mail, sshd } = scene(&leaf);
@@ -252,7 +228,7 @@ fn unknown_and_changed_host_keys_are_refused_before_anything_runs() {
             )],
         );
         let run = npm.run(&["push"]);
-        assert_eq!(run.code, Some(1), "{}", run.both());
+        run.assert_code(1);
         assert!(
             run.stdout.contains(words) && run.stdout.contains(&fingerprint),
             "{words}: {}",
@@ -269,9 +245,7 @@ fn unknown_and_changed_host_keys_are_refused_before_anything_runs() {
 
 #[test]
 fn a_key_that_is_not_authorized_fails_clearly() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let Scene { npm, mail, sshd } = scene(&leaf);
@@ -288,7 +262,7 @@ fn a_key_that_is_not_authorized_fails_clearly() {
         )],
     );
     let run = npm.run(&["push"]);
-    assert_eq!(run.code, Some(1), "{}", run.both());
+    run.assert_code(1);
     assert!(
         run.stdout.contains("refused the key")
             && run.stdout.contains(&stranger.private.display().to_string())
@@ -301,9 +275,7 @@ fn a_key_that_is_not_authorized_fails_clearly() {
 
 #[test]
 fn two_targets_in_one_run_and_a_third_that_is_down() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::Ed25519, &[HOST]);
     let npm = NpmHost::new(&leaf);
@@ -325,7 +297,7 @@ fn two_targets_in_one_run_and_a_third_that_is_down() {
         ],
     );
     let run = npm.run(&["push"]);
-    assert_eq!(run.code, Some(1), "{}", run.both());
+    run.assert_code(1);
     let line = |name: &str| {
         run.stdout
             .lines()
@@ -355,7 +327,7 @@ fn two_targets_in_one_run_and_a_third_that_is_down() {
 
     // --target narrows the pass to one target.
     let one = npm.run(&["push", "--target", "mx-b"]);
-    assert_eq!(one.code, Some(0), "{}", one.both());
+    one.assert_code(0);
     assert_eq!(
         one.stdout.lines().filter(|l| !l.starts_with("  ")).count(),
         1
@@ -369,9 +341,7 @@ fn two_targets_in_one_run_and_a_third_that_is_down() {
 
 #[test]
 fn dry_run_changes_nothing_and_a_remote_force_needs_allow_remote_force() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let long = ca.leaf(KeyKind::Rsa2048, &[HOST]);
     let Scene {
@@ -381,7 +351,7 @@ fn dry_run_changes_nothing_and_a_remote_force_needs_allow_remote_force() {
     } = scene(&long);
 
     let dry = npm.run(&["push", "--dry-run"]);
-    assert_eq!(dry.code, Some(0), "{}", dry.both());
+    dry.assert_code(0);
     assert!(
         dry.stdout
             .contains("mailcow (dry run): ok: mail: dry run: would install"),
@@ -392,7 +362,7 @@ fn dry_run_changes_nothing_and_a_remote_force_needs_allow_remote_force() {
     assert!(mail.nothing_installed(), "a dry run installs nothing");
 
     let real = npm.run(&["push"]);
-    assert_eq!(real.code, Some(0), "{}", real.both());
+    real.assert_code(0);
 
     // A renewal to a certificate that expires sooner: a rollback.
     let short = ca.leaf_with(
@@ -405,7 +375,7 @@ fn dry_run_changes_nothing_and_a_remote_force_needs_allow_remote_force() {
     );
     npm.live.renew(&short);
     let refused = npm.run(&["push"]);
-    assert_eq!(refused.code, Some(3), "{}", refused.both());
+    refused.assert_code(3);
     assert!(
         refused
             .stdout
@@ -426,7 +396,7 @@ fn dry_run_changes_nothing_and_a_remote_force_needs_allow_remote_force() {
     // and nothing written.
     let before = mail.snapshot();
     let forced = npm.run(&["push", "--force"]);
-    assert_eq!(forced.code, Some(3), "{}", forced.both());
+    forced.assert_code(3);
     assert!(
         forced.stdout.contains("rollback refused")
             && forced.stdout.contains("does not allow a remote force")
@@ -446,7 +416,7 @@ fn dry_run_changes_nothing_and_a_remote_force_needs_allow_remote_force() {
     let text = std::fs::read_to_string(&mail.config).unwrap();
     std::fs::write(&mail.config, format!("allow_remote_force = true\n{text}")).unwrap();
     let forced = npm.run(&["push", "--force"]);
-    assert_eq!(forced.code, Some(0), "{}", forced.both());
+    forced.assert_code(0);
     assert!(installed_is_generation(&npm, &mail, 2), "{}", forced.both());
 }
 
@@ -464,12 +434,8 @@ fn local_transport_runs_the_receiver_without_ssh() {
     npm.write_config(&certs, &[local_target("here", &mail)]);
 
     let status = npm.run(&["status"]);
-    assert_eq!(status.code, Some(1), "{}", status.both());
-    assert!(
-        status.stdout.contains("mail → here: differs"),
-        "{}",
-        status.both()
-    );
+    status.assert_code(1);
+    status.assert_stdout("mail → here: differs");
     assert!(mail.nothing_installed(), "status changes nothing");
     assert!(
         !status.stderr.contains("bytes of chain and the key"),
@@ -478,27 +444,15 @@ fn local_transport_runs_the_receiver_without_ssh() {
     );
 
     let first = npm.run(&["push"]);
-    assert_eq!(first.code, Some(0), "{}", first.both());
+    first.assert_code(0);
     assert!(installed_is_generation(&npm, &mail, 1), "{}", first.both());
-    assert!(
-        first.stderr.contains("is served from this live dir"),
-        "{}",
-        first.both()
-    );
+    first.assert_stderr("is served from this live dir");
     let again = npm.run(&["push"]);
-    assert_eq!(again.code, Some(0), "{}", again.both());
-    assert!(
-        again.stdout.contains("here: ok: mail: nothing to do"),
-        "{}",
-        again.both()
-    );
+    again.assert_code(0);
+    again.assert_stdout("here: ok: mail: nothing to do");
     let status = npm.run(&["status"]);
-    assert_eq!(status.code, Some(0), "{}", status.both());
-    assert!(
-        status.stdout.contains("mail → here: up to date"),
-        "{}",
-        status.both()
-    );
+    status.assert_code(0);
+    status.assert_stdout("mail → here: up to date");
 }
 
 /// NPM keeps uploaded certificates in `data/custom_ssl/npm-<id>/` as plain
@@ -524,7 +478,7 @@ fn a_push_finds_an_uploaded_certificate_under_a_second_live_root() {
     npm.write_config(&certs, &[local_target("here", &mail)]);
 
     let first = npm.run(&["push"]);
-    assert_eq!(first.code, Some(0), "{}", first.both());
+    first.assert_code(0);
     assert_eq!(
         mail.installed(),
         Some((
@@ -542,13 +496,9 @@ fn a_push_finds_an_uploaded_certificate_under_a_second_live_root() {
 
     // discover without --live-root lists both roots of the config.
     let listed = npm.run(&["discover"]);
-    assert_eq!(listed.code, Some(0), "{}", listed.both());
+    listed.assert_code(0);
     for root in [npm.live.live_root(), custom_root] {
-        assert!(
-            listed.stdout.contains(&format!("{}:\n", root.display())),
-            "{}",
-            listed.both()
-        );
+        listed.assert_stdout(&format!("{}:\n", root.display()));
     }
 }
 
@@ -563,7 +513,7 @@ fn discover_json_lists_the_live_dir() {
         "--live-root",
         npm.live.live_root().to_str().unwrap(),
     ]);
-    assert_eq!(run.code, Some(0), "{}", run.both());
+    run.assert_code(0);
     let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(v[0]["name"], "npm-5");
     assert_eq!(v[0]["consistent"], true);
@@ -583,7 +533,7 @@ fn a_cert_name_the_receiver_does_not_know_is_a_config_error_naming_its_file() {
     );
     npm.write_config(&certs, &[local_target("here", &mail)]);
     let run = npm.run(&["push"]);
-    assert_eq!(run.code, Some(2), "{}", run.both());
+    run.assert_code(2);
     assert!(
         run.stdout.starts_with("here: FAILED (exit 2): webmail: ")
             && run.stdout.contains("no [[cert]] named \"webmail\"")
@@ -597,16 +547,14 @@ fn a_cert_name_the_receiver_does_not_know_is_a_config_error_naming_its_file() {
 
 #[test]
 fn a_key_from_keygen_works_with_the_line_it_prints() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P384, &[HOST]);
     let npm = NpmHost::new(&leaf);
     let mail = Mailhost::new(&[HOST]);
     let identity = npm.root.path().join("id_keygen");
     let made = npm.run(&["keygen", "--out", identity.to_str().unwrap()]);
-    assert_eq!(made.code, Some(0), "{}", made.both());
+    made.assert_code(0);
     let line = made.stdout.trim();
     let rest = line
         .strip_prefix("command=\"certsync-receive serve\",restrict ")
@@ -631,7 +579,7 @@ fn a_key_from_keygen_works_with_the_line_it_prints() {
         )],
     );
     let run = npm.run(&["push"]);
-    assert_eq!(run.code, Some(0), "{}", run.both());
+    run.assert_code(0);
     assert!(installed_is_generation(&npm, &mail, 1), "{}", run.both());
     let log = sshd.log();
     assert!(log.contains("Accepted publickey for root"), "{log}");

@@ -1,5 +1,5 @@
 //! Scenarios for the receiving side, driving the real `certsync-receive`
-//! binary: install from files, refusals that write nothing, the protocol on
+//! binary: install from files (its refusals: golden.rs), the protocol on
 //! `serve`'s stdin (hostile input included), handoff to a root `deploy`, and
 //! SIGKILL at every step of an install.
 
@@ -10,9 +10,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use certsync_core::bundle::Bundle;
-use certsync_core::testutil::{KeyKind, TestCa, Validity};
+use certsync_core::testutil::{KeyKind, TestCa};
 use certsync_receive::pipeline::install::FAULT_POINTS;
-use certsync_tests::receiver::{push_session, Mailhost};
+use certsync_tests::receiver::{push_leaf, push_session, Mailhost};
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
 
@@ -78,121 +79,15 @@ fn accepts_pkcs1_and_sec1_keys() {
     }
 }
 
-/// Each refusal exits 3, names the problem, and writes nothing outside the
-/// staging dir — not even over an installed pair.
-#[test]
-fn refusals_exit_3_and_write_nothing() {
-    let ca = TestCa::new();
-    let host = Mailhost::new(&[HOST]);
-    let good = ca.leaf(KeyKind::P384, &[HOST]);
-    assert_eq!(host.install_leaf(&good, &[]).status.code(), Some(0));
-    let other = ca.leaf(KeyKind::P384, &[HOST]);
-    let mut swapped = good.intermediates_pem.clone();
-    swapped.extend_from_slice(&good.cert_pem);
-
-    let wrong_name = ca.leaf(KeyKind::P256, &["www.example.org"]);
-    let expired = ca.leaf_with(
-        KeyKind::P256,
-        &[HOST],
-        Validity {
-            not_before: -100 * 86_400,
-            not_after: -86_400,
-        },
-    );
-    let future = ca.leaf_with(
-        KeyKind::P256,
-        &[HOST],
-        Validity {
-            not_before: 86_400,
-            not_after: 90 * 86_400,
-        },
-    );
-    let older = ca.leaf_with(
-        KeyKind::P256,
-        &[HOST],
-        Validity {
-            not_before: -3600,
-            not_after: 30 * 86_400,
-        },
-    );
-    let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
-        (
-            "key of another pair",
-            good.chain_pem.clone(),
-            other.key_pem.expose().to_vec(),
-            "does not belong",
-        ),
-        (
-            "wrong hostname",
-            wrong_name.chain_pem.clone(),
-            wrong_name.key_pem.expose().to_vec(),
-            HOST,
-        ),
-        (
-            "expired",
-            expired.chain_pem.clone(),
-            expired.key_pem.expose().to_vec(),
-            "expired",
-        ),
-        (
-            "not yet valid",
-            future.chain_pem.clone(),
-            future.key_pem.expose().to_vec(),
-            "not valid yet",
-        ),
-        (
-            "chain out of order",
-            swapped,
-            good.key_pem.expose().to_vec(),
-            "refused",
-        ),
-        (
-            "rollback",
-            older.chain_pem.clone(),
-            older.key_pem.expose().to_vec(),
-            "--force",
-        ),
-        (
-            "encrypted key",
-            good.chain_pem.clone(),
-            good.key_encrypted(),
-            "encrypted",
-        ),
-        ("garbage", b"hello".to_vec(), b"world".to_vec(), "refused"),
-    ];
-    for (what, chain, key, needle) in cases {
-        let before = host.snapshot();
-        std::fs::create_dir_all(host.root.path().join("in")).unwrap();
-        let c = host.root.path().join("in/c.pem");
-        let k = host.root.path().join("in/k.pem");
-        std::fs::write(&c, chain).unwrap();
-        std::fs::write(&k, key).unwrap();
-        let out = host.install(&c, &k, &[]);
-        assert_eq!(out.status.code(), Some(3), "{what}: {}", stderr(&out));
-        let text = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
-        assert!(
-            text.contains(needle),
-            "{what}: expected {needle:?} in:\n{text}"
-        );
-        assert_eq!(
-            host.snapshot(),
-            before,
-            "{what}: files changed outside staging"
-        );
-        assert_eq!(host.installed().unwrap().0, good.chain_pem, "{what}");
-    }
-    // --force allows the rollback.
-    let out = host.install_leaf(&older, &["--force"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(host.installed().unwrap().0, older.chain_pem);
-}
+// Each refusal of `install` (exit 3, its exact message, nothing written
+// over the installed pair, `--force` for the rollback alone) is pinned in
+// golden.rs: `every_validation_refusal_as_install_prints_it`.
 
 #[test]
 fn dry_run_validates_and_changes_nothing() {
     let ca = TestCa::new();
-    let host = Mailhost::new(&[HOST]);
     let a = ca.leaf(KeyKind::P384, &[HOST]);
-    assert_eq!(host.install_leaf(&a, &[]).status.code(), Some(0));
+    let host = Mailhost::with_installed(&[HOST], &a);
     let b = ca.leaf(KeyKind::P384, &[HOST]);
     let before = host.snapshot();
     let out = host.install_leaf(&b, &["--dry-run"]);
@@ -206,19 +101,13 @@ fn dry_run_validates_and_changes_nothing() {
     );
 }
 
-fn serve_cmd(host: &Mailhost) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(certsync_tests::bins::receive());
-    c.arg("--config").arg(&host.config).arg("serve");
-    c
-}
-
 #[tokio::test]
 async fn serve_installs_then_says_nothing_to_do_without_key_material() {
     let ca = TestCa::new();
     let host = Mailhost::new(&[HOST]);
     let leaf = ca.leaf(KeyKind::P384, &[HOST]);
     let pairs = [("mail", leaf.bundle(), leaf.fingerprint())];
-    let first = push_session(serve_cmd(&host), &pairs, false, false).await;
+    let first = push_session(host.serve_cmd(), &pairs, false, false).await;
     assert_eq!(first.exit, Some(0), "{first:?}");
     assert_eq!(first.bundles_sent, 1);
     let report = first.report.unwrap();
@@ -226,7 +115,7 @@ async fn serve_installs_then_says_nothing_to_do_without_key_material() {
     assert_eq!(host.installed().unwrap().0, leaf.chain_pem);
 
     let before = host.snapshot();
-    let second = push_session(serve_cmd(&host), &pairs, false, false).await;
+    let second = push_session(host.serve_cmd(), &pairs, false, false).await;
     assert_eq!(second.exit, Some(0), "{second:?}");
     assert_eq!(
         second.bundles_sent, 0,
@@ -246,7 +135,7 @@ async fn serve_refuses_bad_pairs_and_unknown_names_writing_nothing() {
     let mixed = Bundle::new(a.chain_pem.clone(), b.key_pem.clone());
     let before = host.snapshot();
     let r = push_session(
-        serve_cmd(&host),
+        host.serve_cmd(),
         &[("mail", mixed, a.fingerprint())],
         false,
         false,
@@ -256,7 +145,7 @@ async fn serve_refuses_bad_pairs_and_unknown_names_writing_nothing() {
     assert_eq!(host.snapshot(), before);
     assert!(host.nothing_installed());
     let r = push_session(
-        serve_cmd(&host),
+        host.serve_cmd(),
         &[("nosuch", a.bundle(), a.fingerprint())],
         false,
         false,
@@ -267,7 +156,7 @@ async fn serve_refuses_bad_pairs_and_unknown_names_writing_nothing() {
     assert_eq!(host.snapshot(), before);
     // A dry run of a good pair: validated, nothing written anywhere.
     let r = push_session(
-        serve_cmd(&host),
+        host.serve_cmd(),
         &[("mail", a.bundle(), a.fingerprint())],
         true,
         false,
@@ -343,65 +232,19 @@ fn hostile_stdin_ends_quickly_with_a_clear_error() {
 #[tokio::test]
 async fn handoff_serve_unprivileged_deploy_as_root() {
     let ca = TestCa::new();
-    let host = Mailhost::with_extra(&[HOST], "deploy = \"handoff\"\nhandoff_timeout = 30");
-    // The staging dir belongs to the unprivileged user, as the package sets it up.
-    std::fs::create_dir_all(&host.staging).unwrap();
-    let nobody = (65534u32, 65534u32);
-    std::os::unix::fs::chown(&host.staging, Some(nobody.0), Some(nobody.1)).unwrap();
-    std::fs::set_permissions(
-        host.root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &host.config,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
-    let bin_ok =
-        certsync_tests::require("setpriv", std::path::Path::new("/usr/bin/setpriv").exists());
-    if !bin_ok {
-        return;
-    }
-    // Root's path unit, simulated: run `deploy` when a request appears.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (stop2, staging, config) = (stop.clone(), host.staging.clone(), host.config.clone());
-    let deployer = std::thread::spawn(move || {
-        let mut runs = 0;
-        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
-            if staging.join("deploy.request").exists() {
-                let out = std::process::Command::new(certsync_tests::bins::receive())
-                    .arg("--config")
-                    .arg(&config)
-                    .arg("deploy")
-                    .output()
-                    .unwrap();
-                runs += 1;
-                eprintln!("deploy: {}", String::from_utf8_lossy(&out.stderr));
-                assert_eq!(out.status.code(), Some(0), "root's deploy failed");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        runs
-    });
+    needs!(need::setpriv());
+    let host = Mailhost::handoff(&[HOST], "");
+    let deployer = host.deployer();
     let leaf = ca.leaf(KeyKind::P384, &[HOST]);
-    let mut cmd = tokio::process::Command::new("/usr/bin/setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(certsync_tests::bins::receive())
-        .arg("--config")
-        .arg(&host.config)
-        .arg("serve");
-    let r = push_session(
-        cmd,
-        &[("mail", leaf.bundle(), leaf.fingerprint())],
-        false,
-        false,
-    )
-    .await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let runs = deployer.join().unwrap();
+    let r = push_leaf(host.serve_as_nobody(), &leaf).await;
+    let log = deployer.log();
+    let runs = deployer.finish();
     assert_eq!(r.exit, Some(0), "{r:?}");
-    assert_eq!(runs, 1);
+    assert_eq!(
+        runs,
+        [Some(0)],
+        "root's deploy ran once and succeeded:\n{log}"
+    );
     let report = r.report.unwrap();
     let steps: Vec<String> = report.certs[0]
         .steps

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use certsync_push::transport::ssh::{connect, HostKeyPolicy, SshTarget};
 use certsync_push::transport::{Connection, TransportError};
-use certsync_tests::require;
 use certsync_tests::sshd::{self, client_key, forced_line, script, ClientKey, KeyType, Sshd};
+use certsync_tests::{need, needs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn target(sshd: &Sshd, key: &ClientKey, host_keys: HostKeyPolicy) -> SshTarget {
@@ -55,6 +55,12 @@ async fn echo(conn: &mut Connection, data: &[u8]) -> Vec<u8> {
     back
 }
 
+/// Send `data`, read `expect` back, and see the remote command exit 0.
+async fn assert_echoes(mut conn: Connection, data: &[u8], expect: &[u8]) {
+    assert_eq!(echo(&mut conn, data).await, expect);
+    assert_eq!(conn.finish().await.unwrap(), Some(0));
+}
+
 /// A forced command that only touches `marker`: if the marker exists,
 /// something ran on the server.
 fn marker_command(dir: &Path) -> (String, PathBuf) {
@@ -64,9 +70,7 @@ fn marker_command(dir: &Path) -> (String, PathBuf) {
 
 #[tokio::test]
 async fn cat_round_trips_bytes_and_reports_exit_0() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let (sshd, key, _k) = sshd_with("/bin/cat");
     let mut conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
         .await
@@ -93,9 +97,7 @@ async fn cat_round_trips_bytes_and_reports_exit_0() {
 
 #[tokio::test]
 async fn remote_exit_status_and_original_command() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let dir = tempfile::tempdir().unwrap();
     let s = script(
         dir.path(),
@@ -116,9 +118,7 @@ async fn remote_exit_status_and_original_command() {
 
 #[tokio::test]
 async fn finish_without_reading_still_gets_status() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let dir = tempfile::tempdir().unwrap();
     // Writes far more than the pipe holds, then exits 5 after stdin EOF.
     let s = script(
@@ -135,9 +135,7 @@ async fn finish_without_reading_still_gets_status() {
 
 #[tokio::test]
 async fn killed_receiver_gives_no_status_and_hung_one_is_bounded() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let (sshd, key, _k) = sshd_with("kill -9 $$");
     let conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
         .await
@@ -163,9 +161,7 @@ async fn killed_receiver_gives_no_status_and_hung_one_is_bounded() {
 
 #[tokio::test]
 async fn known_hosts_plain_hashed_and_bracketed_forms() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let (sshd, key, _k) = sshd_with("/bin/cat");
     let port = sshd.port();
     let bracketed = sshd.known_hosts_line();
@@ -183,23 +179,20 @@ async fn known_hosts_plain_hashed_and_bracketed_forms() {
     let plain = sshd.write_known_hosts("plain", &[bracketed]);
     let decorated = sshd.write_known_hosts("decorated", &[decorated]);
     for file in [plain, hashed, decorated] {
-        let mut conn = connect(&target(
+        let conn = connect(&target(
             &sshd,
             &key,
             HostKeyPolicy::KnownHosts(file.clone()),
         ))
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        assert_eq!(echo(&mut conn, b"ping").await, b"ping");
-        assert_eq!(conn.finish().await.unwrap(), Some(0));
+        assert_echoes(conn, b"ping", b"ping").await;
     }
 }
 
 #[tokio::test]
 async fn known_hosts_with_only_the_ecdsa_key_of_a_two_key_host() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     // sshd offers ed25519 and ECDSA; known_hosts lists only ECDSA. OpenSSH
     // asks for the listed type first, and so must we.
     let keys = tempfile::tempdir().unwrap();
@@ -219,9 +212,7 @@ async fn known_hosts_with_only_the_ecdsa_key_of_a_two_key_host() {
 
 #[tokio::test]
 async fn unknown_host_key_refused_with_fingerprint_nothing_executed() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let dir = tempfile::tempdir().unwrap();
     let (command, marker) = marker_command(dir.path());
     let (sshd, key, _k) = sshd_with(&command);
@@ -265,9 +256,7 @@ async fn unknown_host_key_refused_with_fingerprint_nothing_executed() {
 
 #[tokio::test]
 async fn changed_host_key_refused() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let dir = tempfile::tempdir().unwrap();
     let (command, marker) = marker_command(dir.path());
     let (sshd, key, keys) = sshd_with(&command);
@@ -292,9 +281,7 @@ async fn changed_host_key_refused() {
 
 #[tokio::test]
 async fn revoked_host_key_refused_even_if_listed() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let (sshd, key, _k) = sshd_with("/bin/cat");
     let file = sshd.write_known_hosts(
         "known_hosts",
@@ -321,14 +308,11 @@ async fn revoked_host_key_refused_even_if_listed() {
 
 #[tokio::test]
 async fn pinned_host_key_accepted_and_mismatch_refused() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let (sshd, key, keys) = sshd_with("/bin/cat");
     let pinned = HostKeyPolicy::Pinned(sshd.host_public_key().to_string());
-    let mut conn = connect(&target(&sshd, &key, pinned)).await.unwrap();
-    assert_eq!(echo(&mut conn, b"pinned").await, b"pinned");
-    assert_eq!(conn.finish().await.unwrap(), Some(0));
+    let conn = connect(&target(&sshd, &key, pinned)).await.unwrap();
+    assert_echoes(conn, b"pinned", b"pinned").await;
 
     let other = client_key(keys.path(), "other", KeyType::Ed25519);
     let err = connect(&target(
@@ -349,9 +333,7 @@ async fn pinned_host_key_accepted_and_mismatch_refused() {
 
 #[tokio::test]
 async fn unauthorized_client_key_gives_clear_auth_error() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let (sshd, _authorized, keys) = sshd_with("/bin/cat");
     let stranger = client_key(keys.path(), "stranger", KeyType::Ed25519);
     let err = connect(&target(&sshd, &stranger, known_hosts(&sshd)))
@@ -373,9 +355,7 @@ async fn unauthorized_client_key_gives_clear_auth_error() {
 
 #[tokio::test]
 async fn rsa_and_ecdsa_client_keys_work() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let keys = tempfile::tempdir().unwrap();
     let clients: Vec<ClientKey> = [KeyType::Rsa2048, KeyType::Ecdsa256, KeyType::Ecdsa384]
         .iter()
@@ -388,19 +368,16 @@ async fn rsa_and_ecdsa_client_keys_work() {
     }
     let sshd = builder.start();
     for c in &clients {
-        let mut conn = connect(&target(&sshd, c, known_hosts(&sshd)))
+        let conn = connect(&target(&sshd, c, known_hosts(&sshd)))
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", c.public_line));
-        assert_eq!(echo(&mut conn, b"key").await, b"key");
-        assert_eq!(conn.finish().await.unwrap(), Some(0));
+        assert_echoes(conn, b"key", b"key").await;
     }
 }
 
 #[tokio::test]
 async fn our_keygen_key_works_with_its_printed_line() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     // The operator's path: keygen, paste the printed line (with its
     // command swapped for the stand-in), connect.
     let keys = tempfile::tempdir().unwrap();
@@ -416,25 +393,17 @@ async fn our_keygen_key_works_with_its_printed_line() {
         public: out.public_key.clone(),
         public_line: out.public_line.clone(),
     };
-    let mut conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
+    let conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
         .await
         .unwrap();
-    assert_eq!(echo(&mut conn, b"mine").await, b"mine");
-    assert_eq!(conn.finish().await.unwrap(), Some(0));
+    assert_echoes(conn, b"mine", b"mine").await;
     // sshd logs the fingerprint it accepted; it is the one keygen printed.
     assert!(sshd.log().contains(&out.fingerprint), "{}", sshd.log());
 }
 
 #[tokio::test]
 async fn forced_command_runs_as_an_unprivileged_user() {
-    if !sshd::require()
-        || !require(
-            "a local user certsync-test",
-            sshd::ensure_user("certsync-test"),
-        )
-    {
-        return;
-    }
+    needs!(need::sshd(), need::user("certsync-test"));
     let keys = tempfile::tempdir().unwrap();
     let key = client_key(keys.path(), "id", KeyType::Ed25519);
     // The command line is run by the user's shell: id prints who runs it.
@@ -442,22 +411,19 @@ async fn forced_command_runs_as_an_unprivileged_user() {
         .user("certsync-test")
         .authorized_key(&forced_line("id -un", &key.public_line))
         .start();
-    let mut conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
+    let conn = connect(&target(&sshd, &key, known_hosts(&sshd)))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
     assert_eq!(
         conn.peer(),
         format!("certsync-test@127.0.0.1:{}", sshd.port())
     );
-    assert_eq!(echo(&mut conn, b"").await, b"certsync-test\n");
-    assert_eq!(conn.finish().await.unwrap(), Some(0));
+    assert_echoes(conn, b"", b"certsync-test\n").await;
 }
 
 #[tokio::test]
 async fn closed_port_is_a_connect_error_naming_host_and_port() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let keys = tempfile::tempdir().unwrap();
     let key = client_key(keys.path(), "id", KeyType::Ed25519);
     let port = {
@@ -482,9 +448,7 @@ async fn closed_port_is_a_connect_error_naming_host_and_port() {
 
 #[tokio::test]
 async fn silent_listener_times_out_within_the_bound() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let keys = tempfile::tempdir().unwrap();
     let key = client_key(keys.path(), "id", KeyType::Ed25519);
     // Accepts TCP (the kernel completes the handshake) but never speaks.
@@ -523,9 +487,7 @@ async fn silent_listener_times_out_within_the_bound() {
 
 #[tokio::test]
 async fn timing_connect_exec_close_on_loopback() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let (sshd, key, _k) = sshd_with("/bin/cat");
     let t = target(&sshd, &key, known_hosts(&sshd));
     let mut runs = Vec::new();

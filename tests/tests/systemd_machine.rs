@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_tests::livedir::LiveDir;
 use certsync_tests::machine::{self, Debs, Machine};
+use certsync_tests::needs;
 
 const HOST: &str = "mail.example.com";
 const SSL_DIR: &str = "/opt/mailcow-dockerized/data/assets/ssl";
@@ -80,6 +81,12 @@ fn ssh_target() -> String {
 
 fn receive_toml(deploy: &str, staging: &str, ssl_dir: &str) -> String {
     receive_toml_verifying(deploy, staging, ssl_dir, &[])
+}
+
+/// The README's receive.toml: handoff to root's deploy, the package's
+/// staging dir, mailcow's ssl dir.
+fn handoff_receive_toml() -> String {
+    receive_toml("handoff", "/var/lib/certsync/staging", SSL_DIR)
 }
 
 /// [`receive_toml`] whose cert is probed at `verify` (`"127.0.0.1:8443"`).
@@ -163,9 +170,35 @@ impl Scene {
         self.m.ok("chmod 755 /etc/certsync/on-failure");
     }
 
+    /// `systemctl start certsync-check.service` fails, and the unit is
+    /// left failed (so `OnFailure=` runs the notifier).
+    fn check_service_fails(&self) {
+        let run = self.m.sh("systemctl start certsync-check.service");
+        assert!(!run.ok(), "{}", run.both());
+        assert_eq!(
+            self.m
+                .sh("systemctl is-failed certsync-check.service")
+                .stdout
+                .trim(),
+            "failed"
+        );
+    }
+
     fn notified(&self) -> String {
         std::fs::read_to_string(self.m.path("/var/tmp/certsync-failed")).unwrap_or_default()
     }
+}
+
+/// A machine with both packages installed (`dpkg -i`).
+fn boot_with_both_packages(debs: &Debs) -> Machine {
+    let m = Machine::boot();
+    let d = m.copy_debs(debs, DEBS_IN);
+    m.ok(&format!(
+        "dpkg -i {} {}",
+        d.push.display(),
+        d.receive.display()
+    ));
+    m
 }
 
 /// Put the test CA's root where receive.toml's `ca_file` points.
@@ -229,16 +262,8 @@ fn readme_install_is_what_the_machine_runs() {
 
 #[test]
 fn units_verify_in_the_booted_machine() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
-    let m = Machine::boot();
-    let d = m.copy_debs(&debs, DEBS_IN);
-    m.ok(&format!(
-        "dpkg -i {} {}",
-        d.push.display(),
-        d.receive.display()
-    ));
+    needs!(let debs = machine::debs());
+    let m = boot_with_both_packages(&debs);
     let run = m.sh(
         "cd /lib/systemd/system && systemd-analyze verify certsync-*.service certsync-*.path certsync-*.timer \
          certsync-push-failure@x.service certsync-receive-failure@x.service",
@@ -253,15 +278,9 @@ fn units_verify_in_the_booted_machine() {
 
 #[test]
 fn push_service_path_unit_and_handoff_deploy_over_the_machines_sshd() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let mut s = Scene::boot(&debs);
-    s.readme_install(&receive_toml(
-        "handoff",
-        "/var/lib/certsync/staging",
-        SSL_DIR,
-    ));
+    s.readme_install(&handoff_receive_toml());
 
     // `systemctl start certsync-push.service` (the README's last command)
     // went through sshd's forced command, serve staged as `certsync`,
@@ -309,9 +328,7 @@ fn push_service_path_unit_and_handoff_deploy_over_the_machines_sshd() {
 
 #[test]
 fn push_warns_when_the_path_unit_misses_a_source() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let s = Scene::boot(&debs);
     s.m.ok(&format!("dpkg -i {DEBS_IN}/certsync-push_*.deb"));
     s.write(
@@ -338,15 +355,9 @@ fn push_warns_when_the_path_unit_misses_a_source() {
 
 #[test]
 fn watch_service_is_notify_pushes_reloads_and_stops_fast() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let mut s = Scene::boot(&debs);
-    s.readme_install(&receive_toml(
-        "handoff",
-        "/var/lib/certsync/staging",
-        SSL_DIR,
-    ));
+    s.readme_install(&handoff_receive_toml());
     // "or instead": the watch daemon (stops the .path and .timer).
     s.m.ok("systemctl enable --now certsync-push-watch.service");
     assert_eq!(
@@ -401,9 +412,7 @@ fn watch_service_is_notify_pushes_reloads_and_stops_fast() {
 /// `~@privileged` syscall filter ("Operation not permitted").
 #[test]
 fn local_transport_replaces_a_pair_under_the_push_units() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let mut s = Scene::boot(&debs);
     s.m.ok(&format!("dpkg -i {DEBS_IN}/*.deb"));
     let staging = "/var/lib/certsync-local";
@@ -454,16 +463,8 @@ fn local_transport_replaces_a_pair_under_the_push_units() {
 /// deploy unit may write there only after `certsync-receive units`.
 #[test]
 fn npm_under_root_and_mailcow_under_home() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
-    let m = Machine::boot();
-    let d = m.copy_debs(&debs, DEBS_IN);
-    m.ok(&format!(
-        "dpkg -i {} {}",
-        d.push.display(),
-        d.receive.display()
-    ));
+    needs!(let debs = machine::debs());
+    let m = boot_with_both_packages(&debs);
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     LiveDir::new(&m.path("/root/npm/letsencrypt"), "npm-2", &leaf);
@@ -539,9 +540,7 @@ fn npm_under_root_and_mailcow_under_home() {
 
 #[test]
 fn check_fails_with_the_reason_and_every_failure_runs_the_notifier() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
+    needs!(let debs = machine::debs());
     let s = Scene::boot(&debs);
     s.m.ok(&format!("dpkg -i {DEBS_IN}/*.deb"));
     s.write(
@@ -567,14 +566,7 @@ fn check_fails_with_the_reason_and_every_failure_runs_the_notifier() {
         },
     );
     install_leaf(&s, &expiring, "expiring --force");
-    let run = s.m.sh("systemctl start certsync-check.service");
-    assert!(!run.ok(), "{}", run.both());
-    assert_eq!(
-        s.m.sh("systemctl is-failed certsync-check.service")
-            .stdout
-            .trim(),
-        "failed"
-    );
+    s.check_service_fails();
     let journal = s.m.journal("certsync-check.service");
     assert!(journal.contains("expires in"), "{journal}");
     s.m.wait("the notifier hears of certsync-check", SETTLE, || {
@@ -590,14 +582,7 @@ fn check_fails_with_the_reason_and_every_failure_runs_the_notifier() {
         other.key_pem.expose(),
     )
     .unwrap();
-    let run = s.m.sh("systemctl start certsync-check.service");
-    assert!(!run.ok(), "{}", run.both());
-    assert_eq!(
-        s.m.sh("systemctl is-failed certsync-check.service")
-            .stdout
-            .trim(),
-        "failed"
-    );
+    s.check_service_fails();
     let journal = s.m.journal("certsync-check.service");
     assert!(
         journal.contains("does not belong to the certificate"),
@@ -636,14 +621,7 @@ fn check_fails_with_the_reason_and_every_failure_runs_the_notifier() {
     );
     tls_server(&s.m, "served-stale", "/root/stale.crt", "/root/stale.key");
     let cursor = s.m.journal_cursor();
-    let run = s.m.sh("systemctl start certsync-check.service");
-    assert!(!run.ok(), "{}", run.both());
-    assert_eq!(
-        s.m.sh("systemctl is-failed certsync-check.service")
-            .stdout
-            .trim(),
-        "failed"
-    );
+    s.check_service_fails();
     // The reason, from this run: the endpoint, what it serves instead of
     // what, and the fix. (journald may take a moment to store the unit's
     // last lines after `systemctl start` returns.)
@@ -742,27 +720,11 @@ fn install_leaf(s: &Scene, leaf: &TestLeaf, tag: &str) {
 
 #[test]
 fn upgrade_keeps_an_edited_conffile_and_purge_leaves_nothing() {
-    let Some(debs) = machine::require() else {
-        return;
-    };
-    let upgrade = Debs::find(&Debs::upgrade_dir());
-    if !certsync_tests::require(
-        &format!(
-            "the upgrade packages in {} (cargo deb --deb-version …; see .ci/run)",
-            Debs::upgrade_dir().display()
-        ),
-        upgrade.is_some(),
-    ) {
-        return;
-    }
-    let upgrade = upgrade.unwrap();
+    needs!(let debs = machine::debs());
+    needs!(let upgrade = machine::upgrade_debs());
     let s = Scene::boot(&debs);
     let before = files_named_certsync(&s.m);
-    s.readme_install(&receive_toml(
-        "handoff",
-        "/var/lib/certsync/staging",
-        SSL_DIR,
-    ));
+    s.readme_install(&handoff_receive_toml());
     let version = |p: &str| s.m.ok(&format!("dpkg-query -W -f '${{Version}}' {p}"));
     let (v1_push, v1_receive) = (version("certsync-push"), version("certsync-receive"));
 

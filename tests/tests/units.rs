@@ -20,6 +20,8 @@ use certsync_core::config::{
     DeployMode, PushConfig, ReceiveConfig, TransportKind, DEFAULT_PUSH_CONFIG,
     DEFAULT_PUSH_STATE_DIR, DEFAULT_RECEIVE_CONFIG, DEFAULT_STAGING_DIR,
 };
+use certsync_tests::need::{self, Missing, Need};
+use certsync_tests::needs;
 
 /// Every unit we ship. A unit added to `systemd/` must be listed here (and so
 /// get the checks below); a listed unit that disappears fails the test.
@@ -156,14 +158,6 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
 /// The host's systemd unit directory (sysinit.target, timers.target, …),
 /// which `verify --root` needs inside the root to build start transactions.
 fn host_unit_dir() -> Option<PathBuf> {
@@ -173,19 +167,15 @@ fn host_unit_dir() -> Option<PathBuf> {
         .find(|d| d.join("sysinit.target").exists())
 }
 
-/// systemd-analyze and the host units it needs, or `None` after
-/// [`certsync_tests::require`] decided to skip.
-fn analyze_tools() -> Option<(PathBuf, PathBuf)> {
-    let tool = find_in_path("systemd-analyze");
-    let units = host_unit_dir();
-    let ok = certsync_tests::require(
-        "systemd-analyze with the systemd unit directory (apt-get install systemd)",
-        tool.is_some() && units.is_some(),
-    );
-    if !ok {
-        return None;
-    }
-    Some((tool?, units?))
+/// systemd-analyze and the host units it needs:
+/// `needs!(let (tool, host_units) = analyze_tools())`.
+fn analyze_tools() -> Need<(PathBuf, PathBuf)> {
+    let missing = || {
+        Missing("systemd-analyze with the systemd unit directory (apt-get install systemd)".into())
+    };
+    let tool = need::program("systemd-analyze").ok_or_else(missing)?;
+    let units = host_unit_dir().ok_or_else(missing)?;
+    Ok((tool, units))
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -255,9 +245,7 @@ fn verify_root(host_units: &Path) -> tempfile::TempDir {
 
 #[test]
 fn systemd_analyze_verify_accepts_every_unit() {
-    let Some((tool, host_units)) = analyze_tools() else {
-        return;
-    };
+    needs!(let (tool, host_units) = analyze_tools());
     let root = verify_root(&host_units);
     // A template is verified through an instance (systemd-analyze cannot
     // load `name@.service` itself).
@@ -296,9 +284,7 @@ fn systemd_analyze_verify_accepts_every_unit() {
 fn systemd_analyze_verify_catches_a_broken_unit() {
     // The verify test above is only worth something if this setup makes
     // systemd-analyze complain: a misspelt directive must show up.
-    let Some((tool, host_units)) = analyze_tools() else {
-        return;
-    };
+    needs!(let (tool, host_units) = analyze_tools());
     let root = verify_root(&host_units);
     let unit = root
         .path()
@@ -317,9 +303,7 @@ fn systemd_analyze_verify_catches_a_broken_unit() {
 
 #[test]
 fn systemd_analyze_security_exposure_is_within_budget() {
-    let Some((tool, host_units)) = analyze_tools() else {
-        return;
-    };
+    needs!(let (tool, host_units) = analyze_tools());
     let root = verify_root(&host_units);
     let mut report = Vec::new();
     for (unit, budget) in EXPOSURE_BUDGET {

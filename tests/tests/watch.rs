@@ -27,11 +27,13 @@ use std::time::{Duration, Instant};
 
 use certsync_core::protocol::Message;
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
+use certsync_tests::e2e::context_switches;
 use certsync_tests::fakerecv::{hello, FakeReceiver, Then};
 use certsync_tests::livedir::{LiveDir, RENEWAL_STEPS};
-use certsync_tests::npmhost::{local_target, ssh_target, sshd_for, ClosedPort, NpmHost};
+use certsync_tests::npmhost::{local_target, ssh_target, ClosedPort, NpmHost};
 use certsync_tests::receiver::Mailhost;
-use certsync_tests::sshd::{self, Sshd};
+use certsync_tests::sshd;
+use certsync_tests::{need, needs};
 
 const HOST: &str = "mail.example.com";
 
@@ -42,6 +44,15 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Wait until the start-up pass has installed `leaf` on `mail` and
+    /// has finished (reported it).
+    fn first_pass_installed(&self, mail: &Mailhost, leaf: &TestLeaf) {
+        self.wait("the first install", PUSH_WAIT, || installed_is(mail, leaf));
+        self.wait("the first pass to finish", PUSH_WAIT, || {
+            self.count("ok: mail: installed ") == 1
+        });
+    }
+
     fn start(npm: &NpmHost, env: &[(&str, String)]) -> Daemon {
         let log = npm.root.path().join("watch.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -128,29 +139,6 @@ fn installed_is(mail: &Mailhost, leaf: &TestLeaf) -> bool {
         .is_some_and(|(c, k)| c == leaf.chain_pem && k == leaf.key_pem.expose())
 }
 
-/// Context switches of every thread of `pid`, per thread id.
-fn context_switches(pid: i32) -> std::collections::BTreeMap<String, u64> {
-    let mut out = std::collections::BTreeMap::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue; // the thread exited meanwhile
-        };
-        let n: u64 = status
-            .lines()
-            .filter(|l| {
-                l.starts_with("voluntary_ctxt_switches")
-                    || l.starts_with("nonvoluntary_ctxt_switches")
-            })
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum();
-        out.insert(task.file_name().to_string_lossy().into_owned(), n);
-    }
-    out
-}
-
 fn vm_rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -172,34 +160,16 @@ const PUSH_WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_renewal_with_pauses_is_pushed_once_after_its_last_step_and_never_half() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let gen1 = ca.leaf(KeyKind::P384, &[HOST]);
     let gen2 = ca.leaf(KeyKind::P384, &[HOST]);
     let mut npm = NpmHost::new(&gen1);
     let mail = Mailhost::new(&[HOST]);
-    let sshd: Sshd = sshd_for(&mail, &npm.key);
-    let kh = npm.known_hosts("known_hosts", &[sshd.known_hosts_line()]);
-    npm.write_config(
-        &npm.cert_source(),
-        &[ssh_target(
-            "mailcow",
-            sshd.host(),
-            sshd.port(),
-            &npm.key.private,
-            &kh,
-        )],
-    );
+    let _sshd = npm.push_over_ssh_to(&mail);
     let d = Daemon::start(&npm, &[]);
     // The start-up pass installs generation 1.
-    d.wait("the first install", PUSH_WAIT, || {
-        installed_is(&mail, &gen1)
-    });
-    d.wait("the first pass to finish", PUSH_WAIT, || {
-        d.count("ok: mail: installed ") == 1
-    });
+    d.first_pass_installed(&mail, &gen1);
     let passes_before = d.count("the live dir changed");
 
     // Watch the installed pair during the whole renewal, as fast as we can.
@@ -285,9 +255,7 @@ fn a_renewal_with_pauses_is_pushed_once_after_its_last_step_and_never_half() {
 
 #[test]
 fn a_target_that_is_down_is_retried_and_gets_the_pair_when_it_comes_back() {
-    if !sshd::require() {
-        return;
-    }
+    needs!(need::sshd());
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let npm = NpmHost::new(&leaf);
@@ -351,12 +319,7 @@ fn idle_means_idle() {
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let (npm, mail) = local_scene(&leaf);
     let d = Daemon::start(&npm, &[]);
-    d.wait("the first install", PUSH_WAIT, || {
-        installed_is(&mail, &leaf)
-    });
-    d.wait("the first pass to finish", PUSH_WAIT, || {
-        d.count("ok: mail: installed ") == 1
-    });
+    d.first_pass_installed(&mail, &leaf);
     std::thread::sleep(Duration::from_secs(1));
     let before = context_switches(d.pid());
     let window = Duration::from_secs(5);
@@ -418,12 +381,7 @@ fn sd_notify_ready_and_watchdog_then_sigterm_exits_0_promptly_even_mid_renewal()
         );
         recv(&mut got);
     }
-    d.wait("the first install", PUSH_WAIT, || {
-        installed_is(&mail, &leaf)
-    });
-    d.wait("the first pass to finish", PUSH_WAIT, || {
-        d.count("ok: mail: installed ") == 1
-    });
+    d.first_pass_installed(&mail, &leaf);
     eprintln!("sd_notify messages: {:?}", &got[..got.len().min(8)]);
 
     // A stray previous_cert.pem (a certbot run that died mid-renewal)
@@ -450,12 +408,7 @@ fn sighup_rereads_the_config_and_a_new_target_gets_the_pair() {
     let leaf = ca.leaf(KeyKind::P256, &[HOST]);
     let (npm, mail) = local_scene(&leaf);
     let d = Daemon::start(&npm, &[]);
-    d.wait("the first install", PUSH_WAIT, || {
-        installed_is(&mail, &leaf)
-    });
-    d.wait("the first pass to finish", PUSH_WAIT, || {
-        d.count("ok: mail: installed ") == 1
-    });
+    d.first_pass_installed(&mail, &leaf);
 
     let second = Mailhost::new(&[HOST]);
     npm.write_config(
@@ -488,12 +441,7 @@ fn a_deleted_and_recreated_live_dir_is_watched_again() {
     let gen1 = ca.leaf(KeyKind::P256, &[HOST]);
     let (npm, mail) = local_scene(&gen1);
     let d = Daemon::start(&npm, &[]);
-    d.wait("the first install", PUSH_WAIT, || {
-        installed_is(&mail, &gen1)
-    });
-    d.wait("the first pass to finish", PUSH_WAIT, || {
-        d.count("ok: mail: installed ") == 1
-    });
+    d.first_pass_installed(&mail, &gen1);
 
     // NPM deletes the certificate, then a new one comes back as npm-5.
     let letsencrypt: &Path = &npm.root.path().join("letsencrypt");

@@ -9,6 +9,7 @@ use certsync_core::testutil::{KeyKind, TestCa};
 use certsync_tests::httpsink::HttpSink;
 use certsync_tests::npmhost::{local_target, NpmHost};
 use certsync_tests::receiver::Mailhost;
+use certsync_tests::{need, needs};
 
 const HOST: &str = "smtp.example.com";
 
@@ -58,9 +59,7 @@ mod base64_check {
 
 #[test]
 fn a_renewal_reaches_the_platform_through_the_hook_and_a_person_through_notify() {
-    if !certsync_tests::require("curl", std::path::Path::new("/usr/bin/curl").exists()) {
-        return;
-    }
+    needs!(need::curl());
     let platform = HttpSink::start();
     let notify = HttpSink::start();
     let ca = TestCa::new();
@@ -80,14 +79,14 @@ fn a_renewal_reaches_the_platform_through_the_hook_and_a_person_through_notify()
     let mut npm = NpmHost::new(&first);
     npm.write_config(&npm.cert_source(), &[local_target("smtp", &mail)]);
     let run = npm.run(&["push"]);
-    assert_eq!(run.code, Some(0), "{}", run.both());
+    run.assert_code(0);
     assert_eq!(platform.wait_for(1).len(), 1);
 
     // certbot renews: a new generation in archive/, the live links moved.
     let renewed = ca.leaf(KeyKind::P384, &[HOST]);
     npm.live.renew(&renewed);
     let run = npm.run(&["push"]);
-    assert_eq!(run.code, Some(0), "{}", run.both());
+    run.assert_code(0);
 
     let got = platform.wait_for(2);
     assert_eq!(got.len(), 2, "the platform got one import per install");
@@ -113,7 +112,7 @@ fn a_renewal_reaches_the_platform_through_the_hook_and_a_person_through_notify()
 
     // A push with nothing new: no import, no notification.
     let run = npm.run(&["push"]);
-    assert_eq!(run.code, Some(0), "{}", run.both());
+    run.assert_code(0);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(platform.requests().len(), 2);
     assert_eq!(notify.requests().len(), 2);

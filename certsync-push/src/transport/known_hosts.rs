@@ -379,6 +379,7 @@ pub fn join_lines(lines: &[usize]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::Verdict::{Changed, Known, Revoked, Unknown};
     use super::*;
 
     // Keys and hashed lines made with ssh-keygen (and `ssh-keygen -H`).
@@ -405,26 +406,20 @@ mod tests {
         KnownHosts::parse(text, Path::new("/etc/certsync/known_hosts"))
     }
 
+    /// `k`'s verdict on `host:port` offering the key of `line`.
+    #[track_caller]
+    fn is(k: &KnownHosts, host: &str, port: u16, line: &str, want: Verdict) {
+        assert_eq!(k.check(host, port, &key(line)), want, "{host}:{port}");
+    }
+
     #[test]
     fn plain_entry_known_other_host_unknown() {
         let k = kh(&format!("mail.example.com {KEY_A} root@mail\n"));
-        assert_eq!(
-            k.check("mail.example.com", 22, &key(KEY_A)),
-            Verdict::Known { line: 1 }
-        );
-        assert_eq!(
-            k.check("MAIL.Example.COM", 22, &key(KEY_A)),
-            Verdict::Known { line: 1 }
-        );
-        assert_eq!(
-            k.check("other.example.com", 22, &key(KEY_A)),
-            Verdict::Unknown
-        );
+        is(&k, "mail.example.com", 22, KEY_A, Known { line: 1 });
+        is(&k, "MAIL.Example.COM", 22, KEY_A, Known { line: 1 });
+        is(&k, "other.example.com", 22, KEY_A, Unknown);
         // A non-22 port is a different name.
-        assert_eq!(
-            k.check("mail.example.com", 2222, &key(KEY_A)),
-            Verdict::Unknown
-        );
+        is(&k, "mail.example.com", 2222, KEY_A, Unknown);
     }
 
     #[test]
@@ -432,14 +427,14 @@ mod tests {
         let k = kh(&format!(
             "mail.example.com {KEY_A}\nmail.example.com {KEY_C}\n"
         ));
-        assert_eq!(
-            k.check("mail.example.com", 22, &key(KEY_B)),
-            Verdict::Changed { lines: vec![1, 2] }
+        is(
+            &k,
+            "mail.example.com",
+            22,
+            KEY_B,
+            Changed { lines: vec![1, 2] },
         );
-        assert_eq!(
-            k.check("mail.example.com", 22, &key(KEY_C)),
-            Verdict::Known { line: 2 }
-        );
+        is(&k, "mail.example.com", 22, KEY_C, Known { line: 2 });
     }
 
     #[test]
@@ -450,50 +445,29 @@ mod tests {
         );
         let k = kh(&text);
         assert!(k.skipped().is_empty(), "{:?}", k.skipped());
-        assert_eq!(
-            k.check("mail.example.com", 22, &key(KEY_A)),
-            Verdict::Known { line: 4 }
-        );
+        is(&k, "mail.example.com", 22, KEY_A, Known { line: 4 });
     }
 
     #[test]
     fn bracketed_port() {
         let k = kh(&format!("[127.0.0.1]:2222 {KEY_B}\n127.0.0.1 {KEY_A}\n"));
-        assert_eq!(
-            k.check("127.0.0.1", 2222, &key(KEY_B)),
-            Verdict::Known { line: 1 }
-        );
-        assert_eq!(
-            k.check("127.0.0.1", 22, &key(KEY_A)),
-            Verdict::Known { line: 2 }
-        );
-        assert_eq!(
-            k.check("127.0.0.1", 22, &key(KEY_B)),
-            Verdict::Changed { lines: vec![2] }
-        );
+        is(&k, "127.0.0.1", 2222, KEY_B, Known { line: 1 });
+        is(&k, "127.0.0.1", 22, KEY_A, Known { line: 2 });
+        is(&k, "127.0.0.1", 22, KEY_B, Changed { lines: vec![2] });
         // `[host]:22` is never looked up: port 22 uses the bare name.
         let k = kh(&format!("[127.0.0.1]:22 {KEY_B}\n"));
-        assert_eq!(k.check("127.0.0.1", 22, &key(KEY_B)), Verdict::Unknown);
+        is(&k, "127.0.0.1", 22, KEY_B, Unknown);
     }
 
     #[test]
     fn hashed_entries_from_ssh_keygen() {
         let k = kh(HASHED);
         assert!(k.skipped().is_empty(), "{:?}", k.skipped());
-        assert_eq!(
-            k.check("example.com", 22, &key(KEY_A)),
-            Verdict::Known { line: 1 }
-        );
-        assert_eq!(
-            k.check("127.0.0.1", 2222, &key(KEY_B)),
-            Verdict::Known { line: 2 }
-        );
-        assert_eq!(
-            k.check("127.0.0.1", 2222, &key(KEY_A)),
-            Verdict::Changed { lines: vec![2] }
-        );
-        assert_eq!(k.check("example.org", 22, &key(KEY_A)), Verdict::Unknown);
-        assert_eq!(k.check("127.0.0.1", 22, &key(KEY_B)), Verdict::Unknown);
+        is(&k, "example.com", 22, KEY_A, Known { line: 1 });
+        is(&k, "127.0.0.1", 2222, KEY_B, Known { line: 2 });
+        is(&k, "127.0.0.1", 2222, KEY_A, Changed { lines: vec![2] });
+        is(&k, "example.org", 22, KEY_A, Unknown);
+        is(&k, "127.0.0.1", 22, KEY_B, Unknown);
     }
 
     #[test]
@@ -513,40 +487,18 @@ mod tests {
              mx?.example.org {KEY_C}\n"
         ));
         for host in ["alias.example.com", "mail.example.com", "192.0.2.10"] {
-            assert_eq!(
-                k.check(host, 22, &key(KEY_A)),
-                Verdict::Known { line: 1 },
-                "{host}"
-            );
+            is(&k, host, 22, KEY_A, Known { line: 1 });
         }
-        assert_eq!(
-            k.check("a.b.example.net", 22, &key(KEY_B)),
-            Verdict::Known { line: 2 }
-        );
+        is(&k, "a.b.example.net", 22, KEY_B, Known { line: 2 });
         // The negated pattern makes the line not apply at all.
-        assert_eq!(
-            k.check("secret.example.net", 22, &key(KEY_B)),
-            Verdict::Unknown
-        );
-        assert_eq!(k.check("example.net", 22, &key(KEY_B)), Verdict::Unknown);
-        assert_eq!(
-            k.check("mx1.example.org", 22, &key(KEY_C)),
-            Verdict::Known { line: 3 }
-        );
-        assert_eq!(
-            k.check("mx12.example.org", 22, &key(KEY_C)),
-            Verdict::Unknown
-        );
+        is(&k, "secret.example.net", 22, KEY_B, Unknown);
+        is(&k, "example.net", 22, KEY_B, Unknown);
+        is(&k, "mx1.example.org", 22, KEY_C, Known { line: 3 });
+        is(&k, "mx12.example.org", 22, KEY_C, Unknown);
         // Wildcards apply to the bracketed form too.
         let k = kh(&format!("[*.example.com]:*,!*:23 {KEY_A}\n"));
-        assert_eq!(
-            k.check("mail.example.com", 2222, &key(KEY_A)),
-            Verdict::Known { line: 1 }
-        );
-        assert_eq!(
-            k.check("mail.example.com", 23, &key(KEY_A)),
-            Verdict::Unknown
-        );
+        is(&k, "mail.example.com", 2222, KEY_A, Known { line: 1 });
+        is(&k, "mail.example.com", 23, KEY_A, Unknown);
     }
 
     #[test]
@@ -554,27 +506,15 @@ mod tests {
         let k = kh(&format!(
             "mail.example.com {KEY_A}\n@revoked * {KEY_A}\nmail.example.com {KEY_C}\n"
         ));
-        assert_eq!(
-            k.check("mail.example.com", 22, &key(KEY_A)),
-            Verdict::Revoked { line: 2 }
-        );
-        assert_eq!(
-            k.check("mail.example.com", 22, &key(KEY_C)),
-            Verdict::Known { line: 3 }
-        );
+        is(&k, "mail.example.com", 22, KEY_A, Revoked { line: 2 });
+        is(&k, "mail.example.com", 22, KEY_C, Known { line: 3 });
         // A revoked line is no "listed key" for the changed-key message.
-        assert_eq!(
-            k.check("other.example.com", 22, &key(KEY_B)),
-            Verdict::Unknown
-        );
+        is(&k, "other.example.com", 22, KEY_B, Unknown);
         // Revocation applies only to the hosts its line matches.
         let k = kh(&format!(
             "@revoked other.example.com {KEY_A}\nmail.example.com {KEY_A}\n"
         ));
-        assert_eq!(
-            k.check("mail.example.com", 22, &key(KEY_A)),
-            Verdict::Known { line: 2 }
-        );
+        is(&k, "mail.example.com", 22, KEY_A, Known { line: 2 });
         assert_eq!(k.algorithms_for("other.example.com", 22), vec![]);
     }
 
@@ -594,9 +534,12 @@ mod tests {
         let skipped: Vec<usize> = k.skipped().iter().map(|s| s.line).collect();
         assert_eq!(skipped, vec![2, 3, 4, 5, 6, 7]);
         // Only line 8 counts: the CA line does not make KEY_A trusted.
-        assert_eq!(
-            k.check("mail.example.com", 22, &key(KEY_A)),
-            Verdict::Changed { lines: vec![8] }
+        is(
+            &k,
+            "mail.example.com",
+            22,
+            KEY_A,
+            Changed { lines: vec![8] },
         );
     }
 

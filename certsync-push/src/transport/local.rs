@@ -6,20 +6,19 @@
 //! The command is an argv list (`command = ["certsync-receive", "--config",
 //! "…"]`), executed directly: never a shell string, so nothing in the
 //! config is ever interpreted by a shell. The child is killed if the
-//! connection is dropped without `finish`.
+//! connection is dropped without `finish`. Without a `command` it is the
+//! forced command an SSH receiver runs ([`FORCED_COMMAND`]).
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use certsync_core::config::Target;
+use certsync_core::contract::FORCED_COMMAND;
 use tokio::process::{Child, Command};
 
 use tokio::io::AsyncReadExt;
 
 use super::{Connection, End, StderrLog, TransportError};
-
-/// The receiver command when the target gives none.
-pub const DEFAULT_COMMAND: &[&str] = &["certsync-receive", "serve"];
 
 /// A local receiver to spawn.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +32,8 @@ impl LocalTarget {
     pub fn from_config(target: &Target) -> Result<LocalTarget, TransportError> {
         let argv = match &target.command {
             Some(argv) => argv.clone(),
-            None => DEFAULT_COMMAND.iter().map(|s| s.to_string()).collect(),
+            // The same command sshd forces on the receiving host.
+            None => FORCED_COMMAND.split(' ').map(str::to_string).collect(),
         };
         if argv.first().is_none_or(|p| p.is_empty()) {
             return Err(TransportError::Config {

@@ -2,7 +2,7 @@
 //! `authorized_keys` forced command on the receiving host.
 //!
 //! One connection, one session channel, one `exec`. The command we send is
-//! [`REMOTE_COMMAND`], but the server's forced command decides what runs;
+//! [`FORCED_COMMAND`], but the server's forced command decides what runs;
 //! the receiver logs what we asked for (`SSH_ORIGINAL_COMMAND`) and
 //! ignores it.
 //!
@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certsync_core::config::Target;
+use certsync_core::contract::FORCED_COMMAND;
 use russh::client;
 use russh::keys::{Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, Disconnect};
@@ -40,8 +41,6 @@ use super::known_hosts::{join_lines, KnownHosts, Verdict};
 use super::{Connection, End, StderrLog, TransportError};
 use crate::untrusted;
 
-/// What we ask the server to run. The forced command overrides it.
-pub const REMOTE_COMMAND: &str = "certsync-receive serve";
 /// Default bound for connect + handshake + auth + exec.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Send a keepalive after this long without hearing from the server…
@@ -131,6 +130,8 @@ pub async fn connect(target: &SshTarget) -> Result<Connection, TransportError> {
     }
 }
 
+/// The steps of [`connect`] inside its timeout; `stage` names the step
+/// under way for the timeout's message.
 async fn establish(
     target: &SshTarget,
     key: PrivateKey,
@@ -142,97 +143,21 @@ async fn establish(
             *g = s;
         }
     };
-    let (host, port) = (target.host.as_str(), target.port);
-    let ssh_err = |stage: &'static str| {
-        move |source: russh::Error| TransportError::Ssh {
-            host: host.to_string(),
-            port,
-            stage,
-            source,
-        }
-    };
-
-    let socket = tokio::net::TcpStream::connect((host, port))
+    let socket = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|source| TransportError::Connect {
-            host: host.to_string(),
-            port,
+            host: target.host.clone(),
+            port: target.port,
             source,
         })?;
     // Protocol messages are small and answered one by one: no Nagle delay.
     let _ = socket.set_nodelay(true);
-
     set_stage("the SSH handshake");
-    let config = Arc::new(client_config(&trust.preferred_algorithms(host, port)));
-    let handler = Handler {
-        host: host.to_string(),
-        port,
-        trust,
-    };
-    let mut handle = client::connect_stream(config, socket, handler)
-        .await
-        .map_err(|e| match e {
-            ClientError::HostKey(e) => *e,
-            ClientError::Ssh(source) => ssh_err("the SSH handshake")(source),
-        })?;
-
+    let mut handle = handshake(target, socket, trust).await?;
     set_stage("authentication");
-    let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
-    let hash_alg = match key.algorithm() {
-        // RSA signs with SHA-2; ask the server which (server-sig-algs).
-        Algorithm::Rsa { .. } => handle
-            .best_supported_rsa_hash()
-            .await
-            .map_err(ssh_err("authentication"))?
-            .unwrap_or(Some(HashAlg::Sha256)),
-        _ => None,
-    };
-    let auth = handle
-        .authenticate_publickey(
-            target.user.clone(),
-            PrivateKeyWithHashAlg::new(Arc::new(key), hash_alg),
-        )
-        .await
-        .map_err(ssh_err("authentication"))?;
-    if !auth.success() {
-        return Err(TransportError::AuthFailed {
-            user: target.user.clone(),
-            host: host.to_string(),
-            port,
-            identity: target.identity.clone(),
-            fingerprint,
-        });
-    }
-
+    authenticate(&mut handle, target, key).await?;
     set_stage("the session channel");
-    let mut channel = handle
-        .channel_open_session()
-        .await
-        .map_err(ssh_err("opening the session channel"))?;
-    channel
-        .exec(true, REMOTE_COMMAND)
-        .await
-        .map_err(ssh_err("the exec request"))?;
-    // Wait for the answer to exec; anything else arriving first is kept
-    // for the reader (sshd answers before the command's output, but the
-    // order is not ours to assume).
-    let mut early = VecDeque::new();
-    loop {
-        match channel.wait().await {
-            Some(ChannelMsg::Success) => break,
-            Some(ChannelMsg::Failure) => {
-                return Err(TransportError::ExecRefused {
-                    user: target.user.clone(),
-                    host: host.to_string(),
-                    port,
-                })
-            }
-            Some(msg) => early.push_back(msg),
-            None => {
-                return Err(ssh_err("the exec request")(russh::Error::Disconnect));
-            }
-        }
-    }
+    let (channel, early) = start_receiver(&handle, target).await?;
 
     let peer = target.peer();
     let (read_half, write_half) = channel.split();
@@ -249,6 +174,112 @@ async fn establish(
         peer,
         End::Ssh(SshEnd { handle, pump }),
     ))
+}
+
+/// An SSH library error at `stage` of the connection to `target`.
+fn ssh_err(target: &SshTarget, stage: &'static str) -> impl Fn(russh::Error) -> TransportError {
+    let host = target.host.clone();
+    let port = target.port;
+    move |source| TransportError::Ssh {
+        host: host.clone(),
+        port,
+        stage,
+        source,
+    }
+}
+
+/// The key exchange; the host key is checked in [`Handler`] during it.
+async fn handshake(
+    target: &SshTarget,
+    socket: tokio::net::TcpStream,
+    trust: Trust,
+) -> Result<client::Handle<Handler>, TransportError> {
+    let (host, port) = (target.host.as_str(), target.port);
+    let config = Arc::new(client_config(&trust.preferred_algorithms(host, port)));
+    let handler = Handler {
+        host: host.to_string(),
+        port,
+        trust,
+    };
+    client::connect_stream(config, socket, handler)
+        .await
+        .map_err(|e| match e {
+            ClientError::HostKey(e) => *e,
+            ClientError::Ssh(source) => ssh_err(target, "the SSH handshake")(source),
+        })
+}
+
+/// Public-key authentication with `key`; a refusal names the user, the
+/// host, the key file and the key's fingerprint.
+async fn authenticate(
+    handle: &mut client::Handle<Handler>,
+    target: &SshTarget,
+    key: PrivateKey,
+) -> Result<(), TransportError> {
+    let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
+    let hash_alg = match key.algorithm() {
+        // RSA signs with SHA-2; ask the server which (server-sig-algs).
+        Algorithm::Rsa { .. } => handle
+            .best_supported_rsa_hash()
+            .await
+            .map_err(ssh_err(target, "authentication"))?
+            .unwrap_or(Some(HashAlg::Sha256)),
+        _ => None,
+    };
+    let auth = handle
+        .authenticate_publickey(
+            target.user.clone(),
+            PrivateKeyWithHashAlg::new(Arc::new(key), hash_alg),
+        )
+        .await
+        .map_err(ssh_err(target, "authentication"))?;
+    if !auth.success() {
+        return Err(TransportError::AuthFailed {
+            user: target.user.clone(),
+            host: target.host.clone(),
+            port: target.port,
+            identity: target.identity.clone(),
+            fingerprint,
+        });
+    }
+    Ok(())
+}
+
+/// Open the session channel and ask for the receiver. Returns the channel
+/// and whatever arrived before the answer to exec: sshd answers before the
+/// command's output, but the order is not ours to assume, so it is kept
+/// for the reader.
+async fn start_receiver(
+    handle: &client::Handle<Handler>,
+    target: &SshTarget,
+) -> Result<(russh::Channel<client::Msg>, VecDeque<ChannelMsg>), TransportError> {
+    let mut channel = handle
+        .channel_open_session()
+        .await
+        .map_err(ssh_err(target, "opening the session channel"))?;
+    channel
+        .exec(true, FORCED_COMMAND)
+        .await
+        .map_err(ssh_err(target, "the exec request"))?;
+    let mut early = VecDeque::new();
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::Success) => return Ok((channel, early)),
+            Some(ChannelMsg::Failure) => {
+                return Err(TransportError::ExecRefused {
+                    user: target.user.clone(),
+                    host: target.host.clone(),
+                    port: target.port,
+                })
+            }
+            Some(msg) => early.push_back(msg),
+            None => {
+                return Err(ssh_err(target, "the exec request")(
+                    russh::Error::Disconnect,
+                ));
+            }
+        }
+    }
 }
 
 fn client_config(preferred_keys: &[Algorithm]) -> client::Config {
