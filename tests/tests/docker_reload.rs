@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_core::Fingerprint;
-use certsync_receive::systems::probe::{self, Endpoint, ProbeError};
 use certsync_receive::systems::docker::{
     outcomes_ok, reload, ReloadError, ReloadPlan, ReloadStatus, ServiceOutcome, ServiceReload,
 };
+use certsync_receive::systems::probe::{self, Endpoint, ProbeError};
 use certsync_tests::docker::{self, Dockerd};
 use certsync_tests::{need, needs};
 
@@ -92,8 +92,10 @@ async fn an_unset_compose_project_is_found_under_either_spelling() {
         "postfix-mailcow",
         0,
     );
-    let names =
-        certsync_receive::systems::mailcow::project_names(None, Path::new("/opt/mailcow-dockerized"));
+    let names = certsync_receive::systems::mailcow::project_names(
+        None,
+        Path::new("/opt/mailcow-dockerized"),
+    );
     assert_eq!(names, ["mailcow-dockerized", "mailcowdockerized"]);
 
     let mut p = plan(&d, Some(&names[0]), &["postfix-mailcow"]);
