@@ -45,7 +45,7 @@ pub const AGENT: &str = concat!("certsync-push ", env!("CARGO_PKG_VERSION"));
 /// How long any one frame from the receiver may take. The report comes
 /// after the receiver's install, container reloads and served-certificate
 /// checks, and may wait for another session's lock (the receiver's
-/// `LOCK_TIMEOUT` is 300 s) or a handoff to root's deploy, so this is
+/// `lock::SESSION_TIMEOUT` is 300 s) or a handoff to root's deploy, so this is
 /// generous; a dead host is caught sooner by SSH keepalives.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(600);
 
