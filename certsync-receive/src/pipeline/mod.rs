@@ -342,7 +342,7 @@ pub async fn finish<P: PostInstall>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::cell::Cell;
 
@@ -386,7 +386,9 @@ mod tests {
         }
     }
 
-    fn settings(dir: &std::path::Path) -> Settings {
+    /// Settings with one certificate "mail" (mail.example.com, reloading
+    /// postfix-mailcow, nothing to verify) under `dir`.
+    pub(crate) fn settings(dir: &std::path::Path) -> Settings {
         let ssl = dir.join("ssl");
         std::fs::create_dir_all(&ssl).unwrap();
         Settings {

@@ -7,9 +7,9 @@
 //!   failure is a failed step with exit 4 ([`ExitCode::Unverified`]) whose
 //!   message names the service or endpoint and what to do. The pipeline
 //!   remembers a failed reload ([`crate::pipeline::stage::Entry::ReloadOwed`]).
-//! - Nothing is silently skipped: an empty `reload` or `verify` list is a
-//!   "skipped: none configured" step; every service and every endpoint gets
-//!   a line of its own.
+//! - Nothing is silently skipped: an empty `verify` list, or no `reload`
+//!   entry and no `reload_units`, is a "skipped: none configured" step;
+//!   every service, unit and endpoint gets a line of its own.
 //! - The probe is blocking (std sockets), so it runs in `spawn_blocking`.
 //! - An endpoint counts as verified only when clients with SNI = the first
 //!   hostname and clients without SNI both get the installed leaf: mailcow
@@ -19,7 +19,10 @@
 //!   reload reported success, that service's containers are restarted
 //!   once and the endpoint is verified again (a restart re-runs mailcow's
 //!   start scripts, which rebuild postfix's SNI map and dovecot's
-//!   `sni.conf`); only then is it exit 4.
+//!   `sni.conf`); only then is it exit 4. The same holds for a
+//!   `reload_units` unit whose `systemctl reload` succeeded: it is
+//!   restarted once ([`systemd::restart_stale`]) and its endpoints are
+//!   verified again (Debian's `postfix.service` reloads with `/bin/true`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,6 +37,7 @@ use crate::settings::{CertSpec, Settings};
 use crate::systems::docker::{self, ReloadPlan};
 use crate::systems::mailcow;
 use crate::systems::probe::{self, Endpoint, ProbeError};
+use crate::systems::systemd;
 
 /// How long verify keeps probing an endpoint that still serves the old
 /// certificate: postfix and dovecot finish a reload within a second or
@@ -57,7 +61,14 @@ pub struct ReloadVerify<'a> {
 impl PostInstall for ReloadVerify<'_> {
     async fn reload(&self, spec: &CertSpec, dry_run: bool, report: &mut CertReport) {
         if spec.reload.is_empty() {
-            report.skipped(Step::Reload, "none configured (reload = [])");
+            // Units are reloaded next (`systemd::reload_step`), each with
+            // its own line; "none" only when there are none either.
+            if spec.reload_units.is_empty() {
+                report.skipped(
+                    Step::Reload,
+                    "none configured (reload = [], reload_units = [])",
+                );
+            }
             return;
         }
         let plan = match ReloadPlan::from_config(&self.settings.docker, &spec.reload) {
@@ -95,6 +106,23 @@ impl PostInstall for ReloadVerify<'_> {
     }
 
     async fn verify(&self, spec: &CertSpec, leaf: Fingerprint, report: &mut CertReport) {
+        let systemctl = Path::new(systemd::SYSTEMCTL);
+        self.verify_using(systemctl, VERIFY_RETRY, spec, leaf, report)
+            .await;
+    }
+}
+
+impl ReloadVerify<'_> {
+    /// [`PostInstall::verify`] with `systemctl` as the program that
+    /// restarts stale units, each probe retried for `retry`.
+    async fn verify_using(
+        &self,
+        systemctl: &Path,
+        retry: Duration,
+        spec: &CertSpec,
+        leaf: Fingerprint,
+        report: &mut CertReport,
+    ) {
         if spec.verify.is_empty() {
             report.skipped(Step::Verify, "none configured (verify = [])");
             return;
@@ -112,7 +140,7 @@ impl PostInstall for ReloadVerify<'_> {
         let probes = spec
             .verify
             .iter()
-            .map(|text| verify_endpoint(text, &sni, leaf, VERIFY_RETRY));
+            .map(|text| verify_endpoint(text, &sni, leaf, retry));
         let mut results = futures_util::future::join_all(probes).await;
 
         let restarted = self.restart_stale(spec, &results, report).await;
@@ -133,14 +161,26 @@ impl PostInstall for ReloadVerify<'_> {
             }
         }
 
+        let again = restart_stale_units(systemctl, spec, &results, report).await;
+        let probes = again
+            .iter()
+            .map(|&i| verify_endpoint(&spec.verify[i], &sni, leaf, retry));
+        let fresh = futures_util::future::join_all(probes).await;
+        for (i, result) in again.into_iter().zip(fresh) {
+            results[i] = result;
+        }
+
         for (text, result) in spec.verify.iter().zip(results) {
             match result {
                 Ok(served) => {
-                    tracing::info!(cert = %spec.name, endpoint = %text, "verified: serves {}", served.short());
+                    // Named as a failure names it (the endpoint's Display).
+                    let shown =
+                        Endpoint::parse(text).map_or_else(|_| text.clone(), |e| e.to_string());
+                    tracing::info!(cert = %spec.name, endpoint = %shown, "verified: serves {}", served.short());
                     report.done(
                         Step::Verify,
                         format!(
-                            "{text} serves {} (with SNI {sni} and without SNI)",
+                            "{shown} serves {} (with SNI {sni} and without SNI)",
                             served.short()
                         ),
                     );
@@ -156,9 +196,7 @@ impl PostInstall for ReloadVerify<'_> {
             }
         }
     }
-}
 
-impl ReloadVerify<'_> {
     /// Restart, once, each service whose reload reported success but one
     /// of whose endpoints still serves another leaf. Returns the services
     /// restarted.
@@ -217,6 +255,74 @@ impl ReloadVerify<'_> {
             }
         }
         restarted
+    }
+}
+
+/// Restart, once, each `reload_units` unit whose `systemctl reload`
+/// succeeded in this run but one of whose endpoints still serves another
+/// leaf. Returns the indices of the endpoints to verify again.
+///
+/// Which unit serves an endpoint is guessed from the daemon a port
+/// conventionally belongs to (postfix for 25, 465 and 587, dovecot for
+/// 143, 993, 110, 995 and 4190, nginx for 443: a unit named after it);
+/// when no reloaded unit is named after that daemon, every reloaded unit
+/// is restarted, since any of them may be the one.
+async fn restart_stale_units(
+    systemctl: &Path,
+    spec: &CertSpec,
+    results: &[Result<Fingerprint, ProbeError>],
+    report: &mut CertReport,
+) -> Vec<usize> {
+    let reloaded = systemd::reloaded(report, &spec.reload_units);
+    if reloaded.is_empty() {
+        return Vec::new();
+    }
+    let mut stale: Vec<(usize, Vec<String>)> = Vec::new();
+    for (i, (text, result)) in spec.verify.iter().zip(results).enumerate() {
+        if let Err(ProbeError::Mismatch(_)) = result {
+            stale.push((i, units_for_endpoint(text, &reloaded)));
+        }
+    }
+    let mut units: Vec<String> = Vec::new();
+    let mut why: Vec<String> = Vec::new();
+    for (i, for_it) in &stale {
+        for unit in for_it {
+            if !units.contains(unit) {
+                units.push(unit.clone());
+            }
+        }
+        let shown = Endpoint::parse(&spec.verify[*i])
+            .map_or_else(|_| spec.verify[*i].clone(), |e| e.to_string());
+        why.push(shown);
+    }
+    if units.is_empty() {
+        return Vec::new();
+    }
+    let why = format!(
+        "{} still served the old certificate after the reload",
+        why.join(", ")
+    );
+    let restarted = systemd::restart_stale(systemctl, &units, &why, report).await;
+    stale
+        .into_iter()
+        .filter(|(_, for_it)| for_it.iter().any(|u| restarted.contains(u)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The units of `reloaded` that may serve the endpoint `text` (see
+/// [`restart_stale_units`]).
+fn units_for_endpoint(text: &str, reloaded: &[&String]) -> Vec<String> {
+    let daemon = mailcow::service_for_endpoint(text).and_then(|s| s.strip_suffix("-mailcow"));
+    let named: Vec<String> = reloaded
+        .iter()
+        .filter(|u| daemon.is_some_and(|d| u.starts_with(d)))
+        .map(|u| u.to_string())
+        .collect();
+    if named.is_empty() {
+        reloaded.iter().map(|u| u.to_string()).collect()
+    } else {
+        named
     }
 }
 
@@ -323,7 +429,139 @@ fn sni_hint(ssl_dir: &Path, spec: &CertSpec, served: Fingerprint) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use certsync_core::testutil::{KeyKind, TestCa};
+    use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
+    use openssl::pkey::PKey;
+    use openssl::ssl::{SslAcceptor, SslMethod};
+    use openssl::x509::X509;
+
+    /// With no `reload` entry but `reload_units`, the result says what
+    /// the units did, not "none configured".
+    #[tokio::test]
+    async fn none_configured_only_when_neither_reload_nor_units_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::pipeline::tests::settings(dir.path());
+        settings.certs[0].reload = vec![];
+        settings.certs[0].reload_units = vec!["postfix.service".into()];
+        let post = ReloadVerify {
+            settings: &settings,
+        };
+        let spec = &settings.certs[0];
+        let mut r = CertReport::new("mail", None);
+        post.reload(spec, true, &mut r).await;
+        systemd::reload_step(&spec.reload_units, true, &mut r).await;
+        assert!(!r.to_string().contains("none configured"), "{r}");
+        assert!(
+            r.to_string().contains("systemctl reload postfix.service"),
+            "{r}"
+        );
+
+        let mut spec = spec.clone();
+        spec.reload_units.clear();
+        let mut r = CertReport::new("mail", None);
+        post.reload(&spec, true, &mut r).await;
+        assert_eq!(
+            r.to_string(),
+            "mail: reload skipped: none configured (reload = [], reload_units = [])"
+        );
+    }
+
+    /// A TLS server on 127.0.0.1 that serves `old` until `flag` exists,
+    /// then `new`: a daemon that keeps its old pair until restarted.
+    fn daemon(old: &TestLeaf, new: &TestLeaf, flag: PathBuf) -> u16 {
+        let acceptor = |leaf: &TestLeaf| {
+            let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+            let chain = X509::stack_from_pem(&leaf.chain_pem).unwrap();
+            b.set_certificate(&chain[0]).unwrap();
+            for c in &chain[1..] {
+                b.add_extra_chain_cert(c.clone()).unwrap();
+            }
+            b.set_private_key(&PKey::private_key_from_pem(leaf.key_pem.expose()).unwrap())
+                .unwrap();
+            b.build()
+        };
+        let (old, new) = (acceptor(old), acceptor(new));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Lives as long as the test process: it only answers handshakes.
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let acceptor = if flag.exists() { &new } else { &old };
+                let _ = acceptor.accept(stream);
+            }
+        });
+        port
+    }
+
+    /// A unit whose `systemctl reload` succeeds (Debian's postfix.service
+    /// is `ExecReload=/bin/true`) while its daemon keeps the old pair:
+    /// restarted once, then verified again; exit 4 only when the restart
+    /// did not help either.
+    #[tokio::test]
+    async fn a_unit_still_serving_the_old_pair_after_its_reload_is_restarted_once() {
+        let ca = TestCa::new();
+        let (old, new) = (
+            ca.leaf(KeyKind::P256, &["mail.example.com"]),
+            ca.leaf(KeyKind::P256, &["mail.example.com"]),
+        );
+        for restart_helps in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let flag = dir.path().join("restarted");
+            let port = daemon(&old, &new, flag.clone());
+            let mut settings = crate::pipeline::tests::settings(dir.path());
+            let spec = &mut settings.certs[0];
+            spec.reload = vec![];
+            spec.reload_units = vec!["postfix.service".into(), "dovecot.service".into()];
+            spec.verify = vec![format!("127.0.0.1:{port} smtps")];
+            let on_restart = if restart_helps {
+                format!("touch {flag:?}")
+            } else {
+                ":".into()
+            };
+            let systemctl = systemd::fake(dir.path(), &[], &on_restart);
+            let post = ReloadVerify {
+                settings: &settings,
+            };
+            let spec = &settings.certs[0];
+            let mut r = CertReport::new("mail", None);
+            systemd::reload_with(&systemctl, &spec.reload_units, false, &mut r).await;
+            post.verify_using(
+                &systemctl,
+                Duration::from_secs(2),
+                spec,
+                new.fingerprint(),
+                &mut r,
+            )
+            .await;
+            // Only the unit named after port 465's daemon is restarted.
+            assert_eq!(
+                systemd::calls(dir.path()),
+                [
+                    "reload postfix.service",
+                    "reload dovecot.service",
+                    "restart postfix.service"
+                ],
+                "{r}"
+            );
+            let text = r.to_string();
+            assert!(
+                text.contains(&format!("127.0.0.1:{port} smtps still served the old certificate after the reload: restarted postfix.service")),
+                "{text}"
+            );
+            if restart_helps {
+                assert_eq!(r.exit, ExitCode::Success, "{text}");
+                assert!(
+                    text.contains(&format!("verify done: 127.0.0.1:{port} smtps serves")),
+                    "{text}"
+                );
+            } else {
+                assert_eq!(r.exit, ExitCode::Unverified, "{text}");
+                assert!(
+                    text.contains(&format!("verify failed: 127.0.0.1:{port} smtps (SNI mail.example.com) serves certificate")),
+                    "{text}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_mismatch_names_the_per_domain_folder_that_serves_it() {

@@ -101,6 +101,11 @@ pub struct Endpoint {
     pub protocol: Protocol,
     /// Send a PROXY protocol v1 header before anything else.
     pub proxy: bool,
+    /// The endpoint's own name, shown in every message about it: the
+    /// protocol word as configured (`submission`, `imaps`), lowercased,
+    /// or the protocol's name when none was written. A success and a
+    /// failure on the same endpoint thus name it alike.
+    pub name: String,
 }
 
 impl Endpoint {
@@ -149,16 +154,24 @@ impl Endpoint {
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
-        let protocol = match protocol_word {
-            None => Protocol::for_port(port),
-            Some(word) => Protocol::from_word(word)
-                .ok_or_else(|| bad("the protocol is not one of smtp, imap, pop3, sieve, tls"))?,
+        let (protocol, name) = match protocol_word {
+            None => {
+                let protocol = Protocol::for_port(port);
+                (protocol, protocol.to_string())
+            }
+            Some(word) => (
+                Protocol::from_word(word).ok_or_else(|| {
+                    bad("the protocol is not one of smtp, imap, pop3, sieve, tls")
+                })?,
+                word.to_ascii_lowercase(),
+            ),
         };
         Ok(Endpoint {
             host: host.to_string(),
             port,
             protocol,
             proxy,
+            name,
         })
     }
 }
@@ -174,9 +187,9 @@ impl fmt::Display for Endpoint {
     /// The form [`Endpoint::parse`] reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
-            write!(f, "[{}]:{} {}", self.host, self.port, self.protocol)?;
+            write!(f, "[{}]:{} {}", self.host, self.port, self.name)?;
         } else {
-            write!(f, "{}:{} {}", self.host, self.port, self.protocol)?;
+            write!(f, "{}:{} {}", self.host, self.port, self.name)?;
         }
         if self.proxy {
             f.write_str(" proxy")?;
@@ -675,6 +688,28 @@ mod tests {
             );
             assert_eq!(Endpoint::parse(&e.to_string()).unwrap(), e, "{text}");
         }
+    }
+
+    /// A failure names the endpoint as its success does: by the word the
+    /// operator wrote (port 587 is `submission`, not `smtp`).
+    #[test]
+    fn an_endpoint_keeps_its_own_name() {
+        for (text, shown) in [
+            ("127.0.0.1:587 submission", "127.0.0.1:587 submission"),
+            ("127.0.0.1:993 IMAPS", "127.0.0.1:993 imaps"),
+            ("127.0.0.1:465 smtps proxy", "127.0.0.1:465 smtps proxy"),
+            ("127.0.0.1:993", "127.0.0.1:993 tls"),
+            ("[::1]:25", "[::1]:25 smtp"),
+        ] {
+            let e = Endpoint::parse(text).unwrap();
+            assert_eq!(e.to_string(), shown, "{text}");
+        }
+        let e = Endpoint::parse("127.0.0.1:1 submission").unwrap();
+        let err = served_leaf(&e, "mail.example.com", Duration::from_secs(1)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("127.0.0.1:1 submission: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //!   because a daemon that refused to reload still serves the old
 //!   certificate. Both failing is a failed reload step (exit 4, and the
 //!   reload is owed like a container's).
+//! - A reload that succeeded is not proof: Debian's `postfix.service` is
+//!   `ExecReload=/bin/true`, and a daemon may keep its old pair. When
+//!   verify still sees another leaf after such a reload, the unit is
+//!   restarted once ([`restart_stale`]) and verify runs again, as for
+//!   containers (see `crate::pipeline::reload_verify`).
 //! - Unit names are checked with the config ([`check`]): no option can be
 //!   smuggled in (`--…`), no path, no glob.
 //! - Every call is bounded ([`UNIT_TIMEOUT`]); a dry run only says what it
@@ -17,7 +22,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use certsync_core::command;
-use certsync_core::report::{CertReport, Step};
+use certsync_core::report::{CertReport, Step, StepStatus};
 use certsync_core::ExitCode;
 
 use crate::systems::docker::quote_output;
@@ -56,7 +61,12 @@ pub async fn reload_step(units: &[String], dry_run: bool, report: &mut CertRepor
     reload_with(Path::new(SYSTEMCTL), units, dry_run, report).await;
 }
 
-async fn reload_with(systemctl: &Path, units: &[String], dry_run: bool, report: &mut CertReport) {
+pub(crate) async fn reload_with(
+    systemctl: &Path,
+    units: &[String],
+    dry_run: bool,
+    report: &mut CertReport,
+) {
     let program = systemctl.display().to_string();
     for unit in units {
         if dry_run {
@@ -69,7 +79,7 @@ async fn reload_with(systemctl: &Path, units: &[String], dry_run: bool, report: 
         let why = match run(&program, "reload", unit).await {
             Ok(()) => {
                 tracing::info!(unit = %unit, "reloaded");
-                report.done(Step::Reload, format!("ran `systemctl reload {unit}`"));
+                report.done(Step::Reload, reloaded_message(unit));
                 continue;
             }
             Err(why) => why,
@@ -91,6 +101,58 @@ async fn reload_with(systemctl: &Path, units: &[String], dry_run: bool, report: 
             }
         }
     }
+}
+
+/// The report line of a reload that succeeded (no restart).
+fn reloaded_message(unit: &str) -> String {
+    format!("ran `systemctl reload {unit}`")
+}
+
+/// The units of `units` whose `systemctl reload` succeeded in this run
+/// (not those restarted because their reload failed).
+pub fn reloaded<'u>(report: &CertReport, units: &'u [String]) -> Vec<&'u String> {
+    units
+        .iter()
+        .filter(|unit| {
+            let line = reloaded_message(unit);
+            report.steps.iter().any(|s| {
+                s.step == Step::Reload && s.status == StepStatus::Done && s.message == line
+            })
+        })
+        .collect()
+}
+
+/// Restart each of `units` once, because `why` (an endpoint still served
+/// the old certificate after the unit's reload succeeded); one report
+/// step each. Returns the units restarted.
+pub async fn restart_stale(
+    systemctl: &Path,
+    units: &[String],
+    why: &str,
+    report: &mut CertReport,
+) -> Vec<String> {
+    let program = systemctl.display().to_string();
+    let mut restarted = Vec::new();
+    for unit in units {
+        match run(&program, "restart", unit).await {
+            Ok(()) => {
+                tracing::warn!(unit = %unit, "restarted: {why}");
+                report.done(
+                    Step::Reload,
+                    format!("`systemctl reload {unit}` succeeded, but {why}: restarted {unit}"),
+                );
+                restarted.push(unit.clone());
+            }
+            Err(e) => {
+                let msg = format!(
+                    "`systemctl reload {unit}` succeeded, but {why}, and `systemctl restart {unit}` failed ({e}); see `journalctl -u {unit}`"
+                );
+                tracing::error!(unit = %unit, "{msg}");
+                report.failed(Step::Reload, msg, ExitCode::Unverified);
+            }
+        }
+    }
+    restarted
 }
 
 /// Why `systemctl VERB UNIT` did not succeed.
@@ -131,38 +193,44 @@ async fn run(program: &str, verb: &str, unit: &str) -> Result<(), UnitError> {
     }
 }
 
+/// A fake systemctl for tests: records `VERB UNIT` in `dir/calls`, fails
+/// the verbs listed in `fail` (e.g. "reload postfix.service"), and runs
+/// the shell line `on_restart` on each successful `restart`.
+#[cfg(test)]
+pub(crate) fn fake(dir: &Path, fail: &[&str], on_restart: &str) -> std::path::PathBuf {
+    let path = dir.join("systemctl");
+    let cases: String = fail
+        .iter()
+        .map(|f| format!("  \"{f}\") echo \"Job for $2 failed\" >&2; exit 1;;\n"))
+        .collect();
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$1 $2\" >> {log:?}\ncase \"$1 $2\" in\n{cases}  restart\\ *) {on_restart};;\nesac\nexit 0\n",
+            log = dir.join("calls")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// What a [`fake`] systemctl was asked, in order.
+#[cfg(test)]
+pub(crate) fn calls(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use certsync_core::report::StepStatus;
 
-    /// A fake systemctl: records `VERB UNIT`, and fails the verbs listed
-    /// in `fail` (e.g. "reload postfix.service").
     fn fake(dir: &Path, fail: &[&str]) -> std::path::PathBuf {
-        let path = dir.join("systemctl");
-        let cases: String = fail
-            .iter()
-            .map(|f| format!("  \"{f}\") echo \"Job for $2 failed\" >&2; exit 1;;\n"))
-            .collect();
-        std::fs::write(
-            &path,
-            format!(
-                "#!/bin/sh\necho \"$1 $2\" >> {log:?}\ncase \"$1 $2\" in\n{cases}esac\nexit 0\n",
-                log = dir.join("calls")
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        path
-    }
-
-    fn calls(dir: &Path) -> Vec<String> {
-        std::fs::read_to_string(dir.join("calls"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        super::fake(dir, fail, ":")
     }
 
     fn units() -> Vec<String> {
