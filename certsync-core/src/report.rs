@@ -64,7 +64,17 @@ pub struct StepResult {
     pub step: Step,
     pub status: StepStatus,
     pub message: String,
+    /// What the line is about, when a step has one line per thing: a
+    /// verify endpoint (`127.0.0.1:587 submission`), a container service
+    /// or a systemd unit. Absent on the wire when none, defaulted when
+    /// absent, like `warnings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
+
+/// How many failed things a [`CertReport::failure_summary`] names before
+/// it says "and N more".
+pub const SUMMARY_NAMES: usize = 3;
 
 /// The outcome for one certificate name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,13 +147,79 @@ impl CertReport {
         self.push(step, StepStatus::Failed, message, exit);
     }
 
+    /// [`CertReport::failed`] for one of several things a step handles
+    /// (an endpoint, a service, a unit), named by `subject`.
+    pub fn failed_on(
+        &mut self,
+        step: Step,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        exit: ExitCode,
+    ) {
+        self.failed(step, message, exit);
+        if let Some(last) = self.steps.last_mut() {
+            last.subject = Some(subject.into());
+        }
+    }
+
     fn push(&mut self, step: Step, status: StepStatus, message: impl Into<String>, exit: ExitCode) {
         self.exit = self.exit.worst(exit);
         self.steps.push(StepResult {
             step,
             status,
             message: message.into(),
+            subject: None,
         });
+    }
+
+    /// One line for the last failed step, naming every thing that step
+    /// failed on (at most [`SUMMARY_NAMES`], then "and N more"):
+    /// `verify failed for 127.0.0.1:25 smtp and 127.0.0.1:993 imaps:
+    /// <the last failure's message>`. `None` when nothing failed.
+    pub fn failure_summary(&self) -> Option<String> {
+        let last = self
+            .steps
+            .iter()
+            .rev()
+            .find(|s| s.status == StepStatus::Failed)?;
+        let failed: Vec<&StepResult> = self
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Failed && s.step == last.step)
+            .collect();
+        if failed.len() < 2 {
+            return Some(format!("{} failed: {}", last.step, last.message));
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for s in &failed {
+            if let Some(n) = s.subject.as_deref() {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        let unnamed = failed.iter().filter(|s| s.subject.is_none()).count();
+        let what = if names.is_empty() {
+            format!("{} times", failed.len())
+        } else {
+            format!("for {}", name_list(&names, unnamed))
+        };
+        Some(format!("{} failed {what}: {}", last.step, last.message))
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`, `a, b, c and 2 more`: at most
+/// [`SUMMARY_NAMES`] names, then how many more (`extra` unnamed included).
+fn name_list(names: &[&str], extra: usize) -> String {
+    let shown = &names[..names.len().min(SUMMARY_NAMES)];
+    let more = names.len() - shown.len() + extra;
+    match (shown, more) {
+        ([one], 0) => (*one).to_string(),
+        (_, 0) => {
+            let (last, rest) = shown.split_last().map_or(("", &[][..]), |(l, r)| (*l, r));
+            format!("{} and {last}", rest.join(", "))
+        }
+        (_, n) => format!("{} and {n} more", shown.join(", ")),
     }
 }
 
@@ -199,6 +275,46 @@ mod tests {
             c.to_string(),
             "mail: install done: installed /ssl/cert.pem\nmail: WARNING: no longer covers imap.example.com"
         );
+    }
+
+    #[test]
+    fn the_summary_names_every_failed_endpoint_bounded() {
+        let mut c = CertReport::new("mail", None);
+        c.done(Step::Install, "installed");
+        assert_eq!(c.failure_summary(), None);
+        c.failed_on(
+            Step::Verify,
+            "127.0.0.1:25 smtp",
+            "25 stale",
+            ExitCode::Unverified,
+        );
+        assert_eq!(c.failure_summary().unwrap(), "verify failed: 25 stale");
+        c.failed_on(
+            Step::Verify,
+            "127.0.0.1:993 imaps",
+            "993 stale",
+            ExitCode::Unverified,
+        );
+        assert_eq!(
+            c.failure_summary().unwrap(),
+            "verify failed for 127.0.0.1:25 smtp and 127.0.0.1:993 imaps: 993 stale"
+        );
+        for port in [465, 587, 995] {
+            c.failed_on(
+                Step::Verify,
+                format!("127.0.0.1:{port} tls"),
+                "stale",
+                ExitCode::Unverified,
+            );
+        }
+        assert_eq!(
+            c.failure_summary().unwrap(),
+            "verify failed for 127.0.0.1:25 smtp, 127.0.0.1:993 imaps, 127.0.0.1:465 tls and 2 more: stale"
+        );
+        let mut c = CertReport::new("mail", None);
+        c.failed(Step::Reload, "a", ExitCode::Unverified);
+        c.failed(Step::Reload, "b", ExitCode::Unverified);
+        assert_eq!(c.failure_summary().unwrap(), "reload failed 2 times: b");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use certsync_core::config::{PushCert, PushConfig, Target};
-use certsync_core::report::{CertReport, StepStatus};
+use certsync_core::report::CertReport;
 use certsync_core::time::now_unix;
 use certsync_core::{ExitCode, Fingerprint};
 
@@ -421,13 +421,7 @@ fn cert_result(o: &Offering, outcome: &session::Outcome, dry_run: bool) -> CertR
     let (state, message) = if cr.exit == ExitCode::Held {
         (CertState::Held, held_message(leaf, cr))
     } else if cr.exit != ExitCode::Success {
-        let why = cr
-            .steps
-            .iter()
-            .rev()
-            .find(|s| s.status == StepStatus::Failed)
-            .map(|s| format!("{} failed: {}", s.step, s.message))
-            .unwrap_or_else(|| "failed".into());
+        let why = cr.failure_summary().unwrap_or_else(|| "failed".into());
         (CertState::Failed, why)
     } else if cr.nothing_to_do {
         (

@@ -116,6 +116,7 @@ pub fn clean_report(report: &mut Report) {
         c.name = clean(&c.name);
         for s in &mut c.steps {
             s.message = clean(&s.message);
+            s.subject = s.subject.as_deref().map(clean);
         }
         for w in c.warnings.iter_mut().chain(c.publish.iter_mut()) {
             *w = clean(w);

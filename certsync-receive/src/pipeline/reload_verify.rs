@@ -100,7 +100,7 @@ impl PostInstall for ReloadVerify<'_> {
             match (o.status.ok(), dry_run) {
                 (true, true) => report.skipped(Step::Reload, format!("dry run: {line}")),
                 (true, false) => report.done(Step::Reload, line),
-                (false, _) => report.failed(Step::Reload, line, ExitCode::Unverified),
+                (false, _) => report.failed_on(Step::Reload, o.service, line, ExitCode::Unverified),
             }
         }
     }
@@ -171,11 +171,9 @@ impl ReloadVerify<'_> {
         }
 
         for (text, result) in spec.verify.iter().zip(results) {
+            let shown = shown(text);
             match result {
                 Ok(served) => {
-                    // Named as a failure names it (the endpoint's Display).
-                    let shown =
-                        Endpoint::parse(text).map_or_else(|_| text.clone(), |e| e.to_string());
                     tracing::info!(cert = %spec.name, endpoint = %shown, "verified: serves {}", served.short());
                     report.done(
                         Step::Verify,
@@ -190,8 +188,8 @@ impl ReloadVerify<'_> {
                     if let (ProbeError::Mismatch(m), Some(mc)) = (&e, &self.settings.mailcow) {
                         msg.push_str(&sni_hint(&mc.ssl_dir(), spec, m.served));
                     }
-                    tracing::error!(cert = %spec.name, endpoint = %text, "verify failed: {msg}");
-                    report.failed(Step::Verify, msg, ExitCode::Unverified);
+                    tracing::error!(cert = %spec.name, endpoint = %shown, "verify failed: {msg}");
+                    report.failed_on(Step::Verify, shown, msg, ExitCode::Unverified);
                 }
             }
         }
@@ -242,13 +240,15 @@ impl ReloadVerify<'_> {
                     );
                     restarted.push(service.to_string());
                 }
-                Ok(o) => report.failed(
+                Ok(o) => report.failed_on(
                     Step::Reload,
+                    service,
                     format!("{service} {}: {}", o.status, o.message),
                     ExitCode::Unverified,
                 ),
-                Err(e) => report.failed(
+                Err(e) => report.failed_on(
                     Step::Reload,
+                    service,
                     format!("{service} not restarted ({why}): {e}"),
                     ExitCode::Unverified,
                 ),
@@ -291,9 +291,7 @@ async fn restart_stale_units(
                 units.push(unit.clone());
             }
         }
-        let shown = Endpoint::parse(&spec.verify[*i])
-            .map_or_else(|_| spec.verify[*i].clone(), |e| e.to_string());
-        why.push(shown);
+        why.push(shown(&spec.verify[*i]));
     }
     if units.is_empty() {
         return Vec::new();
@@ -308,6 +306,12 @@ async fn restart_stale_units(
         .filter(|(_, for_it)| for_it.iter().any(|u| restarted.contains(u)))
         .map(|(i, _)| i)
         .collect()
+}
+
+/// How every line names the endpoint configured as `text`: its Display
+/// (`127.0.0.1:587 submission`), the same for a success and a failure.
+fn shown(text: &str) -> String {
+    Endpoint::parse(text).map_or_else(|_| text.to_string(), |e| e.to_string())
 }
 
 /// The units of `reloaded` that may serve the endpoint `text` (see

@@ -100,8 +100,8 @@ fn summary(c: &CertReport) -> String {
     if c.exit == ExitCode::Held {
         return crate::systems::dane::held_summary(c);
     }
-    if let Some(s) = c.steps.iter().find(|s| s.status == StepStatus::Failed) {
-        return format!("{}: {} failed: {}", c.name, s.step, s.message);
+    if let Some(failed) = c.failure_summary() {
+        return format!("{}: {failed}", c.name);
     }
     match c.leaf {
         Some(leaf) => format!("{}: installed {leaf}", c.name),

@@ -97,7 +97,7 @@ pub(crate) async fn reload_with(
                     "`systemctl reload {unit}` failed ({why}) and so did `systemctl restart {unit}` ({e}); see `journalctl -u {unit}`"
                 );
                 tracing::error!(unit = %unit, "{msg}");
-                report.failed(Step::Reload, msg, ExitCode::Unverified);
+                report.failed_on(Step::Reload, unit, msg, ExitCode::Unverified);
             }
         }
     }
@@ -148,7 +148,7 @@ pub async fn restart_stale(
                     "`systemctl reload {unit}` succeeded, but {why}, and `systemctl restart {unit}` failed ({e}); see `journalctl -u {unit}`"
                 );
                 tracing::error!(unit = %unit, "{msg}");
-                report.failed(Step::Reload, msg, ExitCode::Unverified);
+                report.failed_on(Step::Reload, unit, msg, ExitCode::Unverified);
             }
         }
     }
