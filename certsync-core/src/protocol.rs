@@ -172,9 +172,21 @@ pub struct OfferedCert {
     pub chain_sha256: Fingerprint,
     /// SHA-256 of the key bytes.
     pub key_sha256: Fingerprint,
-    /// The leaf's notAfter (Unix seconds), for logs.
+    /// The leaf's notAfter (Unix seconds), for logs, and for the
+    /// receiver's judgement of an offer-only dry run.
     pub not_after: i64,
+    /// The leaf's DNS names, sent only by an offer-only dry run
+    /// (`certsync-push status`), so that the receiver can say whether it
+    /// would refuse the pair without receiving it. Absent when empty.
+    /// Input: the receiver uses at most [`MAX_OFFER_SANS`] of them, each
+    /// only compared with its configured hostnames.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sans: Vec<String>,
 }
+
+/// Most `sans` of one offered certificate the receiver looks at (a
+/// certificate from Let's Encrypt has at most 100).
+pub const MAX_OFFER_SANS: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -596,6 +608,7 @@ mod tests {
                     chain_sha256: fp,
                     key_sha256: fp,
                     not_after: 5,
+                    sans: vec!["mail.example.com".into()],
                 }],
             }),
             Message::Want(Want {

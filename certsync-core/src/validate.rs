@@ -313,21 +313,7 @@ pub fn validate(bundle: Bundle, policy: &Policy<'_>) -> Result<ValidatedBundle, 
         });
     }
 
-    if policy.hostnames.is_empty() {
-        return Err(ValidationError::NoHostnames);
-    }
-    for hostname in policy.hostnames {
-        if !info.sans.iter().any(|san| san_matches(san, hostname)) {
-            return Err(ValidationError::NameNotCovered {
-                hostname: hostname.clone(),
-                sans: if info.sans.is_empty() {
-                    "none".into()
-                } else {
-                    info.sans.join(", ")
-                },
-            });
-        }
-    }
+    covers(&info.sans, policy)?;
 
     let now = crate::time::unix_seconds(policy.now);
     let not_before = asn1_to_unix(leaf.not_before()).unwrap_or(i64::MAX);
@@ -357,15 +343,7 @@ pub fn validate(bundle: Bundle, policy: &Policy<'_>) -> Result<ValidatedBundle, 
     server_leaf(leaf, &leaf_key)?;
     verify_chain(&parsed.certs, policy.anchors, now)?;
 
-    if let Some(installed) = policy.installed_not_after {
-        if not_after < installed && policy.force != Force::Allowed {
-            return Err(ValidationError::Rollback {
-                new: not_after,
-                installed,
-                force: policy.force,
-            });
-        }
-    }
+    no_rollback(not_after, policy)?;
 
     let chain_sha256 = bundle.chain_sha256();
     let key_sha256 = bundle.key_sha256();
@@ -375,6 +353,74 @@ pub fn validate(bundle: Bundle, policy: &Policy<'_>) -> Result<ValidatedBundle, 
         chain_sha256,
         key_sha256,
     })
+}
+
+/// Rule 2: the leaf's `sans` cover every configured hostname.
+fn covers(sans: &[String], policy: &Policy<'_>) -> Result<(), ValidationError> {
+    if policy.hostnames.is_empty() {
+        return Err(ValidationError::NoHostnames);
+    }
+    for hostname in policy.hostnames {
+        if !sans.iter().any(|san| san_matches(san, hostname)) {
+            return Err(ValidationError::NameNotCovered {
+                hostname: hostname.clone(),
+                sans: if sans.is_empty() {
+                    "none".into()
+                } else {
+                    sans.join(", ")
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The rollback rule: no older notAfter than the installed pair's
+/// unless forced where that counts.
+fn no_rollback(not_after: i64, policy: &Policy<'_>) -> Result<(), ValidationError> {
+    match policy.installed_not_after {
+        Some(installed) if not_after < installed && policy.force != Force::Allowed => {
+            Err(ValidationError::Rollback {
+                new: not_after,
+                installed,
+                force: policy.force,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What of [`validate`] can be judged from an offer alone (an offer-only
+/// dry run, `certsync-push status`, sends no pair): the names in `sans`
+/// (the pusher's word for its leaf's DNS names; not checked when it sent
+/// none), expiry and rollback from `not_after`. The key, the chain and
+/// notBefore are not in an offer and stay unchecked. `sans` is input:
+/// only names a certificate could hold are looked at, at most
+/// [`crate::protocol::MAX_OFFER_SANS`].
+pub fn validate_offer(
+    sans: &[String],
+    not_after: i64,
+    policy: &Policy<'_>,
+) -> Result<(), ValidationError> {
+    let sans: Vec<String> = sans
+        .iter()
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*'))
+        })
+        .take(crate::protocol::MAX_OFFER_SANS)
+        .cloned()
+        .collect();
+    if policy.hostnames.is_empty() || !sans.is_empty() {
+        covers(&sans, policy)?;
+    }
+    let now = crate::time::unix_seconds(policy.now);
+    if now > not_after {
+        return Err(ValidationError::Expired { not_after, now });
+    }
+    no_rollback(not_after, policy)
 }
 
 /// Rule 6: a leaf a TLS client accepts from a server.

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use certsync_core::bundle::{Bundle, CertInfo};
 use certsync_core::protocol::{
-    self, Decision, Hello, Limits, Message, Offer, OfferedCert, ProtocolError, Reader, Want, Wanted,
+    self, Decision, Hello, Limits, Message, Offer, OfferedCert, ProtocolError, Reader, Want,
+    Wanted, MAX_OFFER_SANS,
 };
 use certsync_core::report::Report;
 use certsync_core::ExitCode;
@@ -99,6 +100,7 @@ impl Offering {
             chain_sha256: self.bundle.chain_sha256(),
             key_sha256: self.bundle.key_sha256(),
             not_after: self.info.not_after,
+            sans: vec![],
         }
     }
 }
@@ -288,7 +290,19 @@ async fn exchange(
     tracing::debug!(target = %target, "{peer} runs {agent}");
 
     let offer = Offer {
-        certs: certs.iter().map(Offering::offered).collect(),
+        certs: certs
+            .iter()
+            .map(|c| OfferedCert {
+                // Only a status query needs them: the receiver judges
+                // the names without the pair (and a pair it receives
+                // speaks for itself).
+                sans: match opts.mode {
+                    Mode::OfferOnly => c.info.sans.iter().take(MAX_OFFER_SANS).cloned().collect(),
+                    _ => Vec::new(),
+                },
+                ..c.offered()
+            })
+            .collect(),
     };
     for o in &offer.certs {
         tracing::info!(cert = %o.name, target = %target, leaf = %o.leaf, "offer");

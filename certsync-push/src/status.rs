@@ -6,9 +6,12 @@
 //! offers the fingerprints, and the receiver's answer is the comparison —
 //! `have` means the installed pair is the local one; `send` means it
 //! differs (or is missing), and the answer names the installed leaf.
-//! Status never sends key material: it ends the session after the answer
-//! (`certsync-push push --dry-run` shows whether a differing pair would be
-//! accepted). It changes nothing on either side.
+//! Status never sends key material: it ends the session after the answer,
+//! and the receiver judges a differing pair from the offer alone (its
+//! names, which status offers as `sans`, its expiry, rollback): a pair it
+//! would refuse is `would_be_refused`, exit 3. The key and the chain are
+//! judged only by `certsync-push push --dry-run`, which sends them. It
+//! changes nothing on either side.
 
 use std::path::Path;
 

@@ -228,6 +228,21 @@ impl Mailhost {
             .unwrap_or(true)
     }
 
+    /// Every file in the staging dir (its lock excepted): a pair that
+    /// reached this receiver leaves its bytes here before validation.
+    pub fn staged_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.staging, &mut |p| {
+            let is_lock = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("lock"));
+            if p.is_file() && !is_lock {
+                out.push(p.to_path_buf());
+            }
+        });
+        out
+    }
+
     /// Every file under the host's root except the staging dir and the
     /// inputs: path → (sha256, mode, inode). Equal snapshots = nothing written.
     pub fn snapshot(&self) -> BTreeMap<PathBuf, (Fingerprint, u32, u64)> {
@@ -286,7 +301,8 @@ pub fn offered(name: &str, leaf: &TestLeaf) -> OfferedCert {
         leaf: leaf.fingerprint(),
         chain_sha256: b.chain_sha256(),
         key_sha256: b.key_sha256(),
-        not_after: 0,
+        not_after: certsync_core::bundle::CertInfo::of(&leaf.cert).not_after,
+        sans: vec![],
     }
 }
 
@@ -347,6 +363,7 @@ pub async fn push_session(
                 chain_sha256: b.chain_sha256(),
                 key_sha256: b.key_sha256(),
                 not_after: 0,
+                sans: vec![],
             })
             .collect(),
     };

@@ -182,7 +182,8 @@ fn status_as_text_and_json() {
     let leaf = ca.leaf_with(KeyKind::P384, &[HOST], for_days(90));
     let npm = NpmHost::new(&leaf);
     // One target that has the pair, one that has none yet, one that would
-    // refuse it (another hostname).
+    // refuse it (another hostname): status says so from the offer alone
+    // (exit 3), as a push would be refused.
     let current = Mailhost::new(&[HOST]);
     assert_eq!(current.install_leaf(&leaf, &[]).status.code(), Some(0));
     let empty = Mailhost::new(&[HOST]);
@@ -195,6 +196,8 @@ fn status_as_text_and_json() {
             local_target("other-name", &other),
         ],
     );
+    let hosts = [&current, &empty, &other];
+    let before = hosts.map(|h| (h.snapshot(), h.staged_files()));
     let mut diffs = Diffs::default();
     for (args, file) in [
         (vec!["status"], "status.txt"),
@@ -209,6 +212,8 @@ fn status_as_text_and_json() {
     }
     diffs.assert_none();
     assert!(empty.nothing_installed() && other.nothing_installed());
+    // Nothing written, and no key reached any receiver, not even staged.
+    assert_eq!(hosts.map(|h| (h.snapshot(), h.staged_files())), before);
 }
 
 /// A pair as files: (what, fullchain bytes, key bytes).

@@ -156,7 +156,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
             certs: decided.decisions.clone(),
         }))
         .await?;
-        let bundles = self.read_bundles(&mut decided, asked.dry_run).await?;
+        let (bundles, unsent) = self.read_bundles(&decided, asked.dry_run).await?;
         let run = Run {
             settings: self.settings,
             staging: &staging,
@@ -164,6 +164,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
             dry_run: asked.dry_run,
             force: asked.allowed,
         };
+        judge_offers(&run, &offer, &unsent, &mut decided.reports);
         let staged = run_pipeline(&run, bundles, asked.force, post, &mut decided.reports).await;
         self.report(&offer, decided.reports, &staged, asked.dry_run, lock)
             .await
@@ -247,13 +248,13 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
     }
 
     /// Session step 5: every requested bundle, then `done`; anything else is an
-    /// error. In a dry run the pusher may send none: a status query that
-    /// compares fingerprints only.
+    /// error. In a dry run the pusher may send none (a status query): the
+    /// names asked for but not sent come back second.
     async fn read_bundles(
         &mut self,
-        decided: &mut Decided,
+        decided: &Decided,
         dry_run: bool,
-    ) -> SessionStep<Vec<(String, Bundle)>> {
+    ) -> SessionStep<(Vec<(String, Bundle)>, Vec<String>)> {
         let mut wanted: Vec<String> = decided
             .decisions
             .iter()
@@ -279,25 +280,14 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
                 other => return Err(unexpected("bundle or done", &other)),
             }
         }
-        if !wanted.is_empty() && dry_run {
-            for name in &wanted {
-                if let Some(cr) = decided.reports.get_mut(name) {
-                    cr.done(
-                        Step::Compare,
-                        "differs from what is installed (fingerprints only: no pair was sent)",
-                    );
-                }
-            }
-            wanted.clear();
-        }
-        if !wanted.is_empty() {
+        if !wanted.is_empty() && !dry_run {
             return Err(ProtocolError::Malformed {
                 kind: "done",
                 reason: format!("the pusher did not send {}", wanted.join(", ")),
             }
             .into());
         }
-        Ok(bundles)
+        Ok((bundles, wanted))
     }
 
     /// Session step 7: the report to the pusher, in the offer's order, and to
@@ -399,6 +389,23 @@ fn decide(settings: &Settings, staging: &StagingDir, offer: &Offer) -> Decided {
         decided.reports.insert(offered.name.clone(), cr);
     }
     decided
+}
+
+/// A dry run's names that were asked for but not sent (a status query):
+/// each judged from its offer alone ([`pipeline::judge_offer_step`]).
+fn judge_offers(
+    run: &Run<'_>,
+    offer: &Offer,
+    unsent: &[String],
+    reports: &mut BTreeMap<String, CertReport>,
+) {
+    for name in unsent {
+        let spec = run.settings.cert(name);
+        let offered = offer.certs.iter().find(|o| &o.name == name);
+        if let (Some(spec), Some(offered), Some(cr)) = (spec, offered, reports.get_mut(name)) {
+            pipeline::judge_offer_step(run, spec, offered, cr);
+        }
+    }
 }
 
 /// Session step 6: each pair through the pipeline. In handoff mode (not a dry

@@ -41,9 +41,10 @@ use owed::{record_installed_at, reload_and_verify, settle_owed};
 use std::time::SystemTime;
 
 use certsync_core::bundle::Bundle;
+use certsync_core::protocol::OfferedCert;
 use certsync_core::report::{CertReport, Step};
 use certsync_core::time::unix_seconds;
-use certsync_core::validate::{validate, Force, Policy, ValidatedBundle};
+use certsync_core::validate::{validate, validate_offer, Force, Policy, ValidatedBundle};
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::pipeline::stage::{Entry, StagingDir};
@@ -139,6 +140,53 @@ pub fn validate_step(
             tracing::error!(cert = %spec.name, "refused: {e}");
             report.failed(Step::Validate, format!("refused: {e}"), ExitCode::Refused);
             Err(StepFailed)
+        }
+    }
+}
+
+/// Steps 4 and 3 of a dry run that got an offer and no pair
+/// (`certsync-push status`): the pair differs, and validation judges what
+/// an offer tells ([`validate_offer`]: the names, expiry and rollback) as
+/// the real run would, so a pair this receiver would refuse is refused
+/// here too (exit 3). The key, the chain and notBefore are not in an
+/// offer; the report says they were not checked. Writes nothing.
+pub fn judge_offer_step(
+    run: &Run<'_>,
+    spec: &CertSpec,
+    offered: &OfferedCert,
+    report: &mut CertReport,
+) {
+    report.done(
+        Step::Compare,
+        "differs from what is installed (fingerprints only: no pair was sent)",
+    );
+    let policy = Policy {
+        hostnames: &spec.hostnames,
+        now: run.now,
+        installed_not_after: installed_not_after(spec),
+        force: run.force,
+        anchors: &run.settings.anchors,
+    };
+    let unchecked = "the key and the chain were not sent, so not checked";
+    match validate_offer(&offered.sans, offered.not_after, &policy) {
+        Ok(()) => {
+            let names = if offered.sans.is_empty() {
+                "names not offered, so not checked"
+            } else {
+                "names covered"
+            };
+            report.done(
+                Step::Validate,
+                format!("judged from the offer: {names}, not expired, no rollback; {unchecked}"),
+            );
+        }
+        Err(e) => {
+            tracing::info!(cert = %spec.name, "an offer this host would refuse: {e}");
+            report.failed(
+                Step::Validate,
+                format!("refused: {e} (judged from the offer; {unchecked})"),
+                ExitCode::Refused,
+            );
         }
     }
 }
@@ -538,6 +586,7 @@ pub(crate) mod tests {
             chain_sha256: b.chain_sha256(),
             key_sha256: b.key_sha256(),
             not_after: 0,
+            sans: vec![],
         }
     }
 
