@@ -82,6 +82,9 @@ const POSTFIX_SETUP: &[&str] = &[
 const DOVECOT_LOCAL_CONF: &str =
     "ssl = required\nssl_cert = </etc/ssl/mail/fullchain.pem\nssl_key = </etc/ssl/mail/privkey.pem\n";
 
+/// A drop-in that makes dovecot's reload a no-op, as postfix.service's is.
+const DOVECOT_NOOP_RELOAD: &str = "/etc/systemd/system/dovecot.service.d/noop-reload.conf";
+
 /// The README's last two commands of the setup.
 const RESTART_DAEMONS: &str = "systemctl restart postfix.service dovecot.service";
 
@@ -316,9 +319,12 @@ fn debian_postfix_and_dovecot_serve_each_renewal_after_reload_units() {
     for line in [
         "ran `systemctl reload postfix@-.service`",
         "ran `systemctl reload dovecot.service`",
+        "verify done: 127.0.0.1:587 submission serves",
     ] {
         says(&run, line);
     }
+    // The units did reload: no line may say that none is configured.
+    assert!(!run.both().contains("none configured"), "{}", run.both());
     h.assert_installed(&leaf2);
     let postfix = h.m.journal_since(&cursor, "postfix@-.service");
     assert!(
@@ -382,6 +388,32 @@ fn debian_postfix_and_dovecot_serve_each_renewal_after_reload_units() {
     let check = h.m.sh("certsync-receive check");
     assert!(check.ok(), "{}", check.both());
     h.assert_served(&leaf4, "after check did the owed reload");
+
+    // A unit whose reload succeeds without the daemon re-reading anything
+    // (`ExecReload=/bin/true`, as Debian's postfix.service wrapper has):
+    // verify still sees the old certificate on 993, so certsync restarts
+    // dovecot.service once (a new main PID), verifies again and succeeds.
+    write(
+        &h.m,
+        DOVECOT_NOOP_RELOAD,
+        "[Service]\nExecReload=\nExecReload=/bin/true\n",
+    );
+    h.m.ok("systemctl daemon-reload");
+    let dovecot_pid = h.main_pid("dovecot.service");
+    let leaf_noop = h.renew();
+    let run = h.push();
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    says(&run, "ran `systemctl reload dovecot.service`");
+    says(
+        &run,
+        "127.0.0.1:993 imaps still served the old certificate after the reload: restarted dovecot.service",
+    );
+    assert!(!run.both().contains("restarted postfix"), "{}", run.both());
+    assert_ne!(h.main_pid("dovecot.service"), dovecot_pid, "not restarted");
+    h.assert_served(&leaf_noop, "after the restart of a no-op reload");
+    h.m.ok(&format!(
+        "rm {DOVECOT_NOOP_RELOAD} && systemctl daemon-reload"
+    ));
 
     // The control: without reload_units (the one edit to the example),
     // dovecot keeps serving the old certificate, and verify says so.
