@@ -271,7 +271,8 @@ fn real_nginx_serves_the_installed_certificate_and_check_sees_when_it_does_not()
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
         all.contains(&format!(
-            "verify done: {endpoint} serves {}",
+            // Written without a word, it is named by its protocol.
+            "verify done: {endpoint} tls serves {}",
             second.fingerprint().short()
         )),
         "{all}"
@@ -359,7 +360,7 @@ fn real_postfix_dovecot_and_nginx_all_serve_the_pair_after_install() {
     let nginx = d.nginx_mailcow("mc-nginx-mailcow-1", "mc", &host.ssl, HOST);
     let mut endpoints = postfix.endpoints();
     endpoints.extend(dovecot.endpoints());
-    endpoints.push(format!("127.0.0.1:{}", nginx.port));
+    endpoints.push(format!("127.0.0.1:{} tls", nginx.port));
     assert_eq!(endpoints.len(), 6, "{endpoints:?}");
     let cfg = std::fs::read_to_string(&host.config).unwrap();
     std::fs::write(
