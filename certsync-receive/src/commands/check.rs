@@ -893,6 +893,70 @@ mod tests {
         }
     }
 
+    /// The problems the golden files (tests/golden/check) do not reach:
+    /// each one's text, word for word what `check` printed before it was
+    /// typed, is also what `--json` carries, and each has its exit code.
+    #[test]
+    fn problems_read_and_serialize_as_their_text() {
+        let fp = Fingerprint::of_der(b"served");
+        let cases = [
+            (
+                CheckProblem::ServesOther {
+                    endpoint: "127.0.0.1:25 smtp".into(),
+                    sni: "mail.example.com".into(),
+                    served: Some(fp),
+                    installed: None,
+                },
+                format!("127.0.0.1:25 smtp (SNI mail.example.com) serves {fp}, not the installed nothing: reload that service (`certsync-receive deploy`) or check which file it reads"),
+                ExitCode::Unverified,
+            ),
+            (
+                CheckProblem::ServesOther {
+                    endpoint: "127.0.0.1:993".into(),
+                    sni: "mail.example.com".into(),
+                    served: None,
+                    installed: Some(fp),
+                },
+                format!("127.0.0.1:993 (SNI mail.example.com) serves , not the installed {fp}: reload that service (`certsync-receive deploy`) or check which file it reads"),
+                ExitCode::Unverified,
+            ),
+            (
+                CheckProblem::Dane(ServedUnmatched {
+                    owners: vec!["_25._tcp.a.".into(), "_25._tcp.b.".into()],
+                }),
+                "the certificate served on port 25 matches none of the DNSSEC-validated TLSA records of _25._tcp.a., _25._tcp.b.: DANE-validating senders cannot deliver; publish the record(s) below".into(),
+                ExitCode::Unverified,
+            ),
+            (
+                CheckProblem::HeldForDns {
+                    fingerprint: "AB:CD".into(),
+                },
+                "a new pair (AB:CD) is held for DNS: publish its TLSA record below; certsync-deploy.timer installs it once DNS matches".into(),
+                ExitCode::Held,
+            ),
+            (
+                CheckProblem::ReloadOwed {
+                    services: vec!["postfix-mailcow".into(), "nginx-mailcow".into()],
+                },
+                "a reload of postfix-mailcow, nginx-mailcow is owed since an earlier install and failed again (see the log above); fix it and run `certsync-receive deploy`".into(),
+                ExitCode::Unverified,
+            ),
+            (
+                CheckProblem::Probe("127.0.0.1:1: connection refused".into()),
+                "127.0.0.1:1: connection refused".into(),
+                ExitCode::Unverified,
+            ),
+        ];
+        for (problem, text, exit) in cases {
+            assert_eq!(problem.to_string(), text);
+            assert_eq!(
+                serde_json::to_value(&problem).unwrap(),
+                serde_json::Value::String(text)
+            );
+            assert_eq!(problem.exit(), exit, "{problem}");
+        }
+    }
+
     #[test]
     fn metrics_are_prometheus_text_with_escaped_labels() {
         let report = CheckReport {
