@@ -451,7 +451,11 @@ pub struct ReceiveCert {
     pub hostnames: Option<Vec<String>>,
     pub cert_path: Option<PathBuf>,
     pub key_path: Option<PathBuf>,
-    /// Compose services to reload.
+    /// Compose services to reload. Each entry needs a command: under
+    /// `[docker.reload]`, or mailcow's built-in one for its three
+    /// services. The receiver, which knows mailcow's, refuses an entry
+    /// without one when it loads this file (docs/contract.md "`reload`
+    /// entries"), before anything is written.
     pub reload: Option<Vec<String>>,
     /// Endpoints to check: `"127.0.0.1:25 smtp"`, `"127.0.0.1:993"`.
     pub verify: Option<Vec<String>>,

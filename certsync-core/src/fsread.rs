@@ -3,17 +3,25 @@
 //! dir"; `ca_file`, `mailcow.conf` and the operator's key files too).
 //!
 //! [`read_file_capped`] takes a file already opened (by path, or relative
-//! to a directory's descriptor as the receiver's staging dir does): it
-//! must be a regular file (not a FIFO, a device such as `/dev/zero`, or a
-//! directory), and at most `max` bytes are read. [`read_path_capped`] and
-//! [`read_capped`] open with `O_NONBLOCK`, so a FIFO planted in place of a
-//! file cannot hang the reader. A refusal is an `InvalidData` error holding
-//! a [`Refusal`].
+//! to a directory's descriptor as the receiver's staging dir and the
+//! pusher's certbot archive dir do): it must be a regular file (not a
+//! FIFO, a device such as `/dev/zero`, or a directory), and at most `max`
+//! bytes are read. [`read_path_capped`] and [`read_capped`] open with
+//! `O_NONBLOCK`, so a FIFO planted in place of a file cannot hang the
+//! reader. A refusal is an `InvalidData` error holding a [`Refusal`].
+//!
+//! The bytes are read into a buffer sized up front (one byte more than
+//! the file, for the read that finds its end), so key bytes are never
+//! reallocated and left behind unwiped while reading;
+//! [`read_secret_file_capped`] hands that buffer over as it is, wiped
+//! when dropped.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use zeroize::Zeroizing;
 
 /// Why the capped reader refused a file (inside an `InvalidData` error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +48,12 @@ impl Refusal {
 
 /// An open file that must be regular, read to at most `max` bytes.
 pub fn read_file_capped(f: File, max: usize) -> std::io::Result<Vec<u8>> {
+    read_secret_file_capped(f, max).map(|mut buf| std::mem::take(&mut *buf))
+}
+
+/// [`read_file_capped`] for a private key: the bytes stay in the one
+/// buffer they were read into, wiped when it is dropped.
+pub fn read_secret_file_capped(f: File, max: usize) -> std::io::Result<Zeroizing<Vec<u8>>> {
     let meta = f.metadata()?;
     if !meta.file_type().is_file() {
         return Err(Refusal::NotRegular.into_io());
@@ -47,8 +61,10 @@ pub fn read_file_capped(f: File, max: usize) -> std::io::Result<Vec<u8>> {
     if meta.len() > max as u64 {
         return Err(Refusal::TooLarge(max).into_io());
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.take(max as u64 + 1).read_to_end(&mut buf)?;
+    // `meta.len() <= max`, a usize.
+    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    f.take((max as u64).saturating_add(1))
+        .read_to_end(&mut buf)?;
     if buf.len() > max {
         return Err(Refusal::TooLarge(max).into_io());
     }

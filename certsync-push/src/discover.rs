@@ -36,7 +36,7 @@ use certsync_core::{ExitCode, Fingerprint};
 use serde::Serialize;
 
 use crate::error::PushError;
-use crate::source::{read_capped, read_consistent, Capped, SourceError, MAX_PEM_BYTES};
+use crate::source::{read_consistent, SourceError, MAX_PEM_BYTES};
 
 /// One lineage found under the live root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -98,14 +98,9 @@ fn natural_key(name: &str) -> Vec<(u8, u64, String)> {
 /// file and read with a cap: the link may point anywhere (a FIFO,
 /// `/dev/zero`, swapped meanwhile).
 fn leaf_info_only(dir: &Path) -> Option<CertInfo> {
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(dir.join("fullchain.pem"))
-        .ok()?;
-    let Ok(Capped::Bytes(bytes)) = read_capped(&mut file, MAX_PEM_BYTES) else {
-        return None;
-    };
+    let bytes =
+        certsync_core::fsread::read_path_capped(&dir.join("fullchain.pem"), MAX_PEM_BYTES as usize)
+            .ok()?;
     let certs = parse_chain(&bytes).ok()?;
     certs.first().map(CertInfo::of)
 }

@@ -61,12 +61,13 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use certsync_core::bundle::{parse_chain, parse_key, BundleError, CertInfo};
+use certsync_core::fsread::{read_secret_file_capped, Refusal};
 use certsync_core::{Bundle, Fingerprint, SecretBytes};
 use openssl::x509::X509;
 use zeroize::Zeroizing;
@@ -526,33 +527,41 @@ fn check_layout(entries: &[Entry; 4], dir: &Path, problems: &mut Vec<Problem>) -
 
     if links.is_empty() {
         // A plain directory: someone copied the files.
-        for idx in [PRIVKEY, FULLCHAIN] {
-            if matches!(entries[idx], Entry::Missing) {
-                problems.push(Problem::Missing {
-                    file: LIVE_FILES[idx],
-                });
-            }
-        }
-        if !problems.is_empty() {
-            return None;
-        }
-        let paths = std::array::from_fn(|i| match entries[i] {
-            Entry::File { .. } => Some(dir.join(LIVE_FILES[i])),
-            _ => None,
-        });
-        return Some(Layout {
-            paths,
-            generation: None,
-        });
+        return plain_layout(entries, dir, problems);
     }
-
     // certbot style: all four must be links into one archive generation.
     if !files.is_empty() {
-        problems.push(Problem::MixedLinksAndFiles {
-            links: links.clone(),
-            files,
-        });
+        problems.push(Problem::MixedLinksAndFiles { links, files });
     }
+    certbot_layout(entries, problems)
+}
+
+/// A plain directory of regular files: `privkey.pem` and `fullchain.pem`
+/// must be there.
+fn plain_layout(entries: &[Entry; 4], dir: &Path, problems: &mut Vec<Problem>) -> Option<Layout> {
+    for idx in [PRIVKEY, FULLCHAIN] {
+        if matches!(entries[idx], Entry::Missing) {
+            problems.push(Problem::Missing {
+                file: LIVE_FILES[idx],
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return None;
+    }
+    let paths = std::array::from_fn(|i| match entries[i] {
+        Entry::File { .. } => Some(dir.join(LIVE_FILES[i])),
+        _ => None,
+    });
+    Some(Layout {
+        paths,
+        generation: None,
+    })
+}
+
+/// certbot's links: each must point at `<kind>N.pem`, all at one
+/// generation in one archive dir.
+fn certbot_layout(entries: &[Entry; 4], problems: &mut Vec<Problem>) -> Option<Layout> {
     let mut generations = Vec::new();
     let mut archive_dirs = BTreeSet::new();
     for (name, entry) in LIVE_FILES.iter().zip(entries) {
@@ -602,7 +611,10 @@ fn check_layout(entries: &[Entry; 4], dir: &Path, problems: &mut Vec<Problem>) -
 /// Read one file's real contents. The (already resolved) path is opened
 /// with `O_NOFOLLOW|O_NONBLOCK`, so a link swapped in meanwhile is
 /// refused, not read, and a FIFO does not block; a link's target is
-/// opened relative to its lineage's `archive` dir, never by path.
+/// opened relative to its lineage's `archive` dir, never by path. The
+/// open file is read by core's capped reader
+/// ([`certsync_core::fsread::read_secret_file_capped`]): a regular file
+/// only, at most the protocol's limit, into one buffer wiped on drop.
 fn read_file(
     path: &Path,
     archive: Option<&Archive>,
@@ -626,7 +638,7 @@ fn read_file(
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path),
     };
-    let mut file: File = match file {
+    let file: File = match file {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => {
             problems.push(Problem::Changed { file: name });
@@ -639,55 +651,25 @@ fn read_file(
     } else {
         MAX_PEM_BYTES
     };
-    match read_capped(&mut file, limit).map_err(|(action, e)| io_err(action, path)(e))? {
-        Capped::Bytes(buf) => Ok(Some(buf)),
-        Capped::NotRegular => {
-            problems.push(Problem::NotRegularFile { file: name });
-            Ok(None)
-        }
-        Capped::TooLarge => Err(SourceError::TooLarge {
-            path: path.to_path_buf(),
-            limit,
-        }),
+    // The limits are protocol sizes (usize), so the cast is exact.
+    match read_secret_file_capped(file, limit as usize) {
+        Ok(buf) => Ok(Some(buf)),
+        Err(e) => match Refusal::of(&e) {
+            // A FIFO, a device, a directory: never read (a FIFO would
+            // block, a device could be endless).
+            Some(Refusal::NotRegular) => {
+                problems.push(Problem::NotRegularFile { file: name });
+                Ok(None)
+            }
+            // More than the limit, before reading or while reading (the
+            // file grew).
+            Some(Refusal::TooLarge(_)) => Err(SourceError::TooLarge {
+                path: path.to_path_buf(),
+                limit,
+            }),
+            None => Err(io_err("read", path)(e)),
+        },
     }
-}
-
-/// What a capped read of an opened file found.
-pub(crate) enum Capped {
-    Bytes(Zeroizing<Vec<u8>>),
-    /// A FIFO, a device, a directory: never read (a FIFO would block, a
-    /// device could be endless).
-    NotRegular,
-    /// More than the limit, before reading or while reading (the file
-    /// grew).
-    TooLarge,
-}
-
-/// Read an opened file whole, only if it is a regular file of at most
-/// `limit` bytes; the one capped reader of the pusher (the live dir's
-/// files, and `discover`'s look at an inconsistent one). The buffer is
-/// sized up front, so key bytes are never reallocated (and left behind
-/// unzeroed) while reading. An error says which step failed (`inspect`,
-/// `read`).
-pub(crate) fn read_capped(
-    file: &mut File,
-    limit: u64,
-) -> Result<Capped, (&'static str, io::Error)> {
-    let meta = file.metadata().map_err(|e| ("inspect", e))?;
-    if !meta.is_file() {
-        return Ok(Capped::NotRegular);
-    }
-    if meta.len() > limit {
-        return Ok(Capped::TooLarge);
-    }
-    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
-    file.take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| ("read", e))?;
-    if buf.len() as u64 > limit {
-        return Ok(Capped::TooLarge);
-    }
-    Ok(Capped::Bytes(buf))
 }
 
 fn inconsistent(dir: &Path, problems: Vec<Problem>) -> SourceError {
@@ -1196,6 +1178,42 @@ mod tests {
             read_consistent(tmp.path()),
             Err(SourceError::TooLarge { .. })
         ));
+    }
+
+    /// A link into the archive whose target is a FIFO or a device is
+    /// refused as not a regular file, without blocking or reading it; a
+    /// key over the key limit is too large, naming that limit.
+    #[test]
+    fn archive_targets_must_be_regular_files_of_bounded_size() {
+        let ca = TestCa::new();
+        let leaf = ca.leaf(KeyKind::P256, &["a.example"]);
+        let (tmp, live) = certbot_dir(&leaf);
+        let target = tmp.path().join("archive/x/fullchain1.pem");
+        fs::remove_file(&target).unwrap();
+        let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = read_consistent(&live).unwrap_err();
+        assert!(
+            matches!(
+                err.problems(),
+                Some([Problem::NotRegularFile {
+                    file: "fullchain.pem"
+                }])
+            ),
+            "{err}"
+        );
+
+        let (tmp, live) = certbot_dir(&leaf);
+        let key = tmp.path().join("archive/x/privkey1.pem");
+        fs::write(&key, vec![b'k'; MAX_KEY_PEM_BYTES as usize + 1]).unwrap();
+        match read_consistent(&live) {
+            Err(SourceError::TooLarge { path, limit }) => {
+                assert_eq!(limit, MAX_KEY_PEM_BYTES);
+                assert!(path.ends_with("privkey1.pem"), "{}", path.display());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use certsync_core::validate::{AnchorError, Anchors, Force};
 use certsync_core::ExitCode;
 
 use crate::pipeline::hook::Hook;
+use crate::systems::docker;
 use crate::systems::mailcow::{self, MailcowConf, MailcowError};
 use crate::systems::selector::{self, BadEntry};
 use crate::systems::systemd::{self, BadUnit};
@@ -46,6 +47,7 @@ impl CertSpec {
     fn resolve(
         c: &ReceiveCert,
         mc: Option<&MailcowConf>,
+        docker: &DockerConfig,
         path: &Path,
     ) -> Result<CertSpec, SettingsError> {
         let (hostnames, (cert_path, key_path)) = match mc {
@@ -82,6 +84,15 @@ impl CertSpec {
                 name: c.name.clone(),
                 source,
             })?;
+            // Refused here, not after the install has replaced the files
+            // and the reload finds nothing to run.
+            if docker::command_for(docker, entry).is_none() {
+                return Err(SettingsError::NoReloadCommand {
+                    path: path.to_path_buf(),
+                    name: c.name.clone(),
+                    entry: entry.clone(),
+                });
+            }
         }
         let verify = match (&c.verify, mc) {
             (Some(v), _) => v.clone(),
@@ -149,6 +160,19 @@ pub enum SettingsError {
         #[source]
         source: BadEntry,
     },
+    #[error(
+        "{}: [[cert]] {name:?}: reload entry {entry:?} has no reload command: add \
+         `\"{entry}\" = [\"program\", \"argument\"]` under [docker.reload] (the command, run in \
+         its containers, that makes the service read its certificate again), or remove the entry; \
+         only mailcow's {} have one built in",
+        path.display(),
+        mailcow::SERVICES.join(", ")
+    )]
+    NoReloadCommand {
+        path: PathBuf,
+        name: String,
+        entry: String,
+    },
     #[error("{}: [[cert]] {name:?}: {source}", path.display())]
     ReloadUnit {
         path: PathBuf,
@@ -200,7 +224,7 @@ impl Settings {
         let certs = raw
             .certs
             .iter()
-            .map(|c| CertSpec::resolve(c, mc.as_ref(), path))
+            .map(|c| CertSpec::resolve(c, mc.as_ref(), &docker, path))
             .collect::<Result<Vec<_>, _>>()?;
         let anchors =
             Anchors::load(raw.ca_file.as_deref()).map_err(|source| SettingsError::Anchors {

@@ -97,6 +97,58 @@ fn a_malformed_reload_entry_is_a_config_error_and_nothing_is_written() {
     }
 }
 
+/// A `reload` entry with no command (none under `[docker.reload]`, an
+/// empty one, and not one of mailcow's services) is refused when
+/// receive.toml loads, with exit 2 and what to add, before anything is
+/// installed; before, the pair was installed and the reload failed with
+/// exit 4. Entries that have a command still load.
+#[test]
+fn a_reload_entry_without_a_command_is_a_config_error_and_nothing_is_written() {
+    use certsync_core::testutil::{KeyKind, TestCa};
+    use certsync_receive::settings::Settings;
+    use certsync_tests::receiver::Mailhost;
+    let cases = [
+        ("shop/smtp", ""),
+        ("container:edge-relay", ""),
+        ("redis-mailcow", ""),
+        ("smtp", "[docker.reload]\n\"smtp\" = []\n"),
+    ];
+    for (entry, extra) in cases {
+        let host = Mailhost::with_extra(&["mail.example.com"], extra);
+        let toml = std::fs::read_to_string(&host.config)
+            .unwrap()
+            .replace("reload = []", &format!("reload = [{entry:?}]"));
+        std::fs::write(&host.config, toml).unwrap();
+        let before = host.snapshot();
+        let leaf = TestCa::new().leaf(KeyKind::P256, &["mail.example.com"]);
+        let out = host.install_leaf(&leaf, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{entry}: {err}");
+        for needle in [
+            host.config.display().to_string(),
+            "[[cert]] \"mail\"".to_string(),
+            format!("reload entry {entry:?} has no reload command"),
+            format!("`\"{entry}\" = [\"program\", \"argument\"]` under [docker.reload]"),
+        ] {
+            assert!(err.contains(&needle), "{entry}: {needle:?} not in {err}");
+        }
+        assert!(host.nothing_installed(), "{entry}");
+        assert_eq!(host.snapshot(), before, "{entry}: something was written");
+        assert!(!host.staging.exists(), "{entry}: the staging dir was made");
+    }
+    // With a command, configured or mailcow's own, the same entries load.
+    let extra = "[docker.reload]\n\"smtp\" = [\"postfix\", \"reload\"]\n\
+                 \"container:edge-relay\" = [\"nginx\", \"-s\", \"reload\"]\n";
+    let host = Mailhost::with_extra(&["mail.example.com"], extra);
+    let toml = std::fs::read_to_string(&host.config).unwrap().replace(
+        "reload = []",
+        "reload = [\"shop/smtp\", \"container:edge-relay\", \"postfix-mailcow\"]",
+    );
+    std::fs::write(&host.config, toml).unwrap();
+    let settings = Settings::load(&host.config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(settings.certs[0].reload.len(), 3);
+}
+
 #[test]
 fn a_malformed_reload_unit_is_a_config_error_and_nothing_is_written() {
     use certsync_core::testutil::{KeyKind, TestCa};

@@ -40,16 +40,18 @@ use certsync_core::validate::{validate, Policy, ValidationError};
 use certsync_core::{ExitCode, Fingerprint};
 
 use crate::fsutil::{read_input, ReadError};
-use crate::pipeline::install::{self, Dest};
+use crate::pipeline::install::{self, Dest, InstallError};
+use crate::pipeline::lock::LockError;
 use crate::pipeline::reload_verify::ReloadVerify;
 use crate::pipeline::stage::{StageError, StagingDir};
 use crate::pipeline::{self, Run};
 use crate::settings::{CertSpec, Settings};
+use crate::systems::dane::ServedUnmatched;
 use crate::systems::mailcow;
 use crate::systems::probe::{self, Endpoint};
 
 /// What `check` found for one certificate.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct CertCheck {
     pub name: String,
     pub cert_path: String,
@@ -68,8 +70,8 @@ pub struct CertCheck {
     pub last_install: Option<i64>,
     pub reload_owed: bool,
     pub endpoints: Vec<EndpointCheck>,
-    /// Each thing that is wrong, for the operator.
-    pub problems: Vec<String>,
+    /// Each thing that is wrong; shown (and serialized) as its text.
+    pub problems: Vec<CheckProblem>,
     /// What the operator should know; no effect on `exit` (names lost
     /// since the previous pair, ADDITIONAL_SAN names not covered).
     pub warnings: Vec<String>,
@@ -104,7 +106,7 @@ pub struct EndpointCheck {
 }
 
 /// The whole `check` result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct CheckReport {
     pub checked_at: i64,
     pub warn_days: i64,
@@ -112,6 +114,78 @@ pub struct CheckReport {
     /// With the `[mailcow]` preset: every per-domain folder mailcow serves.
     pub folders: Vec<FolderCheck>,
     pub exit: ExitCode,
+}
+
+/// One thing `check` finds wrong with a certificate, and the exit code
+/// it stands for ([`CheckProblem::exit`]). Its text (`Display`) is what
+/// the operator reads: in the text output, in `--json`'s `problems` and
+/// in `[notify]`.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckProblem {
+    #[error("no pair installed at {} and {}", cert_path.display(), key_path.display())]
+    NotInstalled {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+    },
+    #[error("{} expires in {days} days (warning below {warn_days}): is the pusher running? `certsync-push status` on the NPM host", cert_path.display())]
+    Expiring {
+        cert_path: PathBuf,
+        days: i64,
+        warn_days: i64,
+    },
+    /// The installed files do not parse or do not validate.
+    #[error(transparent)]
+    Invalid(#[from] Problem),
+    /// The installed files cannot be read at all.
+    #[error(transparent)]
+    Unreadable(#[from] InstallError),
+    /// An endpoint cannot be probed; the same text is its `error`.
+    #[error("{0}")]
+    Probe(String),
+    #[error("{endpoint} (SNI {sni}) serves {}, not the installed {}: reload that service (`certsync-receive deploy`) or check which file it reads", or_empty(served), installed.map_or_else(|| "nothing".to_string(), |f| f.to_string()))]
+    ServesOther {
+        endpoint: String,
+        sni: String,
+        served: Option<Fingerprint>,
+        installed: Option<Fingerprint>,
+    },
+    #[error(transparent)]
+    Dane(#[from] ServedUnmatched),
+    #[error("a new pair ({fingerprint}) is held for DNS: publish its TLSA record below; certsync-deploy.timer installs it once DNS matches")]
+    HeldForDns { fingerprint: String },
+    #[error("a reload is owed and could not be retried: {0}")]
+    ReloadNotRetried(#[source] LockError),
+    #[error("a reload of {} is owed since an earlier install and failed again (see the log above); fix it and run `certsync-receive deploy`", services.join(", "))]
+    ReloadOwed { services: Vec<String> },
+}
+
+fn or_empty(f: &Option<Fingerprint>) -> String {
+    f.map(|f| f.to_string()).unwrap_or_default()
+}
+
+impl CheckProblem {
+    /// The exit code this problem stands for (the module docs' list).
+    pub fn exit(&self) -> ExitCode {
+        match self {
+            CheckProblem::NotInstalled { .. }
+            | CheckProblem::Expiring { .. }
+            | CheckProblem::Invalid(_) => ExitCode::Refused,
+            CheckProblem::Unreadable(_) => ExitCode::Runtime,
+            CheckProblem::Probe(_)
+            | CheckProblem::ServesOther { .. }
+            | CheckProblem::Dane(_)
+            | CheckProblem::ReloadNotRetried(_)
+            | CheckProblem::ReloadOwed { .. } => ExitCode::Unverified,
+            CheckProblem::HeldForDns { .. } => ExitCode::Held,
+        }
+    }
+}
+
+/// As its text, which is what `--json` has always carried.
+impl Serialize for CheckProblem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// What is wrong with a file `check` reads.
@@ -145,9 +219,9 @@ fn read_problem(e: &ReadError) -> String {
 }
 
 impl CertCheck {
-    fn problem(&mut self, message: String, exit: ExitCode) {
-        self.problems.push(message);
-        self.exit = self.exit.worst(exit);
+    fn problem(&mut self, problem: CheckProblem) {
+        self.exit = self.exit.worst(problem.exit());
+        self.problems.push(problem);
     }
 }
 
@@ -394,14 +468,10 @@ fn installed_part(
     c: &mut CertCheck,
 ) {
     match install::read_installed(&Dest::new(&spec.cert_path, &spec.key_path)) {
-        Ok(None) => c.problem(
-            format!(
-                "no pair installed at {} and {}",
-                spec.cert_path.display(),
-                spec.key_path.display()
-            ),
-            ExitCode::Refused,
-        ),
+        Ok(None) => c.problem(CheckProblem::NotInstalled {
+            cert_path: spec.cert_path.clone(),
+            key_path: spec.key_path.clone(),
+        }),
         Ok(Some(i)) => {
             c.installed = true;
             c.key_matches = i.matching;
@@ -413,21 +483,19 @@ fn installed_part(
                 let days = info.days_left(unix_seconds(now));
                 c.days_left = Some(days);
                 if days >= 0 && days < warn_days {
-                    c.problem(
-                        format!(
-                            "{} expires in {days} days (warning below {warn_days}): is the pusher running? `certsync-push status` on the NPM host",
-                            spec.cert_path.display()
-                        ),
-                        ExitCode::Refused,
-                    );
+                    c.problem(CheckProblem::Expiring {
+                        cert_path: spec.cert_path.clone(),
+                        days,
+                        warn_days,
+                    });
                 }
             }
             match validate_installed(settings, spec, now) {
                 Ok(()) => c.valid = true,
-                Err(p) => c.problem(p.to_string(), ExitCode::Refused),
+                Err(p) => c.problem(p.into()),
             }
         }
-        Err(e) => c.problem(e.to_string(), ExitCode::Runtime),
+        Err(e) => c.problem(e.into()),
     }
 }
 
@@ -437,19 +505,14 @@ async fn endpoints_part(spec: &CertSpec, c: &mut CertCheck) {
     for text in &spec.verify {
         let e = probe_endpoint(text, &sni, c.fingerprint).await;
         if let Some(err) = &e.error {
-            c.problem(err.clone(), ExitCode::Unverified);
+            c.problem(CheckProblem::Probe(err.clone()));
         } else if !e.matches {
-            let served = e.served.map(|f| f.to_string()).unwrap_or_default();
-            let installed = c
-                .fingerprint
-                .map(|f| f.to_string())
-                .unwrap_or_else(|| "nothing".into());
-            c.problem(
-                format!(
-                    "{text} (SNI {sni}) serves {served}, not the installed {installed}: reload that service (`certsync-receive deploy`) or check which file it reads"
-                ),
-                ExitCode::Unverified,
-            );
+            c.problem(CheckProblem::ServesOther {
+                endpoint: text.clone(),
+                sni: sni.clone(),
+                served: e.served,
+                installed: c.fingerprint,
+            });
         }
         c.endpoints.push(e);
     }
@@ -495,13 +558,12 @@ async fn dane_part(
     )
     .await;
     if let Some(p) = problem {
-        c.problem(p, ExitCode::Unverified);
+        c.problem(p.into());
     }
     if let Some(fp) = &dane.held {
-        c.problem(
-            format!("a new pair ({fp}) is held for DNS: publish its TLSA record below; certsync-deploy.timer installs it once DNS matches"),
-            ExitCode::Held,
-        );
+        c.problem(CheckProblem::HeldForDns {
+            fingerprint: fp.clone(),
+        });
     }
     c.warnings.extend(warnings);
     c.dane = dane;
@@ -525,10 +587,7 @@ async fn retry_owed_reload(
         Ok(l) => l,
         Err(e) => {
             c.reload_owed = true;
-            c.problem(
-                format!("a reload is owed and could not be retried: {e}"),
-                ExitCode::Unverified,
-            );
+            c.problem(CheckProblem::ReloadNotRetried(e));
             return;
         }
     };
@@ -546,13 +605,9 @@ async fn retry_owed_reload(
     }
     if pipeline::reload_owed(staging, &spec.name) {
         c.reload_owed = true;
-        c.problem(
-            format!(
-                "a reload of {} is owed since an earlier install and failed again (see the log above); fix it and run `certsync-receive deploy`",
-                spec.reload.join(", ")
-            ),
-            ExitCode::Unverified,
-        );
+        c.problem(CheckProblem::ReloadOwed {
+            services: spec.reload.clone(),
+        });
     }
 }
 
@@ -835,6 +890,70 @@ mod tests {
             warnings: vec![],
             dane: Default::default(),
             exit: ExitCode::Success,
+        }
+    }
+
+    /// The problems the golden files (tests/golden/check) do not reach:
+    /// each one's text, word for word what `check` printed before it was
+    /// typed, is also what `--json` carries, and each has its exit code.
+    #[test]
+    fn problems_read_and_serialize_as_their_text() {
+        let fp = Fingerprint::of_der(b"served");
+        let cases = [
+            (
+                CheckProblem::ServesOther {
+                    endpoint: "127.0.0.1:25 smtp".into(),
+                    sni: "mail.example.com".into(),
+                    served: Some(fp),
+                    installed: None,
+                },
+                format!("127.0.0.1:25 smtp (SNI mail.example.com) serves {fp}, not the installed nothing: reload that service (`certsync-receive deploy`) or check which file it reads"),
+                ExitCode::Unverified,
+            ),
+            (
+                CheckProblem::ServesOther {
+                    endpoint: "127.0.0.1:993".into(),
+                    sni: "mail.example.com".into(),
+                    served: None,
+                    installed: Some(fp),
+                },
+                format!("127.0.0.1:993 (SNI mail.example.com) serves , not the installed {fp}: reload that service (`certsync-receive deploy`) or check which file it reads"),
+                ExitCode::Unverified,
+            ),
+            (
+                CheckProblem::Dane(ServedUnmatched {
+                    owners: vec!["_25._tcp.a.".into(), "_25._tcp.b.".into()],
+                }),
+                "the certificate served on port 25 matches none of the DNSSEC-validated TLSA records of _25._tcp.a., _25._tcp.b.: DANE-validating senders cannot deliver; publish the record(s) below".into(),
+                ExitCode::Unverified,
+            ),
+            (
+                CheckProblem::HeldForDns {
+                    fingerprint: "AB:CD".into(),
+                },
+                "a new pair (AB:CD) is held for DNS: publish its TLSA record below; certsync-deploy.timer installs it once DNS matches".into(),
+                ExitCode::Held,
+            ),
+            (
+                CheckProblem::ReloadOwed {
+                    services: vec!["postfix-mailcow".into(), "nginx-mailcow".into()],
+                },
+                "a reload of postfix-mailcow, nginx-mailcow is owed since an earlier install and failed again (see the log above); fix it and run `certsync-receive deploy`".into(),
+                ExitCode::Unverified,
+            ),
+            (
+                CheckProblem::Probe("127.0.0.1:1: connection refused".into()),
+                "127.0.0.1:1: connection refused".into(),
+                ExitCode::Unverified,
+            ),
+        ];
+        for (problem, text, exit) in cases {
+            assert_eq!(problem.to_string(), text);
+            assert_eq!(
+                serde_json::to_value(&problem).unwrap(),
+                serde_json::Value::String(text)
+            );
+            assert_eq!(problem.exit(), exit, "{problem}");
         }
     }
 

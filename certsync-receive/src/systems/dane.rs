@@ -543,69 +543,15 @@ pub fn decide(
     if settings.mode == DaneMode::Off {
         return Verdict::Install { notes: vec![] };
     }
-    let mut notes = Vec::new();
-    let mut unmatched = Vec::new();
-    let mut guarded = 0usize;
-    let mut errors = Vec::new();
-    for l in lookups {
-        match &l.result {
-            Ok(Lookup::Validated(records)) => {
-                let usable: Vec<&Tlsa> = records.iter().filter(|t| t.usable()).collect();
-                if usable.is_empty() {
-                    if !records.is_empty() {
-                        notes.push(format!(
-                            "{}: no TLSA record usable for SMTP (RFC 7672 §3.1.3: usages 2 and 3 only)",
-                            l.owner
-                        ));
-                    }
-                    continue;
-                }
-                guarded += 1;
-                if !usable.iter().any(|t| t.matches(chain)) {
-                    unmatched.push(l.owner.clone());
-                }
-            }
-            Ok(Lookup::Unvalidated(records)) => notes.push(format!(
-                "{}: the resolver did not validate the answer (no AD bit: unsigned zone or \
-                 a non-validating resolver); {} TLSA record(s) ignored",
-                l.owner,
-                records.len()
-            )),
-            Err(e) if e.is_unreachable() && settings.mode == DaneMode::Auto => {
-                notes.push(format!("DANE check skipped: {e}"))
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    let deadline = i64::from(settings.deadline_days);
-    let within_deadline = |left: Option<i64>| left.is_none_or(|d| d <= deadline);
-    let why_now = |left: Option<i64>| match left {
-        Some(d) => format!(
-            "the installed certificate has {d} day(s) left (dane_deadline_days = {deadline})"
-        ),
-        None => "no certificate is installed".to_string(),
+    let tally = Tally::of(settings.mode, lookups, chain);
+    let deadline = Deadline {
+        days: i64::from(settings.deadline_days),
+        left: installed_days_left,
     };
-    if !errors.is_empty() {
-        // A bogus answer already stops DANE senders; an expired
-        // certificate would stop every sender. So the deadline wins here
-        // too, loudly.
-        if within_deadline(installed_days_left) {
-            return Verdict::Forced {
-                warning: format!(
-                    "DANE: installing although the TLSA lookup failed ({}) because {}: \
-                     fix the zone's DNSSEC; DANE-validating senders cannot deliver until then",
-                    errors.join("; "),
-                    why_now(installed_days_left)
-                ),
-                notes,
-                publish: vec![],
-            };
-        }
-        return Verdict::Refuse {
-            reason: format!("DANE: {}", errors.join("; ")),
-        };
+    if !tally.errors.is_empty() {
+        return failed_lookups(tally, &deadline);
     }
-    if settings.mode == DaneMode::Require && guarded == 0 {
+    if settings.mode == DaneMode::Require && tally.guarded == 0 {
         return Verdict::Refuse {
             reason: format!(
                 "dane = \"require\" but no DNSSEC-validated TLSA records exist for {}",
@@ -617,29 +563,137 @@ pub fn decide(
             ),
         };
     }
-    if unmatched.is_empty() {
-        return Verdict::Install { notes };
+    if tally.unmatched.is_empty() {
+        return Verdict::Install { notes: tally.notes };
     }
-    let next = chain.first().and_then(Tlsa::dane_ee_spki_sha256);
-    let publish: Vec<String> = match next {
-        Some(t) => unmatched.iter().map(|o| t.zone_line(o)).collect(),
-        None => vec![],
-    };
-    match installed_days_left {
-        left if !within_deadline(left) => Verdict::Hold { notes, publish },
-        left => {
-            let why = why_now(left);
-            Verdict::Forced {
-                warning: format!(
-                    "DANE: installing a certificate that matches none of the TLSA records of {} because {why}: \
-                     mail from DANE-validating senders to this host FAILS until DNS has: {}",
-                    unmatched.join(", "),
-                    publish.join(" ; ")
-                ),
-                notes,
-                publish,
+    unmatched_records(tally, chain, &deadline)
+}
+
+/// What the lookups say about one chain, owner by owner.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Warnings for the report.
+    notes: Vec<String>,
+    /// Owners with usable validated records, none of which matches.
+    unmatched: Vec<String>,
+    /// How many owners have usable validated records.
+    guarded: usize,
+    /// Lookups that failed in a way that counts (see [`decide`]).
+    errors: Vec<String>,
+}
+
+impl Tally {
+    fn of(mode: DaneMode, lookups: &[OwnerLookup], chain: &[X509]) -> Tally {
+        let mut t = Tally::default();
+        for l in lookups {
+            match &l.result {
+                Ok(Lookup::Validated(records)) => t.validated(&l.owner, records, chain),
+                Ok(Lookup::Unvalidated(records)) => t.notes.push(format!(
+                    "{}: the resolver did not validate the answer (no AD bit: unsigned zone or \
+                     a non-validating resolver); {} TLSA record(s) ignored",
+                    l.owner,
+                    records.len()
+                )),
+                Err(e) if e.is_unreachable() && mode == DaneMode::Auto => {
+                    t.notes.push(format!("DANE check skipped: {e}"))
+                }
+                Err(e) => t.errors.push(e.to_string()),
             }
         }
+        t
+    }
+
+    /// One owner's validated records: guarded when any is usable for
+    /// SMTP, unmatched when none of those matches `chain`.
+    fn validated(&mut self, owner: &str, records: &[Tlsa], chain: &[X509]) {
+        let usable: Vec<&Tlsa> = records.iter().filter(|t| t.usable()).collect();
+        if usable.is_empty() {
+            if !records.is_empty() {
+                self.notes.push(format!(
+                    "{owner}: no TLSA record usable for SMTP (RFC 7672 §3.1.3: usages 2 and 3 only)"
+                ));
+            }
+            return;
+        }
+        self.guarded += 1;
+        if !usable.iter().any(|t| t.matches(chain)) {
+            self.unmatched.push(owner.to_string());
+        }
+    }
+}
+
+/// `dane_deadline_days` against the installed certificate's days left.
+struct Deadline {
+    days: i64,
+    /// `None`: nothing is installed.
+    left: Option<i64>,
+}
+
+impl Deadline {
+    /// Whether the installed certificate is within the deadline (or
+    /// there is none), so that waiting for DNS would do more harm.
+    fn reached(&self) -> bool {
+        self.left.is_none_or(|d| d <= self.days)
+    }
+
+    /// Why the deadline forces the install, for the warning.
+    fn why_now(&self) -> String {
+        match self.left {
+            Some(d) => format!(
+                "the installed certificate has {d} day(s) left (dane_deadline_days = {})",
+                self.days
+            ),
+            None => "no certificate is installed".to_string(),
+        }
+    }
+}
+
+/// A lookup failed (SERVFAIL, malformed, or unreachable under
+/// `require`): refuse, unless the deadline is reached. A bogus answer
+/// already stops DANE senders; an expired certificate would stop every
+/// sender. So the deadline wins here too, loudly.
+fn failed_lookups(tally: Tally, deadline: &Deadline) -> Verdict {
+    if deadline.reached() {
+        return Verdict::Forced {
+            warning: format!(
+                "DANE: installing although the TLSA lookup failed ({}) because {}: \
+                 fix the zone's DNSSEC; DANE-validating senders cannot deliver until then",
+                tally.errors.join("; "),
+                deadline.why_now()
+            ),
+            notes: tally.notes,
+            publish: vec![],
+        };
+    }
+    Verdict::Refuse {
+        reason: format!("DANE: {}", tally.errors.join("; ")),
+    }
+}
+
+/// Validated records exist that `chain` does not match: hold it with the
+/// records to publish, or, at the deadline, install it with a warning.
+fn unmatched_records(tally: Tally, chain: &[X509], deadline: &Deadline) -> Verdict {
+    let next = chain.first().and_then(Tlsa::dane_ee_spki_sha256);
+    let publish: Vec<String> = match next {
+        Some(t) => tally.unmatched.iter().map(|o| t.zone_line(o)).collect(),
+        None => vec![],
+    };
+    if !deadline.reached() {
+        return Verdict::Hold {
+            notes: tally.notes,
+            publish,
+        };
+    }
+    Verdict::Forced {
+        warning: format!(
+            "DANE: installing a certificate that matches none of the TLSA records of {} because {}: \
+             mail from DANE-validating senders to this host FAILS until DNS has: {}",
+            tally.unmatched.join(", "),
+            deadline.why_now(),
+            publish.join(" ; ")
+        ),
+        notes: tally.notes,
+        publish,
     }
 }
 
@@ -758,6 +812,18 @@ pub struct OwnerState {
     pub records: Vec<Tlsa>,
 }
 
+/// What `check` reports when port 25 serves a certificate that matches
+/// none of the validated TLSA records of these owner names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the certificate served on port 25 matches none of the DNSSEC-validated TLSA records of {}: \
+     DANE-validating senders cannot deliver; publish the record(s) below",
+    owners.join(", ")
+)]
+pub struct ServedUnmatched {
+    pub owners: Vec<String>,
+}
+
 /// The DANE part of `check`: `installed` is the installed chain, `served`
 /// whether port 25 serves it (from the endpoint probes), `held` the chain
 /// staged and held, if any. Returns the report part, a problem (exit 4)
@@ -769,7 +835,7 @@ pub async fn check(
     installed: Option<&[X509]>,
     served_is_installed: bool,
     held: Option<&[X509]>,
-) -> (DaneCheck, Option<String>, Vec<String>) {
+) -> (DaneCheck, Option<ServedUnmatched>, Vec<String>) {
     let mut out = DaneCheck::default();
     let mut warnings = Vec::new();
     let mut problem = None;
@@ -813,11 +879,9 @@ pub async fn check(
             .collect();
         out.served_matches = Some(unmatched.is_empty());
         if !unmatched.is_empty() {
-            problem = Some(format!(
-                "the certificate served on port 25 matches none of the DNSSEC-validated TLSA records of {}: \
-                 DANE-validating senders cannot deliver; publish the record(s) below",
-                unmatched.join(", ")
-            ));
+            problem = Some(ServedUnmatched {
+                owners: unmatched.iter().map(|o| o.to_string()).collect(),
+            });
         }
     }
     let owners = settings.owners(hostnames);

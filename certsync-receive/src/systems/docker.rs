@@ -97,23 +97,16 @@ impl ReloadPlan {
     ) -> Result<ReloadPlan, ReloadError> {
         let services = services
             .iter()
-            .map(|service| {
-                let keys = selector::command_keys(service);
-                match keys
-                    .iter()
-                    .find_map(|key| docker.reload_command(key))
-                    .or_else(|| {
-                        keys.iter()
-                            .find_map(|key| crate::systems::mailcow::reload_command(key))
-                    }) {
-                    Some(command) if !command.is_empty() => Ok(ServiceReload {
-                        service: service.clone(),
-                        command,
-                    }),
-                    _ => Err(ReloadError::NoCommand {
-                        service: service.clone(),
-                    }),
-                }
+            .map(|service| match command_for(docker, service) {
+                Some(command) => Ok(ServiceReload {
+                    service: service.clone(),
+                    command,
+                }),
+                // Settings refuse such an entry when receive.toml loads;
+                // a plan built by hand can still lack one.
+                None => Err(ReloadError::NoCommand {
+                    service: service.clone(),
+                }),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ReloadPlan {
@@ -123,6 +116,21 @@ impl ReloadPlan {
             services,
         })
     }
+}
+
+/// The command that reloads the `reload` entry `entry`: `[docker.reload]`
+/// under the entry's keys ([`selector::command_keys`]), else mailcow's own
+/// ([`crate::systems::mailcow::reload_command`]). `None` when neither has
+/// one, or the configured one is empty.
+pub fn command_for(docker: &DockerConfig, entry: &str) -> Option<Vec<String>> {
+    let keys = selector::command_keys(entry);
+    keys.iter()
+        .find_map(|key| docker.reload_command(key))
+        .or_else(|| {
+            keys.iter()
+                .find_map(|key| crate::systems::mailcow::reload_command(key))
+        })
+        .filter(|command| !command.is_empty())
 }
 
 /// How a service's reload ended.
