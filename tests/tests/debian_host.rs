@@ -429,7 +429,7 @@ fn debian_postfix_and_dovecot_serve_each_renewal_after_reload_units() {
     h.assert_installed(&leaf5);
     assert_eq!(
         h.served("127.0.0.1:993", None),
-        leaf4.fingerprint().to_string(),
+        leaf_noop.fingerprint().to_string(),
         "dovecot re-read its files without a reload"
     );
 }

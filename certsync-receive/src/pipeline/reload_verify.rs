@@ -283,27 +283,28 @@ async fn restart_stale_units(
             stale.push((i, units_for_endpoint(text, &reloaded)));
         }
     }
-    let mut units: Vec<String> = Vec::new();
-    let mut why: Vec<String> = Vec::new();
-    for (i, for_it) in &stale {
-        for unit in for_it {
-            if !units.contains(unit) {
-                units.push(unit.clone());
-            }
+    // Each unit once, naming only its own stale endpoints.
+    let mut restarted: Vec<&String> = Vec::new();
+    for unit in reloaded {
+        let endpoints: Vec<String> = stale
+            .iter()
+            .filter(|(_, for_it)| for_it.contains(unit))
+            .map(|(i, _)| shown(&spec.verify[*i]))
+            .collect();
+        if endpoints.is_empty() {
+            continue;
         }
-        why.push(shown(&spec.verify[*i]));
+        let why = format!(
+            "{} still served the old certificate after the reload",
+            endpoints.join(", ")
+        );
+        if systemd::restart_stale(systemctl, unit, &why, report).await {
+            restarted.push(unit);
+        }
     }
-    if units.is_empty() {
-        return Vec::new();
-    }
-    let why = format!(
-        "{} still served the old certificate after the reload",
-        why.join(", ")
-    );
-    let restarted = systemd::restart_stale(systemctl, &units, &why, report).await;
     stale
         .into_iter()
-        .filter(|(_, for_it)| for_it.iter().any(|u| restarted.contains(u)))
+        .filter(|(_, for_it)| for_it.iter().any(|u| restarted.contains(&u)))
         .map(|(i, _)| i)
         .collect()
 }

@@ -122,37 +122,33 @@ pub fn reloaded<'u>(report: &CertReport, units: &'u [String]) -> Vec<&'u String>
         .collect()
 }
 
-/// Restart each of `units` once, because `why` (an endpoint still served
-/// the old certificate after the unit's reload succeeded); one report
-/// step each. Returns the units restarted.
+/// Restart `unit` once, because `why` (an endpoint still served the old
+/// certificate after the unit's reload succeeded); one report step.
+/// Whether it was restarted.
 pub async fn restart_stale(
     systemctl: &Path,
-    units: &[String],
+    unit: &str,
     why: &str,
     report: &mut CertReport,
-) -> Vec<String> {
-    let program = systemctl.display().to_string();
-    let mut restarted = Vec::new();
-    for unit in units {
-        match run(&program, "restart", unit).await {
-            Ok(()) => {
-                tracing::warn!(unit = %unit, "restarted: {why}");
-                report.done(
-                    Step::Reload,
-                    format!("`systemctl reload {unit}` succeeded, but {why}: restarted {unit}"),
-                );
-                restarted.push(unit.clone());
-            }
-            Err(e) => {
-                let msg = format!(
-                    "`systemctl reload {unit}` succeeded, but {why}, and `systemctl restart {unit}` failed ({e}); see `journalctl -u {unit}`"
-                );
-                tracing::error!(unit = %unit, "{msg}");
-                report.failed_on(Step::Reload, unit, msg, ExitCode::Unverified);
-            }
+) -> bool {
+    match run(&systemctl.display().to_string(), "restart", unit).await {
+        Ok(()) => {
+            tracing::warn!(unit = %unit, "restarted: {why}");
+            report.done(
+                Step::Reload,
+                format!("`systemctl reload {unit}` succeeded, but {why}: restarted {unit}"),
+            );
+            true
+        }
+        Err(e) => {
+            let msg = format!(
+                "`systemctl reload {unit}` succeeded, but {why}, and `systemctl restart {unit}` failed ({e}); see `journalctl -u {unit}`"
+            );
+            tracing::error!(unit = %unit, "{msg}");
+            report.failed_on(Step::Reload, unit, msg, ExitCode::Unverified);
+            false
         }
     }
-    restarted
 }
 
 /// Why `systemctl VERB UNIT` did not succeed.
