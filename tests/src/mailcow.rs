@@ -55,6 +55,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use certsync_core::testutil::TestLeaf;
+use certsync_core::Fingerprint;
+use certsync_receive::systems::probe::{served_leaf_with, Endpoint as ProbeEndpoint};
 use tempfile::TempDir;
 
 use crate::docker::{free_port, wait_until, Container, Dockerd, Run};
@@ -247,7 +249,24 @@ impl Endpoint {
     pub fn verify(&self) -> String {
         format!("{} {}", self.addr, self.word)
     }
+
+    /// The leaf this endpoint serves, probed as certsync's verify probes it
+    /// (`proxy`: with a PROXY v1 header). The limit is generous on purpose:
+    /// mailcow's postscreen holds the SMTP banner for
+    /// `postscreen_greet_wait` (3 s), and on a loaded CI machine the first
+    /// smtpd's start comes on top; 5 s timed out there.
+    pub fn served(&self, sni: Option<&str>, proxy: bool) -> Result<Fingerprint, String> {
+        let suffix = if proxy { " proxy" } else { "" };
+        let endpoint = ProbeEndpoint::parse(&format!("{}{suffix}", self.verify()))
+            .map_err(|e| e.to_string())?;
+        served_leaf_with(&endpoint, sni, PROBE_LIMIT)
+            .map(|i| i.fingerprint)
+            .map_err(|e| e.to_string())
+    }
 }
+
+/// How long [`Endpoint::served`] waits for one probe.
+const PROBE_LIMIT: Duration = Duration::from_secs(20);
 
 /// An engine for a mailcow host, once mailcow's three daemons and openssl
 /// are installed: `needs!(let d = mailcow::engine())`.

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf};
 use certsync_core::Fingerprint;
-use certsync_receive::systems::probe::{served_leaf_with, Endpoint};
 use certsync_tests::docker::wait_until;
 use certsync_tests::mailcow::{self, Conf, Mailcow};
 use certsync_tests::needs;
@@ -26,10 +25,7 @@ const HOST: &str = "mail.example.com";
 
 /// What `e` serves to a client sending `sni` (or none).
 fn served(e: &mailcow::Endpoint, sni: Option<&str>) -> Result<Fingerprint, String> {
-    let endpoint = Endpoint::parse(&e.verify()).map_err(|e| e.to_string())?;
-    served_leaf_with(&endpoint, sni, Duration::from_secs(5))
-        .map(|i| i.fingerprint)
-        .map_err(|e| e.to_string())
+    e.served(sni, false)
 }
 
 fn endpoint(m: &Mailcow<'_>, word: &str) -> mailcow::Endpoint {

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use certsync_core::testutil::{KeyKind, TestCa, TestLeaf, Validity};
 use certsync_core::Fingerprint;
-use certsync_receive::systems::probe::{served_leaf_with, Endpoint};
 use certsync_tests::docker::{wait_until, Dockerd};
 use certsync_tests::e2e::Process;
 use certsync_tests::mailcow::{self, Conf, Mailcow};
@@ -96,12 +95,7 @@ fn install(config: &Path, leaf: &TestLeaf) -> (Output, Duration) {
 }
 
 fn served(e: &mailcow::Endpoint, sni: Option<&str>, proxy: bool) -> Result<Fingerprint, String> {
-    let suffix = if proxy { " proxy" } else { "" };
-    let endpoint =
-        Endpoint::parse(&format!("{}{suffix}", e.verify())).map_err(|e| e.to_string())?;
-    served_leaf_with(&endpoint, sni, Duration::from_secs(5))
-        .map(|i| i.fingerprint)
-        .map_err(|e| e.to_string())
+    e.served(sni, proxy)
 }
 
 /// Every default endpoint serves `leaf`, with and without SNI.
