@@ -188,7 +188,7 @@ pub fn receiver_command(mail: &Mailhost) -> String {
 }
 
 /// An sshd whose only authorized key is `key`, forced to run the real
-/// receiver of `mail` (as DESIGN.md's install instructions set it up).
+/// receiver of `mail` (as README's install section sets it up).
 pub fn sshd_for(mail: &Mailhost, key: &ClientKey) -> Sshd {
     Sshd::builder()
         .authorized_key(&sshd::forced_line(

@@ -385,7 +385,7 @@ async fn our_keygen_key_works_with_its_printed_line() {
         certsync_push::keygen::keygen(&keys.path().join("id_ed25519"), "certsync@npm").unwrap();
     let line = out
         .authorized_keys_line
-        .replace("certsync-receive serve", "/bin/cat");
+        .replace(certsync_core::contract::FORCED_COMMAND, "/bin/cat");
     assert!(line.starts_with("command=\"/bin/cat\",restrict ssh-ed25519 "));
     let sshd = Sshd::builder().authorized_key(&line).start();
     let key = ClientKey {

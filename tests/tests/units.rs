@@ -6,7 +6,7 @@
 //!   exactly as installed, with stand-ins for the two certsync binaries;
 //! - `systemd-analyze security --offline` scores every service below a
 //!   budget, and each service carries the hardening directives we promise;
-//! - the units agree with the contract in DESIGN.md and `certsync_core`
+//! - the units agree with docs/contract.md ("systemd units and hooks") and `certsync_core`
 //!   (binaries, subcommands, config and state paths, the handoff request
 //!   file);
 //! - `examples/push.toml` and `examples/receive.toml` load with the real
