@@ -4,9 +4,13 @@
 //! A test names what it needs on its first line, as ripgrep's tests name
 //! their scene:
 //!
-//! ```ignore
+//! ```no_run
+//! # use certsync_tests::{machine, need, needs};
+//! # fn a_scenario() {
 //! needs!(need::sshd(), need::dockerd());
 //! needs!(let debs = machine::debs());
+//! # let _ = debs;
+//! # }
 //! ```
 //!
 //! Each `need::…()` is a [`Need`]: `Ok` with what it found, or `Err` with
