@@ -513,6 +513,20 @@ pub(crate) mod tests {
         }
     }
 
+    /// The pipeline from validation on, for the scene's leaf: what a
+    /// delivery of that pair reports.
+    async fn deliver_leaf(
+        run: &Run<'_>,
+        spec: &CertSpec,
+        leaf: &certsync_core::testutil::TestLeaf,
+        post: &Flaky,
+    ) -> CertReport {
+        let mut cr = CertReport::new("mail", None);
+        let pair = validate_step(run, spec, leaf.bundle(), &mut cr).unwrap();
+        finish(run, spec, &pair, post, &mut cr).await;
+        cr
+    }
+
     #[tokio::test]
     async fn a_failed_reload_is_owed_until_a_later_run_succeeds() {
         let scene = Scene::new();
@@ -520,9 +534,7 @@ pub(crate) mod tests {
         let run = scene.run(false);
         let post = Flaky::new(true, false);
 
-        let mut cr = CertReport::new("mail", None);
-        let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
-        finish(&run, spec, &pair, &post, &mut cr).await;
+        let cr = deliver_leaf(&run, spec, leaf, &post).await;
         assert_eq!(cr.exit, ExitCode::Unverified, "{cr}");
         assert!(reload_owed(staging, "mail"));
         assert!(
@@ -539,9 +551,7 @@ pub(crate) mod tests {
         post.fail.set(false);
         let (wanted, _) = decide_owed(staging, spec, &offered(leaf));
         assert_eq!(wanted, Wanted::Send, "a push is asked to deliver it again");
-        let mut cr = CertReport::new("mail", None);
-        let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
-        finish(&run, spec, &pair, &post, &mut cr).await;
+        let cr = deliver_leaf(&run, spec, leaf, &post).await;
         assert_eq!(cr.exit, ExitCode::Success, "{cr}");
         assert!(cr.nothing_to_do);
         assert!(!reload_owed(staging, "mail"));
@@ -557,9 +567,7 @@ pub(crate) mod tests {
         let (staging, leaf, spec) = (&scene.staging, &scene.leaf, &scene.s.certs[0]);
         let run = scene.run(false);
         let post = Flaky::new(false, true);
-        let mut cr = CertReport::new("mail", None);
-        let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
-        finish(&run, spec, &pair, &post, &mut cr).await;
+        let cr = deliver_leaf(&run, spec, leaf, &post).await;
         assert_eq!(cr.exit, ExitCode::Unverified, "{cr}");
         assert!(
             reload_owed(staging, "mail"),
@@ -569,9 +577,7 @@ pub(crate) mod tests {
         assert_eq!(wanted, Wanted::Send, "not 'nothing to do': {why}");
 
         post.stale.set(false);
-        let mut cr = CertReport::new("mail", None);
-        let pair = validate_step(&run, spec, leaf.bundle(), &mut cr).unwrap();
-        finish(&run, spec, &pair, &post, &mut cr).await;
+        let cr = deliver_leaf(&run, spec, leaf, &post).await;
         assert_eq!(cr.exit, ExitCode::Success, "{cr}");
         assert_eq!((post.reloads.get(), post.verifies.get()), (2, 2));
         assert!(!reload_owed(staging, "mail"));
